@@ -1,0 +1,103 @@
+package ndisshim
+
+import (
+	"fmt"
+	"sync/atomic"
+)
+
+// Binding is one protocol's open of an adapter (NdisOpenAdapterEx). The
+// protocol sends, returns received NBLs and makes OID requests through it.
+//
+// Several protocols may bind one adapter. A receive indication goes to every
+// binding in the order they were opened; all but the last get it with
+// ReceiveFlagResources (they must copy what they keep, as the NDIS MUX
+// sample does), and the last gets the miniport's flags and, without
+// RESOURCES, the ownership of the NBLs. So each NBL has at most one holder.
+type Binding struct {
+	Resources
+	a     *Adapter
+	proto Protocol
+	name  string
+	idx   int32
+
+	txOutstanding atomic.Int64
+	closed        atomic.Bool
+}
+
+// OpenAdapter binds protocol p to the adapter (NdisOpenAdapterEx). NDIS
+// pauses the stack to insert a binding; here the adapter must be Paused.
+func (a *Adapter) OpenAdapter(name string, p Protocol) (*Binding, error) {
+	a.transition.Lock()
+	defer a.transition.Unlock()
+	if a.State() != StatePaused {
+		return nil, a.illegal("bind "+name+" to", StatePaused)
+	}
+	a.bindMu.Lock()
+	defer a.bindMu.Unlock()
+	b := &Binding{a: a, proto: p, name: name, idx: a.nextBind}
+	b.Resources.init("binding "+name, a.v)
+	a.nextBind++
+	a.allBinds = append(a.allBinds, b)
+	old := *a.bindings.Load()
+	nb := make([]*Binding, 0, len(old)+1)
+	nb = append(append(nb, old...), b)
+	a.bindings.Store(&nb)
+	return b, nil
+}
+
+// Name is the binding's (the protocol's) name.
+func (b *Binding) Name() string { return b.name }
+
+// AdapterName is the name of the adapter the binding is open on.
+func (b *Binding) AdapterName() string { return b.a.name }
+
+// Close unbinds (NdisCloseAdapterEx). The adapter must be Paused (so the
+// binding holds no NBL and has no send outstanding). The verifier checks
+// that the protocol freed what it allocated through the binding.
+func (b *Binding) Close() error {
+	a := b.a
+	a.transition.Lock()
+	defer a.transition.Unlock()
+	if b.closed.Load() {
+		return fmt.Errorf("ndisshim: binding %s to %s closed twice", b.name, a.name)
+	}
+	if st := a.State(); st != StatePaused && st != StateShutdown {
+		return a.illegal("close binding "+b.name+" on", StatePaused)
+	}
+	if n := b.txOutstanding.Load(); n > 0 {
+		return fmt.Errorf("ndisshim: close binding %s: %d sends still outstanding: %w", b.name, n, ErrIllegalState)
+	}
+	a.bindMu.Lock()
+	old := *a.bindings.Load()
+	nb := make([]*Binding, 0, len(old))
+	for _, x := range old {
+		if x != b {
+			nb = append(nb, x)
+		}
+	}
+	a.bindings.Store(&nb)
+	a.bindMu.Unlock()
+	b.closed.Store(true)
+	fs := b.Resources.leaks()
+	for _, f := range fs {
+		a.v.Record(f)
+	}
+	if len(fs) > 0 {
+		return &VerifierError{Scope: "close of binding " + b.name, Findings: fs}
+	}
+	return nil
+}
+
+// OIDRequest passes a query or set to the miniport (NdisOidRequest). It is
+// refused with StatusAdapterNotReady before initialization completes or after
+// halt, and with StatusNotAccepted after surprise removal.
+func (b *Binding) OIDRequest(req *OIDRequest) Status {
+	a := b.a
+	if b.closed.Load() || a.halted.Load() {
+		return StatusAdapterNotReady
+	}
+	if a.removed.Load() {
+		return StatusNotAccepted
+	}
+	return a.mp.OIDRequest(req)
+}
