@@ -21,13 +21,13 @@ type HaltAction int
 
 // The halt actions.
 const (
-	HaltDeviceDisabled       HaltAction = iota // NdisHaltDeviceDisabled: an orderly stop
-	HaltDeviceInstanceDeInit                   // NdisHaltDeviceInstanceDeInitialized
-	HaltDevicePoweredDown                      // NdisHaltDevicePoweredDown
-	HaltDeviceSurpriseRemoved                  // NdisHaltDeviceSurpriseRemoved: the hardware is gone
-	HaltDeviceFailed                           // NdisHaltDeviceFailed
-	HaltDeviceInitializationFailed             // NdisHaltDeviceInitializationFailed
-	HaltDeviceStopped                          // NdisHaltDeviceStopped
+	HaltDeviceDisabled             HaltAction = iota // NdisHaltDeviceDisabled: an orderly stop
+	HaltDeviceInstanceDeInit                         // NdisHaltDeviceInstanceDeInitialized
+	HaltDevicePoweredDown                            // NdisHaltDevicePoweredDown
+	HaltDeviceSurpriseRemoved                        // NdisHaltDeviceSurpriseRemoved: the hardware is gone
+	HaltDeviceFailed                                 // NdisHaltDeviceFailed
+	HaltDeviceInitializationFailed                   // NdisHaltDeviceInitializationFailed
+	HaltDeviceStopped                                // NdisHaltDeviceStopped
 )
 
 func (a HaltAction) String() string {
@@ -40,8 +40,8 @@ type ShutdownAction int
 
 // The shutdown actions.
 const (
-	ShutdownPowerOff   ShutdownAction = iota // NdisShutdownPowerOff
-	ShutdownBugCheck                         // NdisShutdownBugCheck: a forced exit
+	ShutdownPowerOff ShutdownAction = iota // NdisShutdownPowerOff
+	ShutdownBugCheck                       // NdisShutdownBugCheck: a forced exit
 )
 
 func (a ShutdownAction) String() string {
@@ -56,8 +56,8 @@ type PnPEvent int
 
 // The device PnP events.
 const (
-	PnPSurpriseRemoved PnPEvent = iota + 1 // NdisDevicePnPEventSurpriseRemoved
-	PnPPowerProfileChanged                 // NdisDevicePnPEventPowerProfileChanged
+	PnPSurpriseRemoved     PnPEvent = iota + 1 // NdisDevicePnPEventSurpriseRemoved
+	PnPPowerProfileChanged                     // NdisDevicePnPEventPowerProfileChanged
 )
 
 func (e PnPEvent) String() string {
@@ -87,10 +87,10 @@ type ReceiveFlags uint32
 
 // Receive flags.
 const (
-	ReceiveFlagDispatchLevel  ReceiveFlags = 1 << iota // NDIS_RECEIVE_FLAGS_DISPATCH_LEVEL
-	ReceiveFlagResources                               // NDIS_RECEIVE_FLAGS_RESOURCES: ownership back when the call returns
-	ReceiveFlagSingleEtherType                         // NDIS_RECEIVE_FLAGS_SINGLE_ETHER_TYPE
-	ReceiveFlagSingleQueue                             // NDIS_RECEIVE_FLAGS_SINGLE_QUEUE
+	ReceiveFlagDispatchLevel   ReceiveFlags = 1 << iota // NDIS_RECEIVE_FLAGS_DISPATCH_LEVEL
+	ReceiveFlagResources                                // NDIS_RECEIVE_FLAGS_RESOURCES: ownership back when the call returns
+	ReceiveFlagSingleEtherType                          // NDIS_RECEIVE_FLAGS_SINGLE_ETHER_TYPE
+	ReceiveFlagSingleQueue                              // NDIS_RECEIVE_FLAGS_SINGLE_QUEUE
 )
 
 // Has reports whether every bit of g is set in f.

@@ -175,7 +175,7 @@ func (r *OIDRequest) AnswerUint64() uint64 {
 
 // StatisticsInfo is NDIS_STATISTICS_INFO's counters, in that order.
 type StatisticsInfo struct {
-	RcvDiscards, RcvError, DirectedFramesRcv, DirectedBytesRcv uint64
+	RcvDiscards, RcvError, DirectedFramesRcv, DirectedBytesRcv     uint64
 	XmitError, XmitDiscards, DirectedFramesXmit, DirectedBytesXmit uint64
 	RcvNoBuffer                                                    uint64
 }

@@ -76,7 +76,9 @@ func (r *Resources) AllocateNBLPool(p NBLPoolParams) (*NBLPool, error) {
 	return pool, nil
 }
 
-func (p *NBLPool) String() string { return fmt.Sprintf("NBL pool %q of %s", p.params.Tag, p.owner.name) }
+func (p *NBLPool) String() string {
+	return fmt.Sprintf("NBL pool %q of %s", p.params.Tag, p.owner.name)
+}
 
 // Size is the number of NBLs in the pool.
 func (p *NBLPool) Size() int { return len(p.nbls) }

@@ -13,9 +13,9 @@ type FindingKind string
 
 // The verifier's findings. Each is a broken NDIS rule.
 const (
-	FindLeakedNBL         FindingKind = "leaked NBL"                // an NBL still allocated from a pool at halt/unbind
-	FindHeldNBL           FindingKind = "NBL still held"            // an indicated or sent NBL not back at halt
-	FindLiveTimer         FindingKind = "timer not freed"           // a timer object still allocated at halt
+	FindLeakedNBL         FindingKind = "leaked NBL"                 // an NBL still allocated from a pool at halt/unbind
+	FindHeldNBL           FindingKind = "NBL still held"             // an indicated or sent NBL not back at halt
+	FindLiveTimer         FindingKind = "timer not freed"            // a timer object still allocated at halt
 	FindLiveInterrupt     FindingKind = "interrupt not deregistered" // an interrupt still registered at halt
 	FindTaggedMemory      FindingKind = "tagged memory not freed"
 	FindSharedMemory      FindingKind = "shared memory not freed"

@@ -9,8 +9,8 @@ import (
 
 // Held is what one holder has of an adapter's NBLs while pause or halt waits.
 type Held struct {
-	Holder string        // "hoststack" (a binding) or the miniport's name
-	What   string        // "receive indications" or "sends"
+	Holder string // "hoststack" (a binding) or the miniport's name
+	What   string // "receive indications" or "sends"
 	Count  int
 	Oldest time.Duration // how long the oldest of them has been held
 }
