@@ -172,6 +172,10 @@ func (d *Driver) AddAdapter(p InitParameters, opts AdapterOptions) (*Adapter, er
 	return a, nil
 }
 
+// MiniportContext returns the adapter context InitializeEx returned
+// (MiniportAdapterContext), for the code that loaded the driver.
+func (a *Adapter) MiniportContext() Miniport { return a.mp }
+
 // Name is the adapter's name.
 func (a *Adapter) Name() string { return a.name }
 

@@ -68,6 +68,9 @@ func (r *Resources) AllocateNBLPool(p NBLPoolParams) (*NBLPool, error) {
 		n.pool = pool
 		n.index = int32(i)
 		n.bindingIdx.Store(-1)
+		if p.WithNB {
+			n.FirstNB = &n.nb
+		}
 		pool.free[i] = int32(p.Count - 1 - i) // pop order 0, 1, 2 ...
 	}
 	r.mu.Lock()
@@ -166,13 +169,28 @@ func (p *NBLPool) FreeNBL(n *NetBufferList) {
 	p.mu.Unlock()
 }
 
-// FreeChain frees every NBL of a chain (each must belong to p).
+// FreeChain frees every NBL of a chain (each must belong to p and be owned
+// by the caller), taking the pool's lock once for the whole chain.
 func (p *NBLPool) FreeChain(head *NetBufferList) {
+	var ok *NetBufferList
 	for head != nil {
 		next := head.Next
-		p.FreeNBL(head)
+		switch {
+		case head.pool != p:
+			p.owner.v.Record(Finding{Kind: FindBadFree, Object: fmt.Sprintf("NBL %d", head.index), Where: callerSite(1), Detail: "freed to " + p.String() + ", not its own pool"})
+		case !head.state.CompareAndSwap(nblOwned, nblFree):
+			p.owner.v.Record(Finding{Kind: FindBadFree, Object: fmt.Sprintf("NBL %d of %s", head.index, p), Where: callerSite(1), Detail: "freed while " + stateName(head.state.Load())})
+		default:
+			head.Next = ok
+			ok = head
+		}
 		head = next
 	}
+	p.mu.Lock()
+	for ; ok != nil; ok = ok.Next {
+		p.free = append(p.free, ok.index)
+	}
+	p.mu.Unlock()
 }
 
 // Free releases the pool (NdisFreeNetBufferListPool). It refuses, with a

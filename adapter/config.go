@@ -1,0 +1,97 @@
+package adapter
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/tapminiport/tapminiport/ndisshim"
+)
+
+// Device is the hardware seam under the miniport: a frame-oriented fd. A
+// *tapdev.Dev (a TAP queue, or one end of a socketpair in unit tests)
+// satisfies it.
+type Device interface {
+	Name() string
+	// ReadBatch reads frames until len(bufs) or nothing is left; 0, nil
+	// means nothing to read.
+	ReadBatch(bufs [][]byte, sizes []int) (int, error)
+	// WriteBatch writes one frame per buffer.
+	WriteBatch(bufs [][]byte) (int, error)
+	// Interrupt is the device's interrupt line (readable fd + stop fd).
+	Interrupt() ndisshim.InterruptSource
+	Close() error
+}
+
+// Opener opens the hardware by name and says whether it created it.
+type Opener func(name string) (dev Device, created bool, err error)
+
+// Config is the adapter's blueprint: the registry keywords of a real
+// driver. It is pure data; Validate makes no syscalls. InitializeEx turns
+// it into the live adapter.
+type Config struct {
+	HardwareName string           // the hardware TAP, e.g. "tmhw0"
+	MTU          int              // the NIC's MTU (*JumboPacket), 68..9000
+	MAC          net.HardwareAddr // the NIC's permanent address; nil: a random local one
+	Bridge       string           // enslave the hardware TAP to this bridge (a NIC on a real LAN)
+	RxBuffers    int              // receive blocks (*ReceiveBuffers)
+	Batch        int              // frames per indication at most
+	LowWater     int              // indicate with RESOURCES when this few blocks are left (0: RxBuffers/8)
+	StatsPeriod  time.Duration    // the statistics timer's period (0: 1s)
+	LinkSpeedBps uint64           // reported link speed (0: 10 Gbit/s)
+
+	// Open opens the hardware (default: a TAP through tapdev, created when
+	// missing). Unit tests put a socketpair here.
+	Open Opener
+	// Configure sets the hardware link up (MTU, up, bridge); nil skips it
+	// (unit tests). The default for a TAP is set by Defaults.
+	Configure func(name string, mtu int, bridge string) error
+	// Unconfigure puts the link down on halt or shutdown; nil skips it.
+	Unconfigure func(name string) error
+	// FailAt makes InitializeEx fail at the named step (see InitSteps), to
+	// test that a failing initialize undoes its partial work.
+	FailAt string
+	Log    *slog.Logger
+}
+
+// InitSteps are InitializeEx's steps in order; Config.FailAt names one.
+var InitSteps = []string{"context", "register", "open", "configure", "rxpool", "interrupt", "timer"}
+
+// Errors of Validate name the field.
+var errConfig = errors.New("invalid adapter configuration")
+
+// Validate checks the blueprint; it names the bad field.
+func (c Config) Validate() error {
+	switch {
+	case c.HardwareName == "" || len(c.HardwareName) > 15:
+		return fmt.Errorf("%w: hardware name %q must be 1..15 characters", errConfig, c.HardwareName)
+	case c.MTU < 68 || c.MTU > 9000:
+		return fmt.Errorf("%w: MTU %d out of range 68..9000", errConfig, c.MTU)
+	case c.MAC != nil && (len(c.MAC) != 6 || c.MAC[0]&1 == 1):
+		return fmt.Errorf("%w: MAC %s must be a 6-byte unicast address", errConfig, c.MAC)
+	case c.RxBuffers < 2 || c.RxBuffers > 1<<20:
+		return fmt.Errorf("%w: rx buffers %d out of range 2..1048576", errConfig, c.RxBuffers)
+	case c.Batch < 1 || c.Batch > 1024:
+		return fmt.Errorf("%w: batch %d out of range 1..1024", errConfig, c.Batch)
+	case c.LowWater < 0 || c.LowWater >= c.RxBuffers:
+		return fmt.Errorf("%w: low water %d must be below rx buffers %d", errConfig, c.LowWater, c.RxBuffers)
+	case c.FailAt != "" && !contains(InitSteps, c.FailAt):
+		return fmt.Errorf("%w: fail-at step %q is not one of %v", errConfig, c.FailAt, InitSteps)
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// maxFrame is the largest Ethernet frame the NIC accepts: MTU plus the
+// Ethernet header and one VLAN tag.
+func (c Config) maxFrame() int { return c.MTU + 14 + 4 }

@@ -1,0 +1,235 @@
+package adapter
+
+// The data path (NetVMini's datapath.c).
+//
+// Receive: the interrupt goroutine wakes when the hardware TAP is readable
+// and runs dpc: take a batch of free blocks from the pool in one call, read
+// frames straight into them until the batch is full or the fd is empty,
+// drop (and count) runts, oversize frames and frames the packet filter
+// rejects, chain the rest and make ONE indication for the batch. Ownership
+// of the chain passes to the stack; it comes back through
+// ReturnNetBufferLists, which gives the whole chain to the pool in one call.
+// When the pool is low the batch goes up with RESOURCES: the stack copies
+// what it needs and the blocks are recycled as soon as the call returns.
+// When it is empty the frame is read into a scratch buffer and dropped: the
+// reader never blocks on the stack.
+//
+// Send: the protocol's chain is written to the TAP on the caller's goroutine
+// (a TAP write runs the receiving kernel stack in the writer's context) and
+// completed as one chain.
+
+import (
+	"errors"
+
+	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/tapdev"
+)
+
+// dpc is the receive DPC; it runs only on the interrupt goroutine.
+func (m *Miniport) dpc() {
+	for round := 0; round < 16; round++ { // bounded: let the shim see stop requests
+		n := m.pool.Get(m.rxBatch)
+		if n == 0 {
+			// No buffer: take one frame off the fd so it does not stay
+			// readable forever, and count it.
+			k, err := m.dev.ReadBatch(m.scratchBufs, m.rxSizes[:1])
+			if err != nil {
+				m.deviceError(err)
+				return
+			}
+			if k == 0 {
+				return
+			}
+			m.ctr.RxDropNoBuffer.Add(1)
+			continue
+		}
+		for i := 0; i < n; i++ {
+			nb := m.rxBatch[i].FirstNB
+			m.rxBufs[i] = nb.Data[headroom:]
+		}
+		got, err := m.dev.ReadBatch(m.rxBufs[:n], m.rxSizes[:n])
+		if got < n {
+			m.pool.Recycle(ndisshim.Chain(m.rxBatch[got:n]...))
+		}
+		if got > 0 {
+			m.indicate(got)
+		}
+		if err != nil {
+			m.deviceError(err)
+			return
+		}
+		if got < n {
+			return // the fd is empty
+		}
+	}
+}
+
+// indicate validates the got frames of rxBatch and indicates the good ones
+// as one chain.
+func (m *Miniport) indicate(got int) {
+	maxFrame := m.cfg.maxFrame()
+	filter := m.filter.Load()
+	enabled := m.rxEnabled.Load()
+	var head, tail, bad *ndisshim.NetBufferList
+	count, bytes := 0, 0
+	for i := 0; i < got; i++ {
+		nbl := m.rxBatch[i]
+		size := m.rxSizes[i]
+		nbl.Next = nil
+		drop := true
+		switch {
+		case !enabled:
+			m.ctr.RxDropNotReady.Add(1)
+		case size < 14:
+			m.ctr.RxDropRunt.Add(1)
+		case size > maxFrame:
+			m.ctr.RxDropOversize.Add(1)
+		case !m.accept(nbl.FirstNB.Data[headroom:headroom+6], filter):
+			m.ctr.RxDropFiltered.Add(1)
+		default:
+			drop = false
+		}
+		if drop {
+			nbl.Next = bad
+			bad = nbl
+			continue
+		}
+		nbl.FirstNB.SetBytes(headroom, size)
+		if head == nil {
+			head = nbl
+		} else {
+			tail.Next = nbl
+		}
+		tail = nbl
+		count++
+		bytes += size
+	}
+	if bad != nil {
+		m.pool.Recycle(bad)
+	}
+	if head == nil {
+		return
+	}
+	var flags ndisshim.ReceiveFlags
+	resources := m.pool.LowResources()
+	if resources {
+		flags |= ndisshim.ReceiveFlagResources
+	} else {
+		m.pool.MarkIndicated(head)
+	}
+	if err := m.a.IndicateReceive(head, ndisshim.DefaultPort, count, flags); err != nil {
+		// Not ready (paused, or no protocol bound): the chain is still ours.
+		m.pool.Recycle(head)
+		m.ctr.RxDropNotReady.Add(int64(count))
+		return
+	}
+	m.ctr.Indications.Add(1)
+	m.ctr.RxFrames.Add(int64(count))
+	m.ctr.RxBytes.Add(int64(bytes))
+	if resources {
+		m.ctr.ResourcesIndications.Add(1)
+		m.pool.Recycle(head) // ownership came back when the call returned
+	}
+}
+
+// accept applies the NDIS packet filter to a destination MAC.
+func (m *Miniport) accept(dst []byte, filter uint32) bool {
+	if filter&ndisshim.PacketTypePromiscuous != 0 {
+		return true
+	}
+	if dst[0]&1 == 0 { // unicast
+		return filter&ndisshim.PacketTypeDirected != 0 && string(dst) == string(m.cur)
+	}
+	if dst[0] == 0xff && dst[1] == 0xff && dst[2] == 0xff && dst[3] == 0xff && dst[4] == 0xff && dst[5] == 0xff {
+		return filter&ndisshim.PacketTypeBroadcast != 0
+	}
+	if filter&ndisshim.PacketTypeAllMulticast != 0 {
+		return true
+	}
+	if filter&ndisshim.PacketTypeMulticast == 0 {
+		return false
+	}
+	m.mcMu.Lock()
+	defer m.mcMu.Unlock()
+	for _, a := range m.multicast {
+		if string(a[:]) == string(dst) {
+			return true
+		}
+	}
+	return false
+}
+
+// deviceError handles a read or write error on the hardware.
+func (m *Miniport) deviceError(err error) {
+	if errors.Is(err, tapdev.ErrDeviceGone) {
+		if !m.removed.Swap(true) {
+			m.log.Error("hardware TAP gone", "tap", m.cfg.HardwareName, "err", err)
+		}
+		return
+	}
+	m.log.Warn("hardware I/O error", "tap", m.cfg.HardwareName, "err", err)
+}
+
+// ReturnNetBufferLists is MiniportReturnNetBufferLists: the stack gives
+// back a chain (any order, any mix of indications); the pool takes it in
+// one operation.
+func (m *Miniport) ReturnNetBufferLists(nbls *ndisshim.NetBufferList, flags ndisshim.ReturnFlags) {
+	if err := m.pool.Return(nbls); err != nil {
+		m.log.Error("return of receive NBLs", "err", err)
+	}
+}
+
+// SendNetBufferLists is MiniportSendNetBufferLists: write every frame of
+// the chain to the hardware TAP and complete the chain. The miniport owns
+// the chain until SendNetBufferListsComplete.
+func (m *Miniport) SendNetBufferLists(nbls *ndisshim.NetBufferList, port ndisshim.PortNumber, flags ndisshim.SendFlags) {
+	if !m.txEnabled.Load() || m.removed.Load() {
+		st := ndisshim.StatusPaused
+		if m.removed.Load() {
+			st = ndisshim.StatusNotAccepted
+		}
+		n := 0
+		for nbl := nbls; nbl != nil; nbl = nbl.Next {
+			nbl.Status = st
+			n++
+		}
+		m.ctr.TxDropPaused.Add(int64(n))
+		m.a.SendNetBufferListsComplete(nbls, 0)
+		return
+	}
+	maxFrame := m.cfg.maxFrame()
+	m.txMu.Lock()
+	bufs := m.txBufs[:0]
+	frames, bytes := 0, 0
+	for nbl := nbls; nbl != nil; nbl = nbl.Next {
+		nbl.Status = ndisshim.StatusSuccess
+		for nb := nbl.FirstNB; nb != nil; nb = nb.Next {
+			if nb.Length < 14 || nb.Length > maxFrame {
+				nbl.Status = ndisshim.StatusInvalidLength
+				m.ctr.TxDropOversize.Add(1)
+				continue
+			}
+			bufs = append(bufs, nb.Bytes())
+			bytes += nb.Length
+		}
+	}
+	if len(bufs) > 0 {
+		w, err := m.dev.WriteBatch(bufs)
+		frames = w
+		if err != nil {
+			m.ctr.TxErrors.Add(int64(len(bufs) - w))
+			for nbl := nbls; nbl != nil; nbl = nbl.Next {
+				nbl.Status = ndisshim.StatusFailure
+			}
+			m.deviceError(err)
+		}
+	}
+	clear(bufs) // drop references into the protocol's buffers
+	m.txBufs = bufs[:0]
+	m.txMu.Unlock()
+	m.ctr.TxFrames.Add(int64(frames))
+	if frames == len(bufs) {
+		m.ctr.TxBytes.Add(int64(bytes))
+	}
+	m.a.SendNetBufferListsComplete(nbls, 0)
+}

@@ -1,0 +1,348 @@
+package adapter
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/rxpool"
+	"github.com/tapminiport/tapminiport/tapdev"
+)
+
+// DriverName is the miniport driver's name.
+const DriverName = "tapminiport"
+
+// Version is the driver version, reported by OID_GEN_VENDOR_DRIVER_VERSION.
+const Version = "0.1.0"
+
+// headroom is kept before every received frame (room for a virtio-net header).
+const headroom = 64
+
+// Characteristics registers the TAP miniport with the shim
+// (NDIS_MINIPORT_DRIVER_CHARACTERISTICS). InitParameters.Config must be a
+// Config.
+func Characteristics() ndisshim.Characteristics {
+	return ndisshim.Characteristics{Name: DriverName, Version: Version, InitializeEx: InitializeEx}
+}
+
+// Miniport is the adapter context of the TAP miniport (NetVMini's MP_ADAPTER).
+type Miniport struct {
+	a   *ndisshim.Adapter
+	cfg Config
+	log *slog.Logger
+	mac net.HardwareAddr // permanent address
+	cur net.HardwareAddr // current address
+
+	ctxBlock []byte // the adapter context, tagged memory "TMad"
+	reg      *ndisshim.DeviceRegistration
+	dev      Device
+	created  bool
+	pool     *rxpool.Pool
+	intr     *ndisshim.Interrupt
+	stats    *ndisshim.Timer
+
+	rxEnabled atomic.Bool // indications on (Running)
+	txEnabled atomic.Bool // sends on (Running)
+	removed   atomic.Bool
+	nicDown   atomic.Bool // ShutdownEx or halt stopped the NIC
+
+	filter    atomic.Uint32 // NDIS packet filter
+	lookahead atomic.Uint32
+	mcMu      sync.Mutex
+	multicast [][6]byte
+
+	// receive DPC state: touched only by the interrupt goroutine
+	rxBatch     []*ndisshim.NetBufferList
+	rxBufs      [][]byte
+	rxSizes     []int
+	scratch     []byte
+	scratchBufs [][]byte
+
+	// send state
+	txMu   sync.Mutex
+	txBufs [][]byte
+
+	ctr Counters
+}
+
+var _ ndisshim.Miniport = (*Miniport)(nil)
+
+// InitializeEx is MiniportInitializeEx: it claims the device, opens and
+// configures the hardware TAP, allocates the receive pool, registers the
+// interrupt and starts the statistics timer. On failure it undoes what it
+// did, in reverse, and returns an error naming the step.
+func InitializeEx(a *ndisshim.Adapter, p ndisshim.InitParameters) (mp ndisshim.Miniport, err error) {
+	cfg, ok := p.Config.(Config)
+	if !ok {
+		return nil, fmt.Errorf("adapter %s: InitParameters.Config is %T, want adapter.Config", p.Name, p.Config)
+	}
+	if cfg.LowWater == 0 {
+		cfg.LowWater = cfg.RxBuffers / 8
+	}
+	if cfg.StatsPeriod <= 0 {
+		cfg.StatsPeriod = time.Second
+	}
+	if cfg.LinkSpeedBps == 0 {
+		cfg.LinkSpeedBps = 10_000_000_000
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	m := &Miniport{a: a, cfg: cfg, log: cfg.Log.With("adapter", p.Name)}
+	m.filter.Store(0) // NDIS: nothing is indicated until a protocol sets a filter
+	m.lookahead.Store(uint32(cfg.maxFrame()))
+	m.mac = cfg.MAC
+	if m.mac == nil {
+		m.mac = randomMAC()
+	}
+	m.cur = append(net.HardwareAddr(nil), m.mac...)
+
+	step := func(name string) error {
+		if cfg.FailAt == name {
+			return fmt.Errorf("adapter %s: injected failure at step %q", p.Name, name)
+		}
+		return nil
+	}
+	// undo runs the halt path over whatever was set up so far.
+	defer func() {
+		if err != nil {
+			m.log.Warn("initialize failed; undoing", "err", err)
+			m.teardown(ndisshim.HaltDeviceInitializationFailed)
+		}
+	}()
+
+	if err = step("context"); err != nil {
+		return nil, err
+	}
+	if m.ctxBlock, err = a.AllocateTagged(4096, ndisshim.MakeTag("TMad")); err != nil {
+		return nil, err
+	}
+	if err = step("register"); err != nil {
+		return nil, err
+	}
+	if m.reg, err = a.RegisterDevice(cfg.HardwareName); err != nil {
+		return nil, err
+	}
+	if err = step("open"); err != nil {
+		return nil, err
+	}
+	if cfg.Open == nil {
+		return nil, fmt.Errorf("adapter %s: no way to open hardware %s (Config.Open is nil)", p.Name, cfg.HardwareName)
+	}
+	if m.dev, m.created, err = cfg.Open(cfg.HardwareName); err != nil {
+		return nil, fmt.Errorf("adapter %s: open hardware TAP %s: %w", p.Name, cfg.HardwareName, err)
+	}
+	if err = step("configure"); err != nil {
+		return nil, err
+	}
+	if cfg.Configure != nil {
+		if err = cfg.Configure(cfg.HardwareName, cfg.MTU, cfg.Bridge); err != nil {
+			return nil, fmt.Errorf("adapter %s: configure hardware TAP %s: %w", p.Name, cfg.HardwareName, err)
+		}
+	}
+	if err = step("rxpool"); err != nil {
+		return nil, err
+	}
+	m.pool, err = rxpool.New(&a.Resources, rxpool.Config{
+		Name: cfg.HardwareName + " rx", Count: cfg.RxBuffers, BufferSize: headroom + cfg.maxFrame() + 64,
+		Headroom: headroom, LowWater: cfg.LowWater,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("adapter %s: receive pool: %w", p.Name, err)
+	}
+	m.rxBatch = make([]*ndisshim.NetBufferList, cfg.Batch)
+	m.rxBufs = make([][]byte, cfg.Batch)
+	m.rxSizes = make([]int, cfg.Batch)
+	m.scratch = make([]byte, 65536)
+	m.scratchBufs = [][]byte{m.scratch}
+	m.txBufs = make([][]byte, 0, 256)
+	if err = step("interrupt"); err != nil {
+		return nil, err
+	}
+	if m.intr, err = a.RegisterInterrupt(cfg.HardwareName+" rx", m.dev.Interrupt(), m.dpc, m.interruptError); err != nil {
+		return nil, err
+	}
+	if err = step("timer"); err != nil {
+		return nil, err
+	}
+	if m.stats, err = a.AllocateTimer("statistics", m.statsTick); err != nil {
+		return nil, err
+	}
+	if _, err = m.stats.Set(cfg.StatsPeriod, cfg.StatsPeriod); err != nil {
+		return nil, err
+	}
+	m.log.Info("initialized", "hardware", cfg.HardwareName, "created", m.created, "mac", m.mac.String(), "mtu", cfg.MTU,
+		"rx_buffers", cfg.RxBuffers, "batch", cfg.Batch)
+	return m, nil
+}
+
+func randomMAC() net.HardwareAddr {
+	mac := make(net.HardwareAddr, 6)
+	_, _ = rand.Read(mac)
+	mac[0] = (mac[0] | 0x02) &^ 0x01 // locally administered, unicast
+	return mac
+}
+
+// HaltEx is MiniportHaltEx: the reverse of InitializeEx. Called by the shim
+// only in Paused, so no indication is outstanding; the pool's Drain checks
+// it all the same and reports what is held if not.
+func (m *Miniport) HaltEx(action ndisshim.HaltAction) {
+	start := time.Now()
+	m.teardown(action)
+	m.log.Info("halted", "action", action.String(), "took", time.Since(start))
+}
+
+// teardown undoes initialization in the NDIS halt order, skipping what was
+// never set up (so a failing InitializeEx uses it too).
+func (m *Miniport) teardown(action ndisshim.HaltAction) {
+	m.rxEnabled.Store(false)
+	m.txEnabled.Store(false)
+	// 1. ports: only the default port, nothing to free.
+	// 2. timers: cancel, and wait for a handler that already fired.
+	if m.stats != nil {
+		if !m.stats.Cancel() {
+			m.stats.WaitForHandler()
+		}
+		m.stats.Free()
+		m.stats = nil
+	}
+	// 3. the interrupt: stop the reader and join it.
+	if m.intr != nil {
+		if err := m.intr.Deregister(); err != nil {
+			m.log.Warn("deregister interrupt", "err", err)
+		}
+		m.intr = nil
+	}
+	// 4. queued sends: sends are written synchronously, none is queued;
+	// take the send lock so a send in progress finishes first.
+	m.txMu.Lock()
+	m.txMu.Unlock() //nolint:staticcheck // an empty critical section: wait for the sender
+	// 5. wait for every outstanding receive indication.
+	if m.pool != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := m.pool.Drain(ctx)
+		cancel()
+		if err != nil {
+			// Never free memory that is still held: leak it, loudly.
+			m.log.Error("receive buffers still held at halt; leaving them allocated", "err", err)
+			m.pool = nil
+		}
+	}
+	// 6. stop the NIC (unless ShutdownEx already did), 7. close the hardware.
+	if m.dev != nil {
+		m.stopNIC()
+		if err := m.dev.Close(); err != nil {
+			m.log.Warn("close hardware", "err", err)
+		}
+		if m.created {
+			m.log.Info("hardware TAP deleted (it was created by this adapter)", "tap", m.cfg.HardwareName)
+		}
+		m.dev = nil
+	}
+	// 8. NBLs, then their pool, then the slab (rxpool frees in that order).
+	if m.pool != nil {
+		if err := m.pool.Free(); err != nil {
+			m.log.Error("free receive pool", "err", err)
+		}
+		m.pool = nil
+	}
+	// 9. tagged memory, 10. the device registration.
+	if m.ctxBlock != nil {
+		m.a.FreeTagged(m.ctxBlock)
+		m.ctxBlock = nil
+	}
+	if m.reg != nil {
+		m.reg.Release()
+		m.reg = nil
+	}
+	_ = action
+}
+
+func (m *Miniport) stopNIC() {
+	if m.nicDown.Swap(true) || m.removed.Load() || m.cfg.Unconfigure == nil {
+		return
+	}
+	if err := m.cfg.Unconfigure(m.cfg.HardwareName); err != nil {
+		m.log.Debug("link down", "tap", m.cfg.HardwareName, "err", err)
+	}
+}
+
+// PauseEx is MiniportPause: stop indicating and refuse sends. Sends are
+// written synchronously, so none is pending once the send lock is free;
+// indications already made are waited for by the shim.
+func (m *Miniport) PauseEx(ctx context.Context) error {
+	m.txEnabled.Store(false)
+	m.rxEnabled.Store(false)
+	m.txMu.Lock()
+	m.txMu.Unlock() //nolint:staticcheck // wait for a send in progress
+	return nil
+}
+
+// RestartEx is MiniportRestart.
+func (m *Miniport) RestartEx(ctx context.Context) error {
+	if m.removed.Load() {
+		return fmt.Errorf("adapter %s: %w", m.cfg.HardwareName, ndisshim.ErrRemoved)
+	}
+	m.rxEnabled.Store(true)
+	m.txEnabled.Store(true)
+	return nil
+}
+
+// ShutdownEx is MiniportShutdownEx: put the NIC in its initial state (link
+// down), freeing nothing and waiting for nothing.
+func (m *Miniport) ShutdownEx(action ndisshim.ShutdownAction) {
+	m.rxEnabled.Store(false)
+	m.txEnabled.Store(false)
+	m.stopNIC()
+	m.log.Warn("shut down", "action", action.String())
+}
+
+// DevicePnPEventNotify is MiniportDevicePnPEventNotify.
+func (m *Miniport) DevicePnPEventNotify(ev ndisshim.PnPEvent) {
+	if ev == ndisshim.PnPSurpriseRemoved {
+		m.removed.Store(true)
+		m.rxEnabled.Store(false)
+		m.txEnabled.Store(false)
+		m.log.Warn("hardware surprise-removed", "tap", m.cfg.HardwareName)
+	}
+}
+
+// CancelSend is MiniportCancelSend: sends are never queued, so there is
+// nothing to cancel.
+func (m *Miniport) CancelSend(cancelID uintptr) {}
+
+// interruptError is called on the interrupt goroutine when the hardware
+// fails: a TAP deleted underneath is a surprise removal.
+func (m *Miniport) interruptError(err error) {
+	m.log.Error("hardware failed", "tap", m.cfg.HardwareName, "err", err)
+	if errors.Is(err, tapdev.ErrDeviceGone) {
+		m.removed.Store(true)
+	}
+}
+
+// statsTick is the statistics timer's handler: it samples the counters for
+// the per-second rates.
+func (m *Miniport) statsTick() { m.ctr.sample() }
+
+// Counters returns a snapshot of the adapter's counters.
+func (m *Miniport) Counters() Snapshot {
+	s := m.ctr.snapshot()
+	if m.pool != nil {
+		ps := m.pool.Stats()
+		s.PoolInUse, s.PoolHighWater, s.PoolExhaustions = int64(ps.InUse), int64(ps.HighWater), int64(ps.Exhaustions)
+	}
+	return s
+}
+
+// MAC is the NIC's current address.
+func (m *Miniport) MAC() net.HardwareAddr { return m.cur }

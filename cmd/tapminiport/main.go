@@ -1,0 +1,243 @@
+// Command tapminiport runs the TAP miniport under the NDIS-like shim with
+// the host-stack binding above it and, by default, an embedded wire
+// partner: a network namespace holding the hardware TAP's kernel side.
+//
+//	host stack ── tm0 ── hoststack ═ ndisshim ═ adapter ── tmhw0 ── netns tmwire
+//
+// SIGTERM or SIGINT: pause (wait for the stack to return every buffer),
+// unbind, halt, unload, print the exit report. A second signal says it is
+// still draining; a third forces ShutdownEx and exits 3 with what was held.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/tapminiport/tapminiport/adapter"
+	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/hoststack"
+	"github.com/tapminiport/tapminiport/tapdev"
+)
+
+// Exit codes.
+const (
+	exitOK       = 0
+	exitStart    = 1
+	exitFlags    = 2
+	exitForced   = 3
+	exitVerifier = 4
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "tapminiport: %v\n", err)
+		return exitFlags
+	}
+	if o.version {
+		fmt.Fprintf(stdout, "tapminiport %s\n", adapter.Version)
+		return exitOK
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	if err := preflight(); err != nil {
+		fmt.Fprintf(stderr, "tapminiport: %v\n", err)
+		return exitStart
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	m := &machine{o: o, log: log, stdout: stdout}
+	if err := m.start(); err != nil {
+		log.Error("start failed", "err", err)
+		m.undoStart()
+		return exitStart
+	}
+	m.banner()
+	sig := <-sigs
+	log.Info("signal received: pause, halt, unload", "signal", sig.String())
+	return m.stop(sigs)
+}
+
+// preflight names the fix when the process cannot create TAPs.
+func preflight() error {
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		return fmt.Errorf("/dev/net/tun is missing: load the tun module (modprobe tun) or run where TAP devices exist: %w", err)
+	}
+	f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("cannot open /dev/net/tun: needs root or CAP_NET_ADMIN: run with sudo: %w", err)
+	}
+	return f.Close()
+}
+
+// machine is the running system: driver, adapter, binding, wire partner.
+type machine struct {
+	o      *options
+	log    *slog.Logger
+	stdout io.Writer
+
+	wireCreated bool
+	drv         *ndisshim.Driver
+	a           *ndisshim.Adapter
+	mp          *adapter.Miniport
+	st          *hoststack.Stack
+	hwNetns     string // where the hardware TAP's link lives now
+	snap        adapter.Snapshot
+	stackSnap   hoststack.Counters
+	verdict     error
+	started     time.Time
+}
+
+func (m *machine) start() error {
+	o := m.o
+	m.started = time.Now()
+	if !o.noWire {
+		if tapdev.NetnsExists(o.wireNetns) {
+			return fmt.Errorf("network namespace %q already exists (left by an earlier run?): remove it with `ip netns del %s`, or name another with --wire-netns", o.wireNetns, o.wireNetns)
+		}
+		if err := tapdev.CreateNetns(o.wireNetns); err != nil {
+			return fmt.Errorf("create wire namespace %s: %w", o.wireNetns, err)
+		}
+		m.wireCreated = true
+	}
+	if o.nicNetns != "" && !tapdev.NetnsExists(o.nicNetns) {
+		return fmt.Errorf("--nic-netns %s: no such network namespace (create it with `ip netns add %s`)", o.nicNetns, o.nicNetns)
+	}
+	drv, err := ndisshim.RegisterMiniportDriver(adapter.Characteristics(), m.log)
+	if err != nil {
+		return err
+	}
+	m.drv = drv
+	drv.OnFinding(func(f ndisshim.Finding) { m.log.Error("verifier", "finding", f.String()) })
+	cfg := adapter.Config{
+		HardwareName: o.hwTap, MTU: o.mtu, MAC: o.mac, Bridge: o.bridge, RxBuffers: o.rxBuffers, Batch: o.batch,
+		Open: adapter.OpenTAP, Configure: adapter.ConfigureTAP,
+		Unconfigure: func(name string) error { return tapdev.SetLinkUp(m.hwNetns, name, false) },
+		FailAt:      o.failAt,
+		Log:         m.log,
+	}
+	a, err := drv.AddAdapter(ndisshim.InitParameters{Name: o.hwTap, Config: cfg}, ndisshim.AdapterOptions{
+		WatchdogInterval: o.watchdog,
+		OnHeld: func(r ndisshim.HeldReport) {
+			m.log.Info(r.Phase+": waiting", "for", r.String(), "waited", r.Waited.Round(time.Millisecond))
+		},
+	})
+	if err != nil {
+		return err
+	}
+	m.a = a
+	m.mp = a.MiniportContext().(*adapter.Miniport)
+	if !o.noWire {
+		if err := tapdev.MoveLink(o.hwTap, "", o.wireNetns); err != nil {
+			return fmt.Errorf("move hardware TAP %s into %s: %w", o.hwTap, o.wireNetns, err)
+		}
+		m.hwNetns = o.wireNetns
+		if err := tapdev.ConfigureLink(o.wireNetns, "lo", tapdev.LinkConfig{Up: true}); err != nil {
+			return err
+		}
+		if err := tapdev.ConfigureLink(o.wireNetns, o.hwTap, tapdev.LinkConfig{Addrs: o.wireAddrs, Up: true}); err != nil {
+			return fmt.Errorf("configure wire partner %s in %s: %w", o.hwTap, o.wireNetns, err)
+		}
+	}
+	hcfg := hoststack.Config{NICName: o.nicTap, Netns: o.nicNetns, ReturnDelay: o.returnDelay, CheckHeld: o.checkHeld, Log: m.log}
+	if !o.noWire {
+		hcfg.Addrs = o.nicAddrs
+	}
+	if m.st, err = hoststack.Bind(a, hcfg); err != nil {
+		return err
+	}
+	if err := a.Restart(context.Background()); err != nil {
+		return err
+	}
+	return nil
+}
+
+// undoStart removes whatever a failed start made, in reverse.
+func (m *machine) undoStart() {
+	ctx, cancel := context.WithTimeout(context.Background(), m.o.haltTimeout)
+	defer cancel()
+	if m.a != nil && m.a.State() == ndisshim.StateRunning {
+		_ = m.a.Pause(ctx)
+	}
+	if m.st != nil {
+		if err := m.st.Close(ctx); err != nil {
+			m.log.Error("unbind", "err", err)
+		}
+	}
+	if m.a != nil {
+		if err := m.a.Halt(ctx, ndisshim.HaltDeviceInitializationFailed); err != nil {
+			m.log.Error("halt", "err", err)
+		}
+	}
+	if m.drv != nil {
+		if err := m.drv.Deregister(); err != nil {
+			m.log.Error("unload", "err", err)
+		}
+	}
+	m.removeWire()
+}
+
+func (m *machine) removeWire() {
+	if m.wireCreated {
+		if err := tapdev.DeleteNetns(m.o.wireNetns); err != nil {
+			m.log.Error("remove wire namespace", "netns", m.o.wireNetns, "err", err)
+		} else {
+			m.log.Info("removed wire namespace", "netns", m.o.wireNetns)
+		}
+		m.wireCreated = false
+	}
+}
+
+func (m *machine) banner() {
+	o := m.o
+	w := m.stdout
+	nicNs := o.nicNetns
+	if nicNs == "" {
+		nicNs = "(current namespace)"
+	}
+	fmt.Fprintf(w, "tapminiport %s: adapter %s running\n", adapter.Version, o.hwTap)
+	fmt.Fprintf(w, "  host stack: NIC TAP %s in %s, MAC %s, MTU %d, addresses %s\n", o.nicTap, nicNs, m.mp.MAC(), o.mtu, prefixList{&o.nicAddrs})
+	if o.noWire {
+		fmt.Fprintf(w, "  wire: hardware TAP %s, not addressed (--no-wire)\n", o.hwTap)
+	} else {
+		fmt.Fprintf(w, "  wire partner: hardware TAP %s in netns %s, addresses %s\n", o.hwTap, o.wireNetns, prefixList{&o.wireAddrs})
+		exec := ""
+		if o.nicNetns != "" {
+			exec = "ip netns exec " + o.nicNetns + " "
+		}
+		peer4, peer6 := "", ""
+		for _, p := range o.wireAddrs {
+			if p.Addr().Is4() && peer4 == "" {
+				peer4 = p.Addr().String()
+			} else if p.Addr().Is6() && peer6 == "" {
+				peer6 = p.Addr().String()
+			}
+		}
+		fmt.Fprintf(w, "  try:\n")
+		if peer4 != "" {
+			fmt.Fprintf(w, "    %sping -c 3 %s\n", exec, peer4)
+			fmt.Fprintf(w, "    ip netns exec %s iperf3 -s -1 -D; %siperf3 -c %s -t 5\n", o.wireNetns, exec, peer4)
+		}
+		if peer6 != "" {
+			fmt.Fprintf(w, "    %sping -6 -c 3 %s\n", exec, peer6)
+		}
+	}
+	fmt.Fprintf(w, "  stop: kill -TERM %d   (pause, drain, halt, unload, report)\n", os.Getpid())
+	fmt.Fprintf(w, "ready\n")
+}

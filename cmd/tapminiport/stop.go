@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/hoststack"
+)
+
+// stop runs pause → unbind → halt → unload and prints the exit report.
+// Further signals: the second says it is still draining, the third forces
+// ShutdownEx and exits 3 with what was still held.
+func (m *machine) stop(sigs <-chan os.Signal) int {
+	done := make(chan struct{})
+	forced := make(chan struct{})
+	go func() {
+		n := 1
+		for {
+			select {
+			case <-done:
+				return
+			case s := <-sigs:
+				n++
+				if n == 2 {
+					r := m.a.HeldReport("halt", m.started)
+					m.log.Warn("still draining: send the signal once more to force a shutdown", "signal", s.String(), "held", r.String())
+					continue
+				}
+				m.log.Error("forced: ShutdownEx without waiting", "signal", s.String())
+				close(forced)
+				return
+			}
+		}
+	}()
+	type result struct {
+		code int
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() { c, err := m.halt(); res <- result{c, err} }()
+	select {
+	case r := <-res:
+		close(done)
+		if r.err != nil {
+			m.log.Error("stop", "err", r.err)
+		}
+		m.report(r.code, r.err)
+		return r.code
+	case <-forced:
+		return m.force("third signal")
+	}
+}
+
+// halt is the orderly path. It returns the exit code.
+func (m *machine) halt() (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), m.o.haltTimeout)
+	defer cancel()
+	t := time.Now()
+	m.log.Info("pause: start", "held_by_stack", m.a.Stats().HeldNow)
+	if err := m.a.Pause(ctx); err != nil {
+		if errors.Is(err, ndisshim.ErrDrainTimeout) {
+			m.log.Error("pause: gave up (--halt-timeout)", "err", err)
+			return m.force("halt timeout"), err
+		}
+		return exitForced, err
+	}
+	m.log.Info("pause: done", "took", time.Since(t).Round(time.Microsecond), "drained_nbls", m.a.Stats().DrainedNBLs)
+	t = time.Now()
+	if err := m.st.Close(ctx); err != nil {
+		m.log.Error("unbind: verifier", "err", err)
+	}
+	m.log.Info("unbind: done", "binding", hoststack.ProtocolName, "took", time.Since(t).Round(time.Microsecond))
+	m.snap = m.mp.Counters()
+	m.stackSnap = m.st.Counters()
+	t = time.Now()
+	haltErr := m.a.Halt(ctx, ndisshim.HaltDeviceDisabled)
+	m.log.Info("halt: done", "took", time.Since(t).Round(time.Microsecond), "err", haltErr)
+	t = time.Now()
+	unloadErr := m.drv.Deregister()
+	m.log.Info("unload: done", "took", time.Since(t).Round(time.Microsecond))
+	m.removeWire()
+	m.verdict = unloadErr
+	if unloadErr != nil {
+		return exitVerifier, nil
+	}
+	return exitOK, nil
+}
+
+// force is ShutdownEx: link down, nothing freed, exit 3 with what is held.
+func (m *machine) force(why string) int {
+	r := m.a.HeldReport("shutdown", m.started)
+	_ = m.a.Shutdown(ndisshim.ShutdownBugCheck)
+	m.snap = m.mp.Counters()
+	m.stackSnap = m.st.Counters()
+	m.removeWire()
+	fmt.Fprintf(m.stdout, "forced shutdown (%s): still held: %s\n", why, r.String())
+	m.verdict = fmt.Errorf("not halted: %s", r.String())
+	m.report(exitForced, nil)
+	return exitForced
+}
+
+// report prints the exit report.
+func (m *machine) report(code int, err error) {
+	c, s, st := m.snap, m.stackSnap, m.a.Stats()
+	w := m.stdout
+	fmt.Fprintf(w, "\ntapminiport exit report (ran %s)\n", time.Since(m.started).Round(time.Millisecond))
+	fmt.Fprintf(w, "  wire → host: %d packets, %d bytes in %d indications (%d with RESOURCES)\n", c.RxFrames, c.RxBytes, c.Indications, c.ResourcesIndications)
+	fmt.Fprintf(w, "  host → wire: %d packets, %d bytes\n", c.TxFrames, c.TxBytes)
+	fmt.Fprintf(w, "  receive drops: no-buffer=%d runt=%d oversize=%d filtered=%d not-ready=%d\n",
+		c.RxDropNoBuffer, c.RxDropRunt, c.RxDropOversize, c.RxDropFiltered, c.RxDropNotReady)
+	fmt.Fprintf(w, "  send drops: paused=%d oversize=%d errors=%d\n", c.TxDropPaused, c.TxDropOversize, c.TxErrors)
+	fmt.Fprintf(w, "  stack drops: queue-full=%d paused=%d no-send-buffer=%d send-failed=%d\n",
+		s.DropQueueFull, s.DropPaused, s.DropNoSendBuffer, s.SendFailed)
+	fmt.Fprintf(w, "  peak buffers held by the stack: %d of %d\n", st.PeakHeld, m.o.rxBuffers)
+	fmt.Fprintf(w, "  receive pool: high-water %d, exhaustions %d\n", c.PoolHighWater, c.PoolExhaustions)
+	fmt.Fprintf(w, "  NBLs drained during pause/halt: %d\n", st.DrainedNBLs)
+	if m.o.checkHeld {
+		fmt.Fprintf(w, "  held-buffer check: %d corrupt\n", s.CorruptHeld)
+	}
+	switch {
+	case m.verdict == nil && err == nil:
+		fmt.Fprintf(w, "  verifier: clean\n")
+	case m.verdict != nil:
+		fmt.Fprintf(w, "  verifier: %s\n", strings.ReplaceAll(m.verdict.Error(), "\n", "\n    "))
+	default:
+		fmt.Fprintf(w, "  verifier: not run: %v\n", err)
+	}
+	fmt.Fprintf(w, "  exit code: %d\n", code)
+}
+

@@ -1,0 +1,493 @@
+// Package hoststack is the protocol binding that plays the kernel stack
+// (tcpip.sys): it binds to an adapter through ndisshim and joins it to a
+// second TAP, the "NIC TAP" (tm0 by default) that the host's own kernel
+// stack sees as the network interface. ping, iperf3 and ssh run on tm0.
+//
+// Receive (wire → host): the miniport's indication arrives on the
+// miniport's DPC goroutine. Without RESOURCES the chain is queued (a
+// bounded channel of chains, one entry per indication; when it is full the
+// chain is returned at once and counted as a drop) and the protocol owns
+// it: the writer goroutine (RoutineWriteToNIC) holds each chain at least
+// ReturnDelay, writes its frames to tm0 and returns the whole chain with
+// one ReturnNetBufferLists. With RESOURCES the frames are written to tm0
+// before ReceiveNetBufferLists returns, and never returned.
+//
+// Send (host → wire): the reader goroutine (an ndisshim interrupt on tm0's
+// fd) reads frames the host sends straight into NBLs of the binding's own
+// send pool, chains a batch and sends it with one SendNetBufferLists; the
+// completion frees the chain back to the pool in one call.
+package hoststack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/tapdev"
+)
+
+// ProtocolName is the binding's name in reports ("held by hoststack").
+const ProtocolName = "hoststack"
+
+// Device is the NIC TAP seam (a *tapdev.Dev, or a socketpair end in tests).
+type Device interface {
+	Name() string
+	ReadBatch(bufs [][]byte, sizes []int) (int, error)
+	WriteBatch(bufs [][]byte) (int, error)
+	Interrupt() ndisshim.InterruptSource
+	Close() error
+}
+
+// Config is the binding's blueprint.
+type Config struct {
+	NICName     string         // the NIC TAP, e.g. "tm0"
+	Netns       string         // namespace for the NIC TAP ("" = the current one)
+	Addrs       []netip.Prefix // addresses for the NIC TAP
+	ReturnDelay time.Duration  // hold each indicated NBL at least this long
+	QueueLen    int            // indications queued for the writer (default 1024)
+	SendNBLs    int            // NBLs in the send pool (default 512)
+	Batch       int            // frames per send chain (default 64)
+	// CheckHeld hashes every held frame on receive and checks the hash
+	// before writing it: a buffer freed or reused under the stack shows up
+	// as CorruptHeld (or a fault, since the slab is mmap'd).
+	CheckHeld bool
+	// Open opens the NIC TAP (default: tapdev, created when missing).
+	Open func(name string) (Device, bool, error)
+	// Configure sets up the NIC TAP: namespace, MAC, MTU, addresses, up
+	// (default: tapdev/netlink). nil with Open set skips it.
+	Configure func(c Config, mac net.HardwareAddr, mtu int) error
+	Log       *slog.Logger
+}
+
+// Validate checks the blueprint; errors name the field.
+func (c Config) Validate() error {
+	switch {
+	case c.NICName == "" || len(c.NICName) > 15:
+		return fmt.Errorf("hoststack: NIC TAP name %q must be 1..15 characters", c.NICName)
+	case c.ReturnDelay < 0:
+		return fmt.Errorf("hoststack: return delay %s is negative", c.ReturnDelay)
+	case c.QueueLen < 0 || c.SendNBLs < 0 || c.Batch < 0:
+		return errors.New("hoststack: queue length, send NBLs and batch must not be negative")
+	}
+	return nil
+}
+
+// Counters are the binding's statistics.
+type Counters struct {
+	ToHostFrames, ToHostBytes int64 // written to the NIC TAP
+	ToWireFrames, ToWireBytes int64 // read from the NIC TAP and sent down
+	DropQueueFull             int64 // indications returned at once: the writer's queue was full
+	DropPaused                int64 // host frames read while the binding was paused
+	DropNoSendBuffer          int64 // host frames dropped: every send NBL in flight
+	SendFailed                int64 // sends completed with a failure status
+	ResourcesWrites           int64 // frames written during a RESOURCES indication
+	CorruptHeld               int64 // held frames whose bytes changed (CheckHeld)
+	WriteErrors               int64
+}
+
+type held struct {
+	head *ndisshim.NetBufferList
+	n    int
+	at   time.Time
+}
+
+// Stack is the binding. It implements ndisshim.Protocol.
+type Stack struct {
+	cfg     Config
+	log     *slog.Logger
+	b       *ndisshim.Binding
+	dev     Device
+	created bool
+	mtu     int
+
+	sendPool *ndisshim.NBLPool
+	sendSlab *ndisshim.SharedMemory
+	bufSize  int
+	intr     *ndisshim.Interrupt
+
+	q      chan held
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	paused atomic.Bool
+	closed bool
+
+	// reader (interrupt goroutine) scratch
+	sBatch  []*ndisshim.NetBufferList
+	sBufs   [][]byte
+	sSizes  []int
+	scratch [][]byte
+	// writer scratch
+	wMu   sync.Mutex
+	wBufs [][]byte
+
+	toHostFrames, toHostBytes, toWireFrames, toWireBytes atomic.Int64
+	dropQueueFull, dropPaused, dropNoSendBuffer          atomic.Int64
+	sendFailed, resourcesWrites, corruptHeld, writeErrs  atomic.Int64
+}
+
+var _ ndisshim.Protocol = (*Stack)(nil)
+
+// Bind opens the adapter (which must be Paused), learns the NIC's address
+// and frame size by OID, sets the packet filter, opens and configures the
+// NIC TAP, allocates the send pool and starts the reader and the writer.
+// On error it undoes what it did.
+func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.QueueLen == 0 {
+		cfg.QueueLen = 1024
+	}
+	if cfg.SendNBLs == 0 {
+		cfg.SendNBLs = 512
+	}
+	if cfg.Batch == 0 {
+		cfg.Batch = 64
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Open == nil {
+		cfg.Open = openTAP
+		if cfg.Configure == nil {
+			cfg.Configure = configureTAP
+		}
+	}
+	s = &Stack{cfg: cfg, log: cfg.Log.With("binding", ProtocolName), q: make(chan held, cfg.QueueLen), stop: make(chan struct{})}
+	if s.b, err = a.OpenAdapter(ProtocolName, s); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			s.undo()
+		}
+	}()
+	mac, mtu, err := s.learn()
+	if err != nil {
+		return nil, err
+	}
+	s.mtu = mtu
+	if s.dev, s.created, err = cfg.Open(cfg.NICName); err != nil {
+		return nil, fmt.Errorf("hoststack: open NIC TAP %s: %w", cfg.NICName, err)
+	}
+	if cfg.Configure != nil {
+		if err = cfg.Configure(cfg, mac, mtu); err != nil {
+			return nil, fmt.Errorf("hoststack: configure NIC TAP %s: %w", cfg.NICName, err)
+		}
+	}
+	s.bufSize = (mtu + 14 + 4 + 63) &^ 63
+	if s.sendSlab, err = s.b.AllocateSharedMemory(s.bufSize * cfg.SendNBLs); err != nil {
+		return nil, err
+	}
+	if s.sendPool, err = s.b.AllocateNBLPool(ndisshim.NBLPoolParams{Tag: ndisshim.MakeTag("TMtx"), Count: cfg.SendNBLs, WithNB: true}); err != nil {
+		return nil, err
+	}
+	for i := 0; i < cfg.SendNBLs; i++ {
+		s.sendPool.NBL(i).FirstNB.Data = s.sendSlab.Bytes[i*s.bufSize : (i+1)*s.bufSize : (i+1)*s.bufSize]
+	}
+	s.sBatch = make([]*ndisshim.NetBufferList, cfg.Batch)
+	s.sBufs = make([][]byte, cfg.Batch)
+	s.sSizes = make([]int, cfg.Batch)
+	s.scratch = [][]byte{make([]byte, 65536)}
+	s.wBufs = make([][]byte, 0, 256)
+	s.wg.Add(1)
+	go s.routineWriteToNIC()
+	if s.intr, err = s.b.RegisterInterrupt(cfg.NICName+" reader", s.dev.Interrupt(), s.readFromNIC, s.readerError); err != nil {
+		return nil, err
+	}
+	s.log.Info("bound", "adapter", a.Name(), "nic", cfg.NICName, "created", s.created, "mac", mac.String(), "mtu", mtu, "netns", cfg.Netns)
+	return s, nil
+}
+
+// learn asks the miniport for its address and frame size and sets the
+// packet filter, as tcpip.sys does when it binds.
+func (s *Stack) learn() (net.HardwareAddr, int, error) {
+	q := ndisshim.NewQuery(ndisshim.OID8023CurrentAddress, 6)
+	if st := s.b.OIDRequest(q); st != ndisshim.StatusSuccess {
+		return nil, 0, fmt.Errorf("hoststack: query %s: %w", q.OID, st)
+	}
+	mac := net.HardwareAddr(append([]byte(nil), q.Answer()...))
+	q = ndisshim.NewQuery(ndisshim.OIDGenMaximumFrameSize, 4)
+	if st := s.b.OIDRequest(q); st != ndisshim.StatusSuccess {
+		return nil, 0, fmt.Errorf("hoststack: query %s: %w", q.OID, st)
+	}
+	mtu := int(q.AnswerUint32())
+	set := ndisshim.NewSetUint32(ndisshim.OIDGenCurrentPacketFilter,
+		ndisshim.PacketTypeDirected|ndisshim.PacketTypeBroadcast|ndisshim.PacketTypeAllMulticast)
+	if st := s.b.OIDRequest(set); st != ndisshim.StatusSuccess {
+		return nil, 0, fmt.Errorf("hoststack: set %s: %w", set.OID, st)
+	}
+	return mac, mtu, nil
+}
+
+// Binding is the shim binding (for OID requests by the caller).
+func (s *Stack) Binding() *ndisshim.Binding { return s.b }
+
+// Created reports whether Bind created the NIC TAP.
+func (s *Stack) Created() bool { return s.created }
+
+// Counters returns a snapshot of the binding's counters.
+func (s *Stack) Counters() Counters {
+	return Counters{
+		ToHostFrames: s.toHostFrames.Load(), ToHostBytes: s.toHostBytes.Load(),
+		ToWireFrames: s.toWireFrames.Load(), ToWireBytes: s.toWireBytes.Load(),
+		DropQueueFull: s.dropQueueFull.Load(), DropPaused: s.dropPaused.Load(), DropNoSendBuffer: s.dropNoSendBuffer.Load(),
+		SendFailed: s.sendFailed.Load(), ResourcesWrites: s.resourcesWrites.Load(), CorruptHeld: s.corruptHeld.Load(),
+		WriteErrors: s.writeErrs.Load(),
+	}
+}
+
+// ReceiveNetBufferLists is ProtocolReceiveNetBufferLists.
+func (s *Stack) ReceiveNetBufferLists(b *ndisshim.Binding, nbls *ndisshim.NetBufferList, port ndisshim.PortNumber, count int, flags ndisshim.ReceiveFlags) {
+	if flags.Has(ndisshim.ReceiveFlagResources) {
+		// Ownership comes back when we return: write now.
+		s.wMu.Lock()
+		n := s.writeChain(nbls)
+		s.wMu.Unlock()
+		s.resourcesWrites.Add(int64(n))
+		return
+	}
+	if s.cfg.CheckHeld {
+		for nbl := nbls; nbl != nil; nbl = nbl.Next {
+			nbl.ProtocolReserved[0] = uintptr(hash(nbl.Bytes()))
+		}
+	}
+	h := held{head: nbls, n: count}
+	if s.cfg.ReturnDelay > 0 {
+		h.at = time.Now()
+	}
+	select {
+	case s.q <- h:
+	default:
+		s.dropQueueFull.Add(int64(count))
+		b.ReturnNetBufferLists(nbls, 0)
+	}
+}
+
+func hash(b []byte) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write(b)
+	return h.Sum64()
+}
+
+// routineWriteToNIC is the writer goroutine: it holds each queued chain
+// for ReturnDelay, writes it to the NIC TAP and returns it in one call.
+func (s *Stack) routineWriteToNIC() {
+	defer s.wg.Done()
+	var delay *time.Timer
+	for {
+		var h held
+		select {
+		case h = <-s.q:
+		case <-s.stop:
+			return
+		}
+		if s.cfg.ReturnDelay > 0 {
+			if wait := time.Until(h.at.Add(s.cfg.ReturnDelay)); wait > 0 {
+				if delay == nil {
+					delay = time.NewTimer(wait)
+				} else {
+					delay.Reset(wait)
+				}
+				<-delay.C
+			}
+		}
+		if s.cfg.CheckHeld {
+			for nbl := h.head; nbl != nil; nbl = nbl.Next {
+				if uintptr(hash(nbl.Bytes())) != nbl.ProtocolReserved[0] {
+					s.corruptHeld.Add(1)
+				}
+			}
+		}
+		s.wMu.Lock()
+		s.writeChain(h.head)
+		s.wMu.Unlock()
+		s.b.ReturnNetBufferLists(h.head, 0)
+	}
+}
+
+// writeChain writes the chain's frames to the NIC TAP; the caller holds wMu.
+func (s *Stack) writeChain(head *ndisshim.NetBufferList) int {
+	bufs := s.wBufs[:0]
+	bytes := 0
+	for nbl := head; nbl != nil; nbl = nbl.Next {
+		for nb := nbl.FirstNB; nb != nil; nb = nb.Next {
+			bufs = append(bufs, nb.Bytes())
+			bytes += nb.Length
+		}
+	}
+	n, err := s.dev.WriteBatch(bufs)
+	if err != nil {
+		s.writeErrs.Add(int64(len(bufs) - n))
+		s.log.Debug("write to NIC TAP", "err", err)
+	}
+	clear(bufs)
+	s.wBufs = bufs[:0]
+	s.toHostFrames.Add(int64(n))
+	if n == len(bufs) {
+		s.toHostBytes.Add(int64(bytes))
+	}
+	return n
+}
+
+// readFromNIC is the reader's DPC: host frames → one send chain per batch.
+func (s *Stack) readFromNIC() {
+	for round := 0; round < 16; round++ {
+		if s.paused.Load() {
+			n, err := s.dev.ReadBatch(s.scratch, s.sSizes[:1])
+			if err != nil || n == 0 {
+				return
+			}
+			s.dropPaused.Add(int64(n))
+			continue
+		}
+		k := s.sendPool.AllocateBatch(s.sBatch)
+		if k == 0 {
+			n, err := s.dev.ReadBatch(s.scratch, s.sSizes[:1])
+			if err != nil || n == 0 {
+				return
+			}
+			s.dropNoSendBuffer.Add(int64(n))
+			continue
+		}
+		for i := 0; i < k; i++ {
+			s.sBufs[i] = s.sBatch[i].FirstNB.Data
+		}
+		got, err := s.dev.ReadBatch(s.sBufs[:k], s.sSizes[:k])
+		if got < k {
+			s.sendPool.FreeChain(ndisshim.Chain(s.sBatch[got:k]...))
+		}
+		if got > 0 {
+			bytes := 0
+			for i := 0; i < got; i++ {
+				s.sBatch[i].FirstNB.SetBytes(0, s.sSizes[i])
+				bytes += s.sSizes[i]
+			}
+			s.toWireFrames.Add(int64(got))
+			s.toWireBytes.Add(int64(bytes))
+			s.b.SendNetBufferLists(ndisshim.Chain(s.sBatch[:got]...), ndisshim.DefaultPort, 0)
+		}
+		if err != nil {
+			s.readerError(err)
+			return
+		}
+		if got < k {
+			return
+		}
+	}
+}
+
+func (s *Stack) readerError(err error) {
+	s.log.Error("NIC TAP read failed", "nic", s.cfg.NICName, "err", err)
+}
+
+// SendNetBufferListsComplete is ProtocolSendNetBufferListsComplete: the
+// chain goes back to the send pool in one call.
+func (s *Stack) SendNetBufferListsComplete(b *ndisshim.Binding, nbls *ndisshim.NetBufferList, flags ndisshim.SendCompleteFlags) {
+	for nbl := nbls; nbl != nil; nbl = nbl.Next {
+		if nbl.Status != ndisshim.StatusSuccess {
+			s.sendFailed.Add(1)
+		}
+	}
+	s.sendPool.FreeChain(nbls)
+}
+
+// StatusEx is ProtocolStatusEx.
+func (s *Stack) StatusEx(b *ndisshim.Binding, st ndisshim.StatusIndication) {
+	if ls, ok := st.Data.(ndisshim.LinkState); ok {
+		s.log.Info("link state", "connected", ls.Connected)
+		return
+	}
+	s.log.Info("status indication", "status", st.Code.String())
+}
+
+// NetPnPEvent is ProtocolNetPnPEvent: pause stops sending (host frames are
+// dropped and counted); held NBLs keep flowing back.
+func (s *Stack) NetPnPEvent(b *ndisshim.Binding, ev ndisshim.NetPnPEvent) error {
+	switch ev {
+	case ndisshim.NetEventPause:
+		s.paused.Store(true)
+	case ndisshim.NetEventRestart:
+		s.paused.Store(false)
+	}
+	return nil
+}
+
+// Close unbinds (the adapter must be Paused, so nothing is held): it stops
+// the reader and the writer, closes the NIC TAP (deleted when Bind created
+// it), frees the send pool and its slab, and closes the binding, whose
+// verifier findings it returns.
+func (s *Stack) Close(ctx context.Context) error {
+	if s.closed {
+		return errors.New("hoststack: closed twice")
+	}
+	s.closed = true
+	return s.undo()
+}
+
+func (s *Stack) undo() error {
+	var errs []error
+	if s.intr != nil {
+		if err := s.intr.Deregister(); err != nil {
+			errs = append(errs, err)
+		}
+		s.intr = nil
+	}
+	if s.stop != nil {
+		close(s.stop)
+		s.wg.Wait()
+		s.stop = nil
+	}
+	if s.dev != nil {
+		if err := s.dev.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("hoststack: close NIC TAP %s: %w", s.cfg.NICName, err))
+		}
+		s.dev = nil
+	}
+	if s.sendPool != nil {
+		if err := s.sendPool.Free(); err != nil {
+			errs = append(errs, err)
+		} else {
+			s.sendPool = nil
+		}
+	}
+	if s.sendSlab != nil && s.sendPool == nil {
+		if err := s.sendSlab.Free(); err != nil {
+			errs = append(errs, err)
+		}
+		s.sendSlab = nil
+	}
+	if s.b != nil {
+		if err := s.b.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func openTAP(name string) (Device, bool, error) {
+	d, created, err := tapdev.OpenTAP(name, tapdev.Options{})
+	if err != nil {
+		return nil, false, err
+	}
+	return d, created, nil
+}
+
+// configureTAP moves the NIC TAP into its namespace and gives it the NIC's
+// MAC, MTU and addresses, then sets it up.
+func configureTAP(c Config, mac net.HardwareAddr, mtu int) error {
+	if c.Netns != "" {
+		if err := tapdev.MoveLink(c.NICName, "", c.Netns); err != nil {
+			return err
+		}
+	}
+	return tapdev.ConfigureLink(c.Netns, c.NICName, tapdev.LinkConfig{MTU: mtu, MAC: mac, Addrs: c.Addrs, Up: true})
+}

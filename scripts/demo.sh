@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The README's main job: build tapminiport, run it with the host side and the
+# wire partner each in a namespace this script creates, push real traffic
+# through the miniport (ping, iperf3 each way), then SIGTERM it while
+# traffic flows with a return delay set, and show the halt log and report.
+# Everything it creates is named with a per-run suffix and removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+[ "$(id -u)" -eq 0 ] || { echo "demo.sh needs root (TAP devices, namespaces): run it with sudo" >&2; exit 1; }
+[ -e /dev/net/tun ] || { echo "/dev/net/tun is missing: modprobe tun" >&2; exit 1; }
+ensure_tools
+
+s=$(run_suffix)
+HOST=tmdh$s WIRE=tmdw$s HW=tmhw$s NIC=tmn$s
+OUT=$(mktemp -d)
+PID="" SRV=""
+cleanup() {
+	set +e
+	[ -n "$SRV" ] && kill "$SRV" 2>/dev/null
+	[ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+	for ns in "$HOST" "$WIRE"; do ip netns del "$ns" 2>/dev/null; done
+	for l in "$HW" "$NIC"; do ip link del "$l" 2>/dev/null; done
+	rm -rf "$OUT"
+}
+trap cleanup EXIT
+
+echo "== build"
+go build -o "$OUT/tapminiport" ./cmd/tapminiport
+ip netns add "$HOST"
+ip netns exec "$HOST" ip link set lo up
+
+# start DELAY: run tapminiport in the background, wait for "ready".
+start() {
+	"$OUT/tapminiport" --hw-tap "$HW" --nic-tap "$NIC" --nic-netns "$HOST" --wire-netns "$WIRE" \
+		--return-delay "$1" --watchdog 250ms >"$OUT/stdout" 2>"$OUT/stderr" &
+	PID=$!
+	for _ in $(seq 100); do
+		grep -q '^ready$' "$OUT/stdout" 2>/dev/null && { cat "$OUT/stdout"; return 0; }
+		kill -0 "$PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "tapminiport did not start:" >&2; cat "$OUT/stderr" >&2; exit 1
+}
+iperf() { # iperf() ARGS...: one bounded client run against a one-shot server in the wire namespace
+	timeout 20 ip netns exec "$WIRE" iperf3 -s -1 >/dev/null 2>&1 &
+	SRV=$!
+	sleep 0.5
+	timeout 20 ip netns exec "$HOST" iperf3 -c 198.18.0.2 -t 5 "$@" | tail -n 4
+	wait "$SRV" 2>/dev/null || true
+	SRV=""
+}
+
+echo "== run 1: traffic through the miniport"
+start 0
+echo "-- ping 198.18.0.2 (IPv4) and 2001:2::2 (IPv6) from netns $HOST"
+ip netns exec "$HOST" ping -c 5 -i 0.2 -W 2 198.18.0.2 | tail -n 2
+ip netns exec "$HOST" ping -6 -c 3 -i 0.2 -W 2 2001:2::2 | tail -n 2
+echo "-- iperf3 TCP, host → wire"
+iperf
+echo "-- iperf3 TCP, wire → host (-R)"
+iperf -R
+kill -TERM "$PID"; wait "$PID" || true; PID=""
+sed -n '/exit report/,$p' "$OUT/stdout"
+
+echo
+echo "== run 2: SIGTERM during iperf3, the stack holding each buffer 200ms"
+start 200ms
+timeout 20 ip netns exec "$WIRE" iperf3 -s -1 >/dev/null 2>&1 &
+SRV=$!
+sleep 0.5
+timeout 20 ip netns exec "$HOST" iperf3 -c 198.18.0.2 -t 8 >/dev/null 2>&1 &
+CLIENT=$!
+sleep 2
+echo "-- kill -TERM $PID while iperf3 runs"
+kill -TERM "$PID"
+code=0; wait "$PID" || code=$?; PID=""
+echo "-- halt log"
+grep -E 'signal received|pause:|unbind:|halt:|unload:|removed wire' "$OUT/stderr" | sed 's/^/   /'
+sed -n '/exit report/,$p' "$OUT/stdout"
+kill "$CLIENT" "$SRV" 2>/dev/null || true; wait 2>/dev/null || true; SRV=""
+echo "tapminiport exited with $code"
+leftover=$( (ip netns list; ip -br link) | grep -E "$s" || true)
+[ -z "$leftover" ] && echo "nothing left behind (no namespace or TAP with suffix $s)" || echo "LEFT BEHIND: $leftover"
+exit "$code"

@@ -1,0 +1,259 @@
+// Package integration runs the tapminiport binary as a user would: as root,
+// with real TAPs, real namespaces, real ping and iperf3, real signals. Every
+// test makes its own namespaces and TAP names with a per-run suffix, sends
+// traffic only from inside them, on 198.18.0.0/15 and 2001:2::/48, and
+// removes all of it in cleanup, even when it fails.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tapminiport/tapminiport/tapdev"
+)
+
+var binary string // built once in TestMain
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "tapminiport-it")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "tapminiport")
+	out, err := exec.Command("go", "build", "-o", binary, "../../cmd/tapminiport").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build tapminiport: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func suffix() string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// run is one tapminiport process with its namespaces.
+type run struct {
+	t                   *testing.T
+	host, wire, hw, nic string
+	cmd                 *exec.Cmd
+	stdout, stderr      *syncBuf
+	exited              chan struct{}
+	exitCode            int
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs tapminiport with the NIC TAP in a namespace the test created
+// and the wire partner in a namespace tapminiport creates, and waits for
+// "ready". Cleanup kills it if it still runs and removes every namespace and
+// TAP of the run by name.
+func start(t *testing.T, extra ...string) *run {
+	t.Helper()
+	tapdev.RequireRoot(t)
+	s := suffix()
+	r := &run{t: t, host: "tmih" + s, wire: "tmiw" + s, hw: "tmhw" + s, nic: "tmn" + s,
+		stdout: &syncBuf{}, stderr: &syncBuf{}, exited: make(chan struct{})}
+	if err := tapdev.CreateNetns(r.host); err != nil {
+		t.Fatalf("create host namespace %s: %v", r.host, err)
+	}
+	t.Cleanup(func() { r.cleanup() })
+	if out, err := exec.Command("ip", "netns", "exec", r.host, "ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up in %s: %v %s", r.host, err, out)
+	}
+	args := append([]string{"--hw-tap", r.hw, "--nic-tap", r.nic, "--nic-netns", r.host, "--wire-netns", r.wire, "--watchdog", "200ms"}, extra...)
+	r.cmd = exec.Command(binary, args...)
+	r.cmd.Stdout, r.cmd.Stderr = r.stdout, r.stderr
+	if err := r.cmd.Start(); err != nil {
+		t.Fatalf("start tapminiport: %v", err)
+	}
+	go func() {
+		err := r.cmd.Wait()
+		r.exitCode = 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			r.exitCode = ee.ExitCode()
+		}
+		close(r.exited)
+	}()
+	deadline := time.After(20 * time.Second)
+	for !strings.Contains(r.stdout.String(), "\nready\n") {
+		select {
+		case <-r.exited:
+			t.Fatalf("tapminiport exited %d before ready:\nstdout:\n%s\nstderr:\n%s", r.exitCode, r.stdout, r.stderr)
+		case <-deadline:
+			t.Fatalf("tapminiport not ready after 20s:\nstdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return r
+}
+
+func (r *run) cleanup() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		select {
+		case <-r.exited:
+		default:
+			_ = r.cmd.Process.Kill()
+			<-r.exited
+		}
+	}
+	for _, ns := range []string{r.host, r.wire} {
+		if tapdev.NetnsExists(ns) {
+			_ = tapdev.DeleteNetns(ns)
+		}
+	}
+	for _, l := range []string{r.hw, r.nic} {
+		if tapdev.LinkExists("", l) {
+			_ = tapdev.DeleteLink("", l)
+		}
+	}
+	if r.t.Failed() {
+		r.t.Logf("tapminiport stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+	}
+}
+
+// signal sends sig and waits (bounded) for the process to exit.
+func (r *run) stop(sig syscall.Signal, within time.Duration) int {
+	r.t.Helper()
+	if err := r.cmd.Process.Signal(sig); err != nil {
+		r.t.Fatalf("signal %v: %v", sig, err)
+	}
+	select {
+	case <-r.exited:
+	case <-time.After(within):
+		r.t.Fatalf("tapminiport still running %s after %v:\nstderr:\n%s", within, sig, r.stderr)
+	}
+	return r.exitCode
+}
+
+// in runs a command inside namespace ns with a time limit and returns its output.
+func in(t *testing.T, ns string, limit time.Duration, name string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, name}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func mustIn(t *testing.T, ns string, limit time.Duration, name string, args ...string) string {
+	t.Helper()
+	out, err := in(t, ns, limit, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s in %s: %v\n%s", name, strings.Join(args, " "), ns, err, out)
+	}
+	return out
+}
+
+var pingRe = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
+
+// ping returns transmitted and received counts.
+func ping(t *testing.T, ns string, args ...string) (int, int, string) {
+	t.Helper()
+	out, _ := in(t, ns, 30*time.Second, "ping", args...)
+	m := pingRe.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("ping %v in %s: no summary:\n%s", args, ns, out)
+	}
+	tx, _ := strconv.Atoi(m[1])
+	rx, _ := strconv.Atoi(m[2])
+	return tx, rx, out
+}
+
+// reportInt reads "label: N" (or "label N") from the exit report.
+func reportInt(t *testing.T, report, pattern string) int64 {
+	t.Helper()
+	m := regexp.MustCompile(pattern).FindStringSubmatch(report)
+	if m == nil {
+		t.Fatalf("exit report has no %q:\n%s", pattern, report)
+	}
+	v, err := strconv.ParseInt(m[1], 10, 64)
+	if err != nil {
+		t.Fatalf("exit report %q: %v", pattern, err)
+	}
+	return v
+}
+
+// assertGone checks that nothing of the run is left: process, namespaces, TAPs.
+func (r *run) assertGone() {
+	r.t.Helper()
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", r.cmd.Process.Pid)); err == nil {
+		// a zombie is reaped by Wait; a live /proc entry means it still runs
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", r.cmd.Process.Pid)); len(b) > 0 && !bytes.Contains(b, []byte(") Z")) {
+			r.t.Errorf("process %d still exists", r.cmd.Process.Pid)
+		}
+	}
+	if tapdev.NetnsExists(r.wire) {
+		r.t.Errorf("wire namespace %s left behind", r.wire)
+	}
+	if tapdev.LinkExists("", r.hw) || tapdev.LinkExists("", r.nic) {
+		r.t.Errorf("a TAP of the run is left in the root namespace")
+	}
+	if tapdev.LinkExists(r.host, r.nic) {
+		r.t.Errorf("NIC TAP %s left in %s", r.nic, r.host)
+	}
+}
+
+// iperfJSON runs a bounded iperf3 client in the host namespace against a
+// one-shot server in the wire namespace and returns the client's output.
+func iperf(t *testing.T, r *run, server string, args ...string) string {
+	t.Helper()
+	tapdev.RequireTool(t, "iperf3")
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	srv := exec.CommandContext(ctx, "ip", "netns", "exec", r.wire, "iperf3", "-s", "-1", "-B", server)
+	var srvOut bytes.Buffer
+	srv.Stdout, srv.Stderr = &srvOut, &srvOut
+	if err := srv.Start(); err != nil {
+		t.Fatalf("iperf3 server: %v", err)
+	}
+	defer func() { cancel(); _ = srv.Wait() }()
+	// wait for the server to listen
+	for i := 0; i < 50; i++ {
+		out, _ := in(t, r.wire, 2*time.Second, "ss", "-ltn")
+		if strings.Contains(out, ":5201") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	out, err := in(t, r.host, 35*time.Second, "iperf3", append([]string{"-c", server, "-J"}, args...)...)
+	if err != nil {
+		t.Fatalf("iperf3 -c %s %v: %v\n%s\nserver:\n%s", server, args, err, out, srvOut.String())
+	}
+	return out
+}
+
+func lines(s string) []string { return strings.Split(strings.TrimSpace(s), "\n") }
