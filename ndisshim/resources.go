@@ -109,7 +109,7 @@ func (r *Resources) AllocatePort() (PortNumber, error) {
 	defer r.mu.Unlock()
 	n := r.nextPort
 	r.nextPort++
-	r.ports[n] = &port{where: callerSite(2), at: time.Now()}
+	r.ports[n] = &port{where: callerSite(1), at: time.Now()}
 	return n, nil
 }
 

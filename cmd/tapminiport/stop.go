@@ -132,4 +132,3 @@ func (m *machine) report(code int, err error) {
 	}
 	fmt.Fprintf(w, "  exit code: %d\n", code)
 }
-
