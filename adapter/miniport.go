@@ -109,7 +109,7 @@ func InitializeEx(a *ndisshim.Adapter, p ndisshim.InitParameters) (mp ndisshim.M
 
 	step := func(name string) error {
 		if cfg.FailAt == name {
-			return fmt.Errorf("adapter %s: injected failure at step %q", p.Name, name)
+			return fmt.Errorf("adapter %s: injected failure at step %s", p.Name, name)
 		}
 		return nil
 	}

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"encoding/json"
-	"fmt"
 	"regexp"
 	"strings"
 	"syscall"
@@ -78,8 +77,8 @@ func TestARPAndNeighbourDiscovery(t *testing.T) {
 
 type iperfResult struct {
 	End struct {
-		SumSent     struct{ Bytes, BitsPerSecond float64 } `json:"sum_sent"`
-		SumReceived struct{ Bytes, BitsPerSecond float64 } `json:"sum_received"`
+		SumSent     iperfSum `json:"sum_sent"`
+		SumReceived iperfSum `json:"sum_received"`
 		Sum         struct {
 			Bytes         float64 `json:"bytes"`
 			BitsPerSecond float64 `json:"bits_per_second"`
@@ -88,6 +87,11 @@ type iperfResult struct {
 			LostPercent   float64 `json:"lost_percent"`
 		} `json:"sum"`
 	} `json:"end"`
+}
+
+type iperfSum struct {
+	Bytes         float64 `json:"bytes"`
+	BitsPerSecond float64 `json:"bits_per_second"`
 }
 
 func parseIperf(t *testing.T, out string) iperfResult {
@@ -166,7 +170,7 @@ func TestSIGTERMDuringIperf3DrainsHeldBuffers(t *testing.T) {
 	r := start(t, "--return-delay", "200ms", "--check-held")
 	done := make(chan string, 1)
 	go func() {
-		out, _ := in(t, r.wire, 30*time.Second, "iperf3", "-s", "-1")
+		out, _ := in(t, r.wire, 15*time.Second, "iperf3", "-s", "-1")
 		done <- out
 	}()
 	time.Sleep(500 * time.Millisecond)
@@ -219,7 +223,7 @@ func TestInitializeFailureLeavesNothing(t *testing.T) {
 			if code != 1 {
 				t.Errorf("exit code %d, want 1:\n%s", code, out)
 			}
-			if !strings.Contains(out, fmt.Sprintf("injected failure at step %q", step)) {
+			if !strings.Contains(out, "injected failure at step "+step) {
 				t.Errorf("error does not name the step:\n%s", out)
 			}
 			if strings.Contains(out, "verifier") && strings.Contains(out, "finding") {
