@@ -1,0 +1,250 @@
+package tapdev
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrDeviceGone is wrapped by every error that means the device has gone
+// away under an open Dev: the TAP's link was deleted (EBADFD, ENODEV, EIO,
+// ENXIO from read/write, POLLERR from poll) or a socketpair's peer was
+// closed (EOF, EPIPE, POLLHUP). It is the miniport's surprise removal.
+var ErrDeviceGone = errors.New("device gone")
+
+// Options chooses how a TAP queue is opened.
+type Options struct {
+	// MultiQueue opens one queue of an IFF_MULTI_QUEUE TAP; each OpenTAP
+	// call attaches one more queue. It must match how the TAP was created.
+	MultiQueue bool
+	// VnetHdr sets IFF_VNET_HDR and TUNSETVNETHDRSZ = VnetHdrLen: every
+	// frame read or written is prefixed with a struct virtio_net_hdr.
+	// water cannot set IFF_VNET_HDR (and clears it when it attaches), so
+	// this path opens /dev/net/tun itself.
+	VnetHdr bool
+}
+
+// VnetHdrLen is the size of the virtio-net header that prefixes each frame
+// when Options.VnetHdr is set (struct virtio_net_hdr, without num_buffers).
+const VnetHdrLen = 12
+
+// Counters are a Dev's own drop counts (the kernel's counts are in LinkStats).
+type Counters struct {
+	// TxDropped counts frames WriteBatch dropped because the device was
+	// full (EAGAIN, ENOBUFS): a TAP drops rather than pushes back.
+	TxDropped uint64
+	// TxErrors counts frames the device refused as malformed (EINVAL,
+	// EMSGSIZE, or an empty buffer): a NIC's tx error, not a failure of
+	// the batch.
+	TxErrors uint64
+}
+
+// Dev is one frame-oriented fd: a TAP queue, or one end of a SOCK_SEQPACKET
+// socketpair (the fake hardware for unit tests). The fd is non-blocking and
+// close-on-exec and is not registered with the Go runtime poller.
+//
+// ReadBatch, WriteBatch and Interrupt().Wait may run concurrently with each
+// other (one reader, one writer, one waiter); Close may be called at any
+// time and waits for the calls in flight.
+type Dev struct {
+	name string
+	fd   int
+	efd  int // eventfd: the stop doorbell for Wait
+
+	// gate: RLock around every use of fd/efd, Lock to close them
+	// (gVisor's waitable gate).
+	gate    sync.RWMutex
+	closed  bool        // under gate (write side)
+	closing atomic.Bool // set first by Close
+
+	intr interruptSource
+
+	txDropped atomic.Uint64
+	txErrors  atomic.Uint64
+}
+
+// newDev wraps fd (already non-blocking and close-on-exec) and makes the
+// stop eventfd. On error it closes fd.
+func newDev(name string, fd int) (*Dev, error) {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tapdev %s: eventfd: %w", name, err)
+	}
+	d := &Dev{name: name, fd: fd, efd: efd}
+	d.intr.d = d
+	return d, nil
+}
+
+// Name is the TAP's interface name, or "socketpairN.a"/"socketpairN.b".
+func (d *Dev) Name() string { return d.name }
+
+// Counters returns the frames WriteBatch dropped or refused so far.
+func (d *Dev) Counters() Counters {
+	return Counters{TxDropped: d.txDropped.Load(), TxErrors: d.txErrors.Load()}
+}
+
+// errClosed is what every call on a closed Dev returns.
+func (d *Dev) errClosed(op string) error {
+	return fmt.Errorf("tapdev %s: %s: %w", d.name, op, os.ErrClosed)
+}
+
+// gone reports whether errno means the device has disappeared.
+func gone(err error) bool {
+	switch err {
+	case unix.EBADFD, unix.ENODEV, unix.EIO, unix.ENXIO, unix.EPIPE, unix.ECONNRESET, unix.ENOTCONN, unix.ESHUTDOWN:
+		return true
+	}
+	return false
+}
+
+func (d *Dev) opError(op string, err error) error {
+	if gone(err) {
+		return fmt.Errorf("tapdev %s: %s: %w (%w)", d.name, op, ErrDeviceGone, err)
+	}
+	return fmt.Errorf("tapdev %s: %s: %w", d.name, op, err)
+}
+
+// ReadBatch reads one frame into each of bufs[0], bufs[1], ... until
+// len(bufs) frames are read or the device has nothing more (EAGAIN), and
+// stores each frame's length in sizes[i]. It returns the number of frames
+// read; 0 with a nil error means nothing to read. On an error the frames
+// before it are valid: handle n frames, then the error. An error that means
+// the device is gone wraps ErrDeviceGone. Each buffer must hold a whole
+// frame (MTU + 14, plus VnetHdrLen with Options.VnetHdr; 65536 + VnetHdrLen
+// with offloads); a socketpair silently truncates longer frames.
+//
+// The caller owns bufs before, during and after the call; nothing is
+// retained and nothing is allocated.
+func (d *Dev) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
+	d.gate.RLock()
+	defer d.gate.RUnlock()
+	if d.closed {
+		return 0, d.errClosed("read")
+	}
+	if len(sizes) < len(bufs) {
+		return 0, fmt.Errorf("tapdev %s: read: %d sizes for %d buffers", d.name, len(sizes), len(bufs))
+	}
+	n := 0
+	for n < len(bufs) {
+		m, err := unix.Read(d.fd, bufs[n])
+		switch {
+		case err == nil && m > 0:
+			sizes[n] = m
+			n++
+		case err == nil: // m == 0: EOF, only a socketpair whose peer has closed
+			return n, fmt.Errorf("tapdev %s: read: %w (peer closed)", d.name, ErrDeviceGone)
+		case err == unix.EINTR:
+		case err == unix.EAGAIN:
+			return n, nil
+		default:
+			return n, d.opError("read", err)
+		}
+	}
+	return n, nil
+}
+
+// WriteBatch writes each of bufs as one frame (one write(2) each: a TAP has
+// no batch write, and a TAP write runs the receiving kernel stack in the
+// caller's context). It returns the number of frames written. A frame the
+// device has no room for (EAGAIN, ENOBUFS) is dropped and counted
+// (Counters.TxDropped), a frame the device refuses (EINVAL, EMSGSIZE, empty)
+// is counted as a tx error, and the batch goes on: neither is an error, so
+// n < len(bufs) with a nil error means drops. An error ends the batch;
+// one that means the device is gone wraps ErrDeviceGone.
+//
+// The caller owns bufs; the kernel has copied each frame when WriteBatch
+// returns. Nothing is allocated.
+func (d *Dev) WriteBatch(bufs [][]byte) (int, error) {
+	d.gate.RLock()
+	defer d.gate.RUnlock()
+	if d.closed {
+		return 0, d.errClosed("write")
+	}
+	n := 0
+	for i := 0; i < len(bufs); i++ {
+		b := bufs[i]
+		if len(b) == 0 { // an empty record would read as EOF on a socketpair
+			d.txErrors.Add(1)
+			continue
+		}
+		_, err := unix.Write(d.fd, b)
+		switch err {
+		case nil:
+			n++
+		case unix.EINTR:
+			i-- // retry this frame
+		case unix.EAGAIN, unix.ENOBUFS:
+			d.txDropped.Add(1)
+		case unix.EINVAL, unix.EMSGSIZE:
+			d.txErrors.Add(1)
+		default:
+			return n, d.opError("write", err)
+		}
+	}
+	return n, nil
+}
+
+// Close stops the interrupt (a Wait in progress returns an os.ErrClosed
+// error), waits for the calls in flight, and closes the fd and the eventfd.
+// Closing a TAP queue detaches it; the kernel deletes a non-persistent TAP
+// when its last queue closes. Close is idempotent: later calls return nil.
+func (d *Dev) Close() error {
+	if !d.closing.CompareAndSwap(false, true) {
+		return nil
+	}
+	d.kick()
+	d.gate.Lock()
+	defer d.gate.Unlock()
+	d.closed = true
+	var errs []error
+	if err := unix.Close(d.fd); err != nil {
+		errs = append(errs, fmt.Errorf("tapdev %s: close: %w", d.name, err))
+	}
+	if err := unix.Close(d.efd); err != nil {
+		errs = append(errs, fmt.Errorf("tapdev %s: close eventfd: %w", d.name, err))
+	}
+	return errors.Join(errs...)
+}
+
+// kick makes the eventfd readable (for good: nobody reads it), which wakes
+// every Wait, present and future.
+func (d *Dev) kick() {
+	d.gate.RLock()
+	defer d.gate.RUnlock()
+	if d.closed {
+		return
+	}
+	one := [8]byte{1} // a native-endian uint64 1 on little-endian machines; any non-zero value works
+	_, _ = unix.Write(d.efd, one[:])
+}
+
+var socketpairs atomic.Uint64
+
+// Socketpair returns two connected SOCK_SEQPACKET ends: what one writes
+// with WriteBatch the other reads with ReadBatch, frame boundaries kept.
+// It is the fake hardware for tests without root. A full peer drops like a
+// TAP (EAGAIN, counted in TxDropped); closing one end is the other's
+// surprise removal (ErrDeviceGone).
+func Socketpair() (*Dev, *Dev, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tapdev: socketpair: %w", err)
+	}
+	id := socketpairs.Add(1) - 1
+	a, err := newDev(fmt.Sprintf("socketpair%d.a", id), fds[0])
+	if err != nil {
+		unix.Close(fds[1])
+		return nil, nil, err
+	}
+	b, err := newDev(fmt.Sprintf("socketpair%d.b", id), fds[1])
+	if err != nil {
+		a.Close()
+		return nil, nil, err
+	}
+	return a, b, nil
+}

@@ -1,0 +1,484 @@
+package tapdev
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+
+	"github.com/tapminiport/tapminiport/ndisshim"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func socketpair(t *testing.T) (*Dev, *Dev) {
+	t.Helper()
+	a, b, err := Socketpair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.Close()
+		b.Close()
+	})
+	return a, b
+}
+
+func makeBufs(n, size int) ([][]byte, []int) {
+	bufs := make([][]byte, n)
+	for i := range bufs {
+		bufs[i] = make([]byte, size)
+	}
+	return bufs, make([]int, n)
+}
+
+// checkFdFlags checks that fd is non-blocking and close-on-exec.
+func checkFdFlags(t *testing.T, what string, fd int) {
+	t.Helper()
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		t.Fatalf("%s: F_GETFL: %v", what, err)
+	}
+	if fl&unix.O_NONBLOCK == 0 {
+		t.Errorf("%s: fd %d is blocking", what, fd)
+	}
+	fdfl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	if err != nil {
+		t.Fatalf("%s: F_GETFD: %v", what, err)
+	}
+	if fdfl&unix.FD_CLOEXEC == 0 {
+		t.Errorf("%s: fd %d has no FD_CLOEXEC", what, fd)
+	}
+}
+
+func TestSocketpairBatchKeepsFrameBoundaries(t *testing.T) {
+	a, b := socketpair(t)
+	checkFdFlags(t, a.Name(), a.fd)
+	checkFdFlags(t, a.Name()+" eventfd", a.efd)
+	checkFdFlags(t, b.Name(), b.fd)
+
+	frames := [][]byte{bytes.Repeat([]byte{1}, 60), bytes.Repeat([]byte{2}, 1514), bytes.Repeat([]byte{3}, 14)}
+	n, err := a.WriteBatch(frames)
+	if n != 3 || err != nil {
+		t.Fatalf("WriteBatch = %d, %v; want 3, nil", n, err)
+	}
+	bufs, sizes := makeBufs(8, 2048)
+	n, err = b.ReadBatch(bufs, sizes)
+	if n != 3 || err != nil {
+		t.Fatalf("ReadBatch = %d, %v; want 3, nil", n, err)
+	}
+	for i, f := range frames {
+		if !bytes.Equal(bufs[i][:sizes[i]], f) {
+			t.Errorf("frame %d: got %d bytes, want %d bytes of %d", i, sizes[i], len(f), f[0])
+		}
+	}
+	n, err = b.ReadBatch(bufs, sizes)
+	if n != 0 || err != nil {
+		t.Fatalf("ReadBatch on empty = %d, %v; want 0, nil", n, err)
+	}
+	// Batch limit: two frames queued, room for one.
+	a.WriteBatch(frames[:2])
+	if n, err = b.ReadBatch(bufs[:1], sizes); n != 1 || err != nil {
+		t.Fatalf("ReadBatch(1 buf) = %d, %v; want 1, nil", n, err)
+	}
+	if n, err = b.ReadBatch(bufs, sizes); n != 1 || err != nil || sizes[0] != 1514 {
+		t.Fatalf("ReadBatch rest = %d, %v, size %d; want 1, nil, 1514", n, err, sizes[0])
+	}
+	if _, err := b.ReadBatch(bufs, sizes[:1]); err == nil {
+		t.Error("ReadBatch with fewer sizes than bufs: no error")
+	}
+}
+
+func TestWriteBatchDropsWhenFull(t *testing.T) {
+	a, b := socketpair(t)
+	frame := make([]byte, 1500)
+	bufs := make([][]byte, 10000)
+	for i := range bufs {
+		bufs[i] = frame
+	}
+	n, err := a.WriteBatch(bufs)
+	if err != nil {
+		t.Fatalf("WriteBatch on a full peer: %v (want drops, not an error)", err)
+	}
+	c := a.Counters()
+	if n == len(bufs) || c.TxDropped != uint64(len(bufs)-n) {
+		t.Fatalf("wrote %d of %d, TxDropped %d; want some dropped and counted", n, len(bufs), c.TxDropped)
+	}
+	t.Logf("socketpair took %d frames of 1500 bytes, dropped %d", n, c.TxDropped)
+	rb, sizes := makeBufs(64, 2048)
+	got := 0
+	for {
+		m, err := b.ReadBatch(rb, sizes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m == 0 {
+			break
+		}
+		got += m
+	}
+	if got != n {
+		t.Errorf("read %d frames, written %d", got, n)
+	}
+	// An empty frame is a tx error, not an EOF for the peer.
+	if n, err := a.WriteBatch([][]byte{{}, frame}); n != 1 || err != nil || a.Counters().TxErrors != 1 {
+		t.Errorf("WriteBatch(empty, frame) = %d, %v, TxErrors %d; want 1, nil, 1", n, err, a.Counters().TxErrors)
+	}
+}
+
+// waitAsync runs src.Wait on a goroutine and returns its result channel,
+// after checking that it blocks.
+func waitAsync(t *testing.T, src ndisshim.InterruptSource) <-chan error {
+	t.Helper()
+	ch := make(chan error, 1)
+	go func() { ch <- src.Wait() }()
+	select {
+	case err := <-ch:
+		t.Fatalf("Wait returned %v before anything happened", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	return ch
+}
+
+func waitResult(t *testing.T, ch <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wait did not return in 5 s")
+		return nil
+	}
+}
+
+func TestInterruptWakesOnReadable(t *testing.T) {
+	a, b := socketpair(t)
+	ch := waitAsync(t, b.Interrupt())
+	a.WriteBatch([][]byte{make([]byte, 64)})
+	if err := waitResult(t, ch); err != nil {
+		t.Fatalf("Wait = %v; want nil (readable)", err)
+	}
+	// Still readable: Wait returns at once.
+	if err := b.Interrupt().Wait(); err != nil {
+		t.Fatalf("second Wait = %v", err)
+	}
+}
+
+func TestInterruptStopUnblocksWait(t *testing.T) {
+	_, b := socketpair(t)
+	src := b.Interrupt()
+	if src != b.Interrupt() {
+		t.Error("Interrupt() returned two different sources")
+	}
+	ch := waitAsync(t, src)
+	src.Stop()
+	if err := waitResult(t, ch); !errors.Is(err, ndisshim.ErrInterruptStopped) {
+		t.Fatalf("Wait after Stop = %v; want ErrInterruptStopped", err)
+	}
+	src.Stop() // idempotent
+	if err := src.Wait(); !errors.Is(err, ndisshim.ErrInterruptStopped) {
+		t.Fatalf("Wait after Stop, again = %v", err)
+	}
+	// The fd was not closed by Stop: the Dev still works.
+	if _, err := b.WriteBatch([][]byte{make([]byte, 60)}); err != nil {
+		t.Fatalf("WriteBatch after Stop: %v", err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	src.Stop() // after Close: no write to a closed eventfd
+}
+
+func TestRegisteredInterruptRunsDPCAndStops(t *testing.T) {
+	// The shape ndisshim.Interrupt uses: a goroutine looping on Wait, the
+	// DPC draining the device, Stop from another goroutine.
+	a, b := socketpair(t)
+	src := b.Interrupt()
+	got := make(chan int, 16)
+	done := make(chan error, 1)
+	go func() {
+		bufs, sizes := makeBufs(8, 2048)
+		for {
+			if err := src.Wait(); err != nil {
+				done <- err
+				return
+			}
+			n, err := b.ReadBatch(bufs, sizes)
+			if err != nil {
+				done <- err
+				return
+			}
+			got <- n
+		}
+	}()
+	total := 0
+	for i := 0; i < 5; i++ {
+		a.WriteBatch([][]byte{make([]byte, 100), make([]byte, 100)})
+		for total < 2*(i+1) {
+			select {
+			case n := <-got:
+				total += n
+			case <-time.After(5 * time.Second):
+				t.Fatalf("DPC saw %d frames, want %d", total, 2*(i+1))
+			}
+		}
+	}
+	src.Stop()
+	if err := waitResult(t, done); !errors.Is(err, ndisshim.ErrInterruptStopped) {
+		t.Fatalf("loop ended with %v", err)
+	}
+}
+
+func TestPeerClosedIsDeviceGone(t *testing.T) {
+	a, b := socketpair(t)
+	ch := waitAsync(t, a.Interrupt())
+	b.WriteBatch([][]byte{make([]byte, 60), make([]byte, 61)})
+	// Readable first: Wait returns nil for the queued frames.
+	if err := waitResult(t, ch); err != nil {
+		t.Fatalf("Wait = %v; want nil", err)
+	}
+	b.Close()
+	if err := a.Interrupt().Wait(); !errors.Is(err, ErrDeviceGone) {
+		t.Fatalf("Wait after the peer closed = %v; want ErrDeviceGone", err)
+	} else {
+		t.Logf("Wait: %v", err)
+	}
+	bufs, sizes := makeBufs(8, 2048)
+	n, err := a.ReadBatch(bufs, sizes)
+	if n != 2 || !errors.Is(err, ErrDeviceGone) {
+		t.Fatalf("ReadBatch = %d, %v; want the 2 queued frames, then ErrDeviceGone", n, err)
+	}
+	n, err = a.WriteBatch([][]byte{make([]byte, 60)})
+	if n != 0 || !errors.Is(err, ErrDeviceGone) || !errors.Is(err, unix.EPIPE) {
+		t.Fatalf("WriteBatch = %d, %v; want 0, ErrDeviceGone (EPIPE)", n, err)
+	}
+}
+
+func TestCloseUnblocksWaitAndIsIdempotent(t *testing.T) {
+	a, _ := socketpair(t)
+	ch := waitAsync(t, a.Interrupt())
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitResult(t, ch); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("Wait during Close = %v; want os.ErrClosed", err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatalf("second Close = %v", err)
+	}
+	bufs, sizes := makeBufs(1, 64)
+	if _, err := a.ReadBatch(bufs, sizes); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("ReadBatch after Close = %v", err)
+	}
+	if _, err := a.WriteBatch(bufs); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("WriteBatch after Close = %v", err)
+	}
+	if err := a.Interrupt().Wait(); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("Wait after Close = %v", err)
+	}
+}
+
+func TestBatchPathDoesNotAllocate(t *testing.T) {
+	a, b := socketpair(t)
+	out := make([][]byte, 8)
+	for i := range out {
+		out[i] = make([]byte, 1514)
+	}
+	in, sizes := makeBufs(8, 2048)
+	src := b.Interrupt()
+	allocs := testing.AllocsPerRun(200, func() {
+		if n, err := a.WriteBatch(out); n != 8 || err != nil {
+			t.Fatalf("WriteBatch = %d, %v", n, err)
+		}
+		if err := src.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := b.ReadBatch(in, sizes); n != 8 || err != nil {
+			t.Fatalf("ReadBatch = %d, %v", n, err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("WriteBatch+Wait+ReadBatch: %v allocs per batch, want 0", allocs)
+	}
+}
+
+func BenchmarkSocketpairBatch(b *testing.B) {
+	for _, size := range []int{64, 1514} {
+		b.Run(map[int]string{64: "64B", 1514: "1514B"}[size], func(b *testing.B) {
+			x, y, err := Socketpair()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer x.Close()
+			defer y.Close()
+			out := make([][]byte, 32)
+			for i := range out {
+				out[i] = make([]byte, size)
+			}
+			in, sizes := makeBufs(32, 2048)
+			b.SetBytes(int64(32 * size))
+			b.ReportAllocs()
+			for b.Loop() {
+				x.WriteBatch(out)
+				y.ReadBatch(in, sizes)
+			}
+		})
+	}
+}
+
+func TestRandomMAC(t *testing.T) {
+	seen := map[string]bool{}
+	for i := 0; i < 100; i++ {
+		m := RandomMAC()
+		if len(m) != 6 || m[0]&0x01 != 0 || m[0]&0x02 == 0 {
+			t.Fatalf("RandomMAC() = %v: want 6 bytes, unicast, locally administered", m)
+		}
+		seen[m.String()] = true
+	}
+	if len(seen) < 95 {
+		t.Errorf("only %d distinct MACs in 100", len(seen))
+	}
+}
+
+func TestNames(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"", true}, {"tm0", true}, {"tmhw0", true}, {"abcdefghijklmno", true},
+		{"abcdefghijklmnop", false}, {".", false}, {"..", false}, {"a/b", false},
+		{"a:b", false}, {"a b", false},
+	} {
+		if err := validIfName(tc.name); (err == nil) != tc.ok {
+			t.Errorf("validIfName(%q) = %v, want ok=%v", tc.name, err, tc.ok)
+		}
+	}
+	if n := RandomName("tdt"); len(n) != 9 || n[:3] != "tdt" || validIfName(n) != nil {
+		t.Errorf("RandomName(tdt) = %q", n)
+	}
+	for _, bad := range []string{"", ".", "..", "a/b"} {
+		if err := CreateNetns(bad); err == nil {
+			t.Errorf("CreateNetns(%q): no error", bad)
+		}
+		if NetnsExists(bad) {
+			t.Errorf("NetnsExists(%q) = true", bad)
+		}
+	}
+}
+
+// fakeTB records Skip and Fatal instead of ending the test.
+type fakeTB struct {
+	testing.TB
+	skipped, failed string
+}
+
+func (f *fakeTB) Helper()           {}
+func (f *fakeTB) Skip(args ...any)  { f.skipped = args[0].(string) }
+func (f *fakeTB) Fatal(args ...any) { f.failed = args[0].(string) }
+
+func TestPrivilegedSkipsOrFailsInCI(t *testing.T) {
+	t.Setenv("CI", "")
+	f := &fakeTB{TB: t}
+	privileged(f, "needs root and /dev/net/tun: running as uid 1000")
+	if f.skipped == "" || f.failed != "" {
+		t.Errorf("without CI: skipped %q, failed %q; want a skip", f.skipped, f.failed)
+	}
+	t.Setenv("CI", "true")
+	f = &fakeTB{TB: t}
+	privileged(f, "needs root and /dev/net/tun: running as uid 1000")
+	if f.failed == "" || f.skipped != "" {
+		t.Errorf("with CI=true: skipped %q, failed %q; want a failure", f.skipped, f.failed)
+	}
+	t.Logf("CI message: %s", f.failed)
+}
+
+func TestIPNet(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"198.18.0.1/24", "198.18.0.1/24"},
+		{"198.19.255.254/15", "198.19.255.254/15"},
+		{"::ffff:198.18.0.9/120", "198.18.0.9/24"},
+		{"2001:2::1/64", "2001:2::1/64"},
+	} {
+		if got := ipNet(netip.MustParsePrefix(tc.in)).String(); got != tc.want {
+			t.Errorf("ipNet(%s) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}
+
+// Close while a reader (Wait + ReadBatch), a writer and the peer are busy:
+// every loop ends with a closed or device-gone error, and -race is quiet.
+func TestCloseRacesWithTraffic(t *testing.T) {
+	for round := 0; round < 20; round++ {
+		a, b, err := Socketpair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		type result struct {
+			who string
+			err error
+		}
+		errs := make(chan result, 3)
+		go func() { // b's interrupt + DPC
+			bufs, sizes := makeBufs(8, 256)
+			for {
+				if err := b.Interrupt().Wait(); err != nil {
+					errs <- result{"b reader", err}
+					return
+				}
+				if _, err := b.ReadBatch(bufs, sizes); err != nil {
+					errs <- result{"b reader", err}
+					return
+				}
+			}
+		}()
+		go func() { // b's sender
+			out := [][]byte{make([]byte, 100), make([]byte, 100)}
+			for {
+				if _, err := b.WriteBatch(out); err != nil {
+					errs <- result{"b writer", err}
+					return
+				}
+			}
+		}()
+		go func() { // the peer
+			out := [][]byte{make([]byte, 100)}
+			bufs, sizes := makeBufs(8, 256)
+			for {
+				if _, err := a.WriteBatch(out); err != nil {
+					errs <- result{"peer", err}
+					return
+				}
+				if _, err := a.ReadBatch(bufs, sizes); err != nil {
+					errs <- result{"peer", err}
+					return
+				}
+			}
+		}()
+		time.Sleep(time.Duration(round%5) * time.Millisecond)
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 3; i++ {
+			select {
+			case r := <-errs:
+				want := os.ErrClosed
+				if r.who == "peer" {
+					want = ErrDeviceGone
+				}
+				if !errors.Is(r.err, want) {
+					t.Fatalf("round %d: %s ended with %v; want %v", round, r.who, r.err, want)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("round %d: a loop did not end", round)
+			}
+		}
+		a.Close()
+	}
+}

@@ -1,0 +1,670 @@
+package tapdev
+
+import (
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/tapminiport/tapminiport/ndisshim"
+)
+
+// Root tests: real TAPs, real namespaces. Names are "tdt" + 6 hex digits;
+// addresses come from 198.18.0.0/15; traffic starts only inside a
+// namespace the test made.
+
+// tunFlags reads /sys/class/net/NAME/tun_flags (root namespace only).
+func tunFlags(t *testing.T, name string) uint64 {
+	t.Helper()
+	b, err := os.ReadFile("/sys/class/net/" + name + "/tun_flags")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 0, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// preCreateTAP makes a persistent TAP the way an administrator would, and
+// deletes it by name in cleanup.
+func preCreateTAP(t *testing.T, mq bool) string {
+	t.Helper()
+	RequireTool(t, "ip")
+	name := RandomName("tdt")
+	args := []string{"tuntap", "add", "mode", "tap", "name", name}
+	if mq {
+		args = append(args, "multi_queue")
+	}
+	run(t, "ip", args...)
+	t.Cleanup(func() {
+		if LinkExists("", name) {
+			if err := DeleteLink("", name); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	return name
+}
+
+func openT(t *testing.T, name string, o Options) (*Dev, bool) {
+	t.Helper()
+	d, created, err := OpenTAP(name, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d, created
+}
+
+func TestOpenTAPCreatesNonPersistent(t *testing.T) {
+	RequireRoot(t)
+	name := RandomName("tdt")
+	t.Cleanup(func() {
+		if LinkExists("", name) {
+			DeleteLink("", name)
+		}
+	})
+	d, created := openT(t, name, Options{})
+	if !created || d.Name() != name {
+		t.Fatalf("OpenTAP(%s): created=%v name=%q; want created, same name", name, created, d.Name())
+	}
+	checkFdFlags(t, name, d.fd)
+	if f := tunFlags(t, name); f&unix.IFF_PERSIST != 0 || f&unix.IFF_TAP == 0 {
+		t.Errorf("tun_flags %#x: want a non-persistent tap", f)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if LinkExists("", name) {
+		t.Errorf("our TAP %s still exists after Close", name)
+	}
+}
+
+func TestOpenTAPAttachKeepsPreCreatedTAP(t *testing.T) {
+	RequireRoot(t)
+	name := preCreateTAP(t, false)
+	d, created := openT(t, name, Options{})
+	if created {
+		t.Fatal("created = true for a pre-created TAP")
+	}
+	checkFdFlags(t, name, d.fd)
+	if f := tunFlags(t, name); f&unix.IFF_PERSIST == 0 {
+		t.Errorf("tun_flags %#x: persist flag lost (water clears it; OpenTAP must restore it)", f)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !LinkExists("", name) {
+		t.Fatalf("pre-created TAP %s deleted by our Close", name)
+	}
+}
+
+func TestOpenTAPRefusesWithoutLeaking(t *testing.T) {
+	RequireRoot(t)
+	before := fdCount(t)
+	single := preCreateTAP(t, false)
+	d, _ := openT(t, single, Options{})
+	if _, _, err := OpenTAP(single, Options{}); !errors.Is(err, unix.EBUSY) {
+		t.Errorf("second queue on a single-queue TAP: %v; want EBUSY", err)
+	} else {
+		t.Logf("busy: %v", err)
+	}
+	d.Close()
+	if _, _, err := OpenTAP(single, Options{MultiQueue: true}); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("MultiQueue on a single-queue TAP: %v; want EINVAL", err)
+	}
+	if !LinkExists("", single) {
+		t.Error("refused opens deleted the pre-created TAP")
+	}
+	if _, _, err := OpenTAP("lo", Options{}); err == nil || !strings.Contains(err.Error(), "not a tap") {
+		t.Errorf("OpenTAP(lo) = %v; want 'not a tap'", err)
+	}
+	if _, _, err := OpenTAP("a/b", Options{}); err == nil {
+		t.Error("OpenTAP(a/b): no error")
+	}
+	if after := fdCount(t); after != before {
+		t.Errorf("fds: %d before, %d after refused opens", before, after)
+	}
+}
+
+func TestStrayTunFdSweep(t *testing.T) {
+	// What openWater does when water fails after opening /dev/net/tun
+	// (water does not close its fd then).
+	RequireRoot(t)
+	openMu.Lock()
+	defer openMu.Unlock()
+	before := tunFds()
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeStrayTunFds(before)
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != unix.EBADF {
+		unix.Close(fd)
+		t.Fatalf("unattached /dev/net/tun fd %d still open after the sweep", fd)
+	}
+}
+
+func TestMultiQueue(t *testing.T) {
+	RequireRoot(t)
+	name := RandomName("tdt")
+	t.Cleanup(func() {
+		if LinkExists("", name) {
+			DeleteLink("", name)
+		}
+	})
+	q0, c0 := openT(t, name, Options{MultiQueue: true})
+	q1, c1 := openT(t, name, Options{MultiQueue: true})
+	if !c0 || c1 {
+		t.Fatalf("created = %v, %v; want true, false", c0, c1)
+	}
+	if f := tunFlags(t, name); f&unix.IFF_MULTI_QUEUE == 0 || f&unix.IFF_PERSIST != 0 {
+		t.Errorf("tun_flags %#x: want multi-queue, non-persistent (the second open must not make it persistent)", f)
+	}
+	q0.Close()
+	if !LinkExists("", name) {
+		t.Fatal("TAP gone with one queue still open")
+	}
+	q1.Close()
+	if LinkExists("", name) {
+		t.Error("TAP still there after its last queue closed")
+	}
+	// A pre-created persistent multi-queue TAP keeps persist across our queues.
+	pre := preCreateTAP(t, true)
+	p0, c := openT(t, pre, Options{MultiQueue: true})
+	p1, _ := openT(t, pre, Options{MultiQueue: true})
+	if c || tunFlags(t, pre)&unix.IFF_PERSIST == 0 {
+		t.Errorf("pre-created mq TAP: created=%v flags %#x", c, tunFlags(t, pre))
+	}
+	p0.Close()
+	p1.Close()
+	if !LinkExists("", pre) {
+		t.Error("pre-created mq TAP deleted by our Close")
+	}
+}
+
+func TestVnetHdr(t *testing.T) {
+	RequireRoot(t)
+	name := RandomName("tdt")
+	t.Cleanup(func() {
+		if LinkExists("", name) {
+			DeleteLink("", name)
+		}
+	})
+	d, created := openT(t, name, Options{VnetHdr: true, MultiQueue: true})
+	if !created {
+		t.Fatal("not created")
+	}
+	if f := tunFlags(t, name); f&unix.IFF_VNET_HDR == 0 {
+		t.Errorf("tun_flags %#x: no IFF_VNET_HDR", f)
+	}
+	if sz, err := unix.IoctlGetInt(d.fd, unix.TUNGETVNETHDRSZ); err != nil || sz != VnetHdrLen {
+		t.Errorf("TUNGETVNETHDRSZ = %d, %v; want %d", sz, err, VnetHdrLen)
+	}
+	checkFdFlags(t, name, d.fd)
+	// Another queue without VnetHdr would clear the flag under this one.
+	if _, _, err := OpenTAP(name, Options{MultiQueue: true}); err == nil {
+		t.Error("a non-vnet queue on a vnet TAP with a queue attached: no error")
+	}
+	if f := tunFlags(t, name); f&unix.IFF_VNET_HDR == 0 {
+		t.Errorf("tun_flags %#x: IFF_VNET_HDR lost", f)
+	}
+}
+
+func TestOpenTAPAtNamespace(t *testing.T) {
+	ns := TempNetns(t, "tdt")
+	name := RandomName("tdt")
+	d, created, err := OpenTAPAt(ns, name, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if !created || !LinkExists(ns, name) || LinkExists("", name) {
+		t.Fatalf("created=%v, in %s: %v, in root: %v; want created in %s only", created, ns, LinkExists(ns, name), LinkExists("", name), ns)
+	}
+	checkFdFlags(t, name, d.fd)
+	d.Close()
+	if LinkExists(ns, name) {
+		t.Error("TAP still in the namespace after Close")
+	}
+}
+
+func TestNetnsCreateDelete(t *testing.T) {
+	RequireRoot(t)
+	name := RandomName("tdt")
+	if NetnsExists(name) {
+		t.Fatal("random name taken")
+	}
+	if err := CreateNetns(name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if NetnsExists(name) {
+			DeleteNetns(name)
+		}
+	})
+	if !NetnsExists(name) || !LinkExists(name, "lo") {
+		t.Fatal("namespace missing, or no lo in it")
+	}
+	if err := CreateNetns(name); !errors.Is(err, os.ErrExist) {
+		t.Errorf("CreateNetns twice = %v; want os.ErrExist", err)
+	}
+	if _, err := exec.LookPath("ip"); err == nil {
+		if out := run(t, "ip", "netns", "list"); !strings.Contains(out, name) {
+			t.Errorf("ip netns list does not show %s:\n%s", name, out)
+		}
+		if out := run(t, "ip", "netns", "exec", name, "ip", "-br", "link"); !strings.HasPrefix(out, "lo ") || strings.Count(out, "\n") != 1 {
+			t.Errorf("ip netns exec %s ip link: want only lo, got\n%s", name, out)
+		}
+	}
+	// The namespace really is another one: our root links are not there.
+	if LinkExists(name, "eth0") && LinkExists("", "eth0") {
+		t.Error("eth0 visible in the new namespace")
+	}
+	if err := DeleteNetns(name); err != nil {
+		t.Fatal(err)
+	}
+	if NetnsExists(name) {
+		t.Error("namespace still listed after DeleteNetns")
+	}
+	if err := DeleteNetns(name); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("DeleteNetns twice = %v; want os.ErrNotExist", err)
+	}
+	if err := ConfigureLink(name, "lo", LinkConfig{Up: true}); err == nil || !strings.Contains(err.Error(), name) {
+		t.Errorf("ConfigureLink in a deleted namespace = %v; want an error naming it", err)
+	}
+}
+
+func TestConfigureLink(t *testing.T) {
+	ns := TempNetns(t, "tdt")
+	d := TempTAP(t, "tdt", Options{}, ns)
+	name := d.Name()
+	if err := MoveLink(name, "", ns); err != nil {
+		t.Fatal(err)
+	}
+	if LinkExists("", name) || !LinkExists(ns, name) {
+		t.Fatal("MoveLink: link not moved")
+	}
+	br := RandomName("tdb")
+	h, err := handleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: br}}); err != nil {
+		t.Fatal(err)
+	}
+	mac := RandomMAC()
+	addr := netip.MustParsePrefix("198.18.0.1/24")
+	mapped := netip.MustParsePrefix("::ffff:198.18.0.9/120") // becomes 198.18.0.9/24
+	c := LinkConfig{MTU: 1400, MAC: mac, Up: true, Addrs: []netip.Prefix{addr, mapped}, Alias: "tapdev test", Master: br}
+	if err := ConfigureLink(ns, name, c); err != nil {
+		t.Fatal(err)
+	}
+	if mtu, err := LinkMTU(ns, name); err != nil || mtu != 1400 {
+		t.Errorf("LinkMTU = %d, %v", mtu, err)
+	}
+	if got, err := LinkMAC(ns, name); err != nil || got.String() != mac.String() {
+		t.Errorf("LinkMAC = %v, %v; want %v", got, err, mac)
+	}
+	if a, err := LinkAlias(ns, name); err != nil || a != "tapdev test" {
+		t.Errorf("LinkAlias = %q, %v", a, err)
+	}
+	l, err := h.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := h.LinkByName(br)
+	if l.Attrs().MasterIndex != b.Attrs().Index {
+		t.Errorf("master index %d, bridge %s is %d", l.Attrs().MasterIndex, br, b.Attrs().Index)
+	}
+	if l.Attrs().Flags&net.FlagUp == 0 {
+		t.Error("link not up")
+	}
+	addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range addrs {
+		got = append(got, a.IPNet.String())
+	}
+	if s := strings.Join(got, " "); !strings.Contains(s, "198.18.0.1/24") || !strings.Contains(s, "198.18.0.9/24") {
+		t.Errorf("addresses %v; want 198.18.0.1/24 and 198.18.0.9/24", got)
+	}
+	// Again: idempotent.
+	if err := ConfigureLink(ns, name, c); err != nil {
+		t.Errorf("ConfigureLink again: %v", err)
+	}
+	if err := SetLinkUp(ns, name, false); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := h.LinkByName(name); l.Attrs().Flags&net.FlagUp != 0 {
+		t.Error("SetLinkUp(false): still up")
+	}
+	err = ConfigureLink(ns, "tdtnosuch", LinkConfig{MTU: 1400})
+	if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "tdtnosuch") || !strings.Contains(err.Error(), ns) {
+		t.Errorf("ConfigureLink(missing) = %v; want ErrNotExist naming link and netns", err)
+	}
+	if err := ConfigureLink(ns, name, LinkConfig{MTU: 10}); err == nil || !strings.Contains(err.Error(), name) {
+		t.Errorf("ConfigureLink(MTU 10) = %v; want an error naming the link", err)
+	}
+	if err := MoveLink(name, ns, ""); err != nil {
+		t.Fatal(err)
+	}
+	if !LinkExists("", name) {
+		t.Error("MoveLink back to the root namespace failed")
+	}
+}
+
+// Frames through a real kernel stack: the TAP lives in a test namespace
+// with 198.18.0.1/24; ping runs inside it to 198.18.0.2, a neighbour that
+// exists only as this test, answering ARP and ICMP through the TAP fd.
+func TestFramesThroughNamespace(t *testing.T) {
+	RequireTool(t, "ip")
+	RequireTool(t, "ping")
+	ns := TempNetns(t, "tdt")
+	d := TempTAP(t, "tdt", Options{}, ns)
+	name := d.Name()
+	if err := MoveLink(name, "", ns); err != nil {
+		t.Fatal(err)
+	}
+	if err := ConfigureLink(ns, name, LinkConfig{Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.1/24")}}); err != nil {
+		t.Fatal(err)
+	}
+	peerMAC := RandomMAC()
+	peerIP := [4]byte{198, 18, 0, 2}
+
+	var arps, pings int
+	done := make(chan error, 1)
+	src := d.Interrupt()
+	go func() { // the "link partner": interrupt, DPC, reply
+		bufs, sizes := makeBufs(16, 2048)
+		var out [][]byte
+		for {
+			if err := src.Wait(); err != nil {
+				done <- err
+				return
+			}
+			n, err := d.ReadBatch(bufs, sizes)
+			if err != nil {
+				done <- err
+				return
+			}
+			out = out[:0]
+			for i := 0; i < n; i++ {
+				f := bufs[i][:sizes[i]]
+				if r := arpReply(f, peerMAC, peerIP); r != nil {
+					arps++
+					out = append(out, r)
+				} else if r := echoReply(f, peerMAC, peerIP); r != nil {
+					pings++
+					out = append(out, r)
+				}
+			}
+			if w, err := d.WriteBatch(out); err != nil || w != len(out) {
+				done <- errors.Join(err, errors.New("short write"))
+				return
+			}
+		}
+	}()
+	out, err := exec.Command("ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "2", "198.18.0.2").CombinedOutput()
+	src.Stop()
+	if werr := <-done; !errors.Is(werr, ndisshim.ErrInterruptStopped) {
+		t.Errorf("partner loop ended with %v", werr)
+	}
+	if err != nil {
+		t.Fatalf("ping inside %s: %v\n%s", ns, err, out)
+	}
+	if arps == 0 || pings == 0 {
+		t.Errorf("saw %d ARP requests and %d echo requests; want both", arps, pings)
+	}
+	rx, tx, _, _, err := LinkStats(ns, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rx < 2 || tx < 2 {
+		t.Errorf("LinkStats rx=%d tx=%d; want >= 2 each (ARP + ICMP both ways)", rx, tx)
+	}
+	t.Logf("ping answered through the TAP fd: %d ARP, %d ICMP; kernel rx %d tx %d", arps, pings, rx, tx)
+}
+
+// arpReply answers an ARP request for ip, or returns nil.
+func arpReply(f []byte, mac net.HardwareAddr, ip [4]byte) []byte {
+	if len(f) < 42 || binary.BigEndian.Uint16(f[12:]) != 0x0806 || binary.BigEndian.Uint16(f[20:]) != 1 || [4]byte(f[38:42]) != ip {
+		return nil
+	}
+	r := make([]byte, 42)
+	copy(r[0:6], f[6:12]) // to the asker
+	copy(r[6:12], mac)
+	binary.BigEndian.PutUint16(r[12:], 0x0806)
+	copy(r[14:20], f[14:20]) // htype, ptype, hlen, plen
+	binary.BigEndian.PutUint16(r[20:], 2)
+	copy(r[22:28], mac)
+	copy(r[28:32], ip[:])
+	copy(r[32:42], f[22:32]) // target = the asker's sha + spa
+	return r
+}
+
+// echoReply answers an ICMP echo request to ip, or returns nil.
+func echoReply(f []byte, mac net.HardwareAddr, ip [4]byte) []byte {
+	if len(f) < 42 || binary.BigEndian.Uint16(f[12:]) != 0x0800 || f[23] != 1 || [4]byte(f[30:34]) != ip {
+		return nil
+	}
+	ihl := int(f[14]&0x0f) * 4
+	if len(f) < 14+ihl+8 || f[14+ihl] != 8 {
+		return nil
+	}
+	r := append([]byte(nil), f...)
+	copy(r[0:6], f[6:12])
+	copy(r[6:12], mac)
+	copy(r[26:30], f[30:34])
+	copy(r[30:34], f[26:30])
+	r[24], r[25] = 0, 0
+	binary.BigEndian.PutUint16(r[24:], checksum(r[14:14+ihl]))
+	icmp := r[14+ihl:]
+	icmp[0] = 0
+	icmp[2], icmp[3] = 0, 0
+	binary.BigEndian.PutUint16(icmp[2:], checksum(icmp))
+	return r
+}
+
+func checksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return ^uint16(s)
+}
+
+// Surprise removal: the link deleted under an open Dev. The kernel detaches
+// the queue: poll says POLLERR, read and write fail with EBADFD.
+func TestLinkDeletedUnderOpenDev(t *testing.T) {
+	d := TempTAP(t, "tdt", Options{})
+	name := d.Name() // left down: an up link sends IPv6 router solicitations, and Wait would wake for them
+	var fired sync.WaitGroup
+	fired.Add(1)
+	stop, err := WatchLinkRemoval("", name, fired.Done)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	ch := waitAsync(t, d.Interrupt())
+	if err := DeleteLink("", name); err != nil {
+		t.Fatal(err)
+	}
+	werr := waitResult(t, ch)
+	if !errors.Is(werr, ErrDeviceGone) || !strings.Contains(werr.Error(), name) {
+		t.Errorf("Wait = %v; want ErrDeviceGone naming %s", werr, name)
+	}
+	bufs, sizes := makeBufs(4, 2048)
+	n, rerr := d.ReadBatch(bufs, sizes)
+	if n != 0 || !errors.Is(rerr, ErrDeviceGone) || !errors.Is(rerr, unix.EBADFD) {
+		t.Errorf("ReadBatch = %d, %v; want 0, ErrDeviceGone (EBADFD)", n, rerr)
+	}
+	n, wrerr := d.WriteBatch([][]byte{make([]byte, 60)})
+	if n != 0 || !errors.Is(wrerr, ErrDeviceGone) || !errors.Is(wrerr, unix.EBADFD) {
+		t.Errorf("WriteBatch = %d, %v; want 0, ErrDeviceGone (EBADFD)", n, wrerr)
+	}
+	t.Logf("after ip link del:\n  wait:  %v\n  read:  %v\n  write: %v", werr, rerr, wrerr)
+	waitGroupOrFail(t, &fired, "WatchLinkRemoval did not fire")
+	if err := d.Close(); err != nil {
+		t.Errorf("Close after removal: %v", err)
+	}
+}
+
+func waitGroupOrFail(t *testing.T, wg *sync.WaitGroup, msg string) {
+	t.Helper()
+	c := make(chan struct{})
+	go func() { wg.Wait(); close(c) }()
+	select {
+	case <-c:
+	case <-time.After(5 * time.Second):
+		t.Fatal(msg)
+	}
+}
+
+func TestWatchLinkRemoval(t *testing.T) {
+	ns := TempNetns(t, "tdt")
+	d := TempTAP(t, "tdt", Options{}, ns)
+	name := d.Name()
+
+	if _, err := WatchLinkRemoval("", "tdtnosuch", func() {}); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("watch on a missing link = %v; want os.ErrNotExist", err)
+	}
+	// Stopped before anything happens: fn never runs.
+	stop0, err := WatchLinkRemoval("", name, func() { t.Error("stopped watch fired") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop0()
+	stop0()
+
+	// Moving away from the root namespace is a removal there.
+	var moved sync.WaitGroup
+	moved.Add(1)
+	stop1, err := WatchLinkRemoval("", name, moved.Done)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := SetLinkUp("", name, true); err != nil { // an RTM_NEWLINK: not a removal
+		t.Fatal(err)
+	}
+	if err := MoveLink(name, "", ns); err != nil {
+		t.Fatal(err)
+	}
+	waitGroupOrFail(t, &moved, "move: watch did not fire")
+	stop1()
+
+	// Deleted inside a namespace; stop called from fn.
+	var deleted sync.WaitGroup
+	deleted.Add(1)
+	var stop2 func()
+	ready := make(chan struct{})
+	stop2, err = WatchLinkRemoval(ns, name, func() {
+		<-ready
+		stop2()
+		deleted.Done()
+	})
+	close(ready)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := DeleteLink(ns, name); err != nil {
+		t.Fatal(err)
+	}
+	waitGroupOrFail(t, &deleted, "delete in netns: watch did not fire")
+	stop2()
+}
+
+func fdCount(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// cycle does one of everything that opens an fd.
+func cycle(t *testing.T) {
+	t.Helper()
+	ns := RandomName("tdt")
+	if err := CreateNetns(ns); err != nil {
+		t.Fatal(err)
+	}
+	defer DeleteNetns(ns)
+	name := RandomName("tdt")
+	d, _, err := OpenTAP(name, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop, err := WatchLinkRemoval("", name, func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan error, 1)
+	go func() { ch <- d.Interrupt().Wait() }()
+	d.Interrupt().Stop()
+	<-ch
+	if err := MoveLink(name, "", ns); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if err := ConfigureLink(ns, name, LinkConfig{MTU: 1400, Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.1.1/24")}}); err != nil {
+		t.Fatal(err)
+	}
+	LinkStats(ns, name)
+	d.Close()
+	v, _, err := OpenTAPAt(ns, RandomName("tdt"), Options{VnetHdr: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+	a, b, err := Socketpair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	b.Close()
+}
+
+func TestNoFdLeft(t *testing.T) {
+	RequireRoot(t)
+	cycle(t) // warm up: the runtime poller opens its epoll fd on first use
+	before := fdCount(t)
+	for i := 0; i < 3; i++ {
+		cycle(t)
+	}
+	if after := fdCount(t); after != before {
+		out, _ := exec.Command("ls", "-l", "/proc/"+strconv.Itoa(os.Getpid())+"/fd").CombinedOutput()
+		t.Errorf("fds: %d before, %d after 3 cycles\n%s", before, after, out)
+	}
+}
