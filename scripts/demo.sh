@@ -55,7 +55,7 @@ echo "== run 1: traffic through the miniport"
 start 0
 echo "-- ping 198.18.0.2 (IPv4) and 2001:2::2 (IPv6) from netns $HOST"
 ip netns exec "$HOST" ping -c 5 -i 0.2 -W 2 198.18.0.2 | tail -n 2
-ip netns exec "$HOST" ping -6 -c 3 -i 0.2 -W 2 2001:2::2 | tail -n 2
+ip netns exec "$HOST" ping -6 -c 3 -i 0.2 -w 10 2001:2::2 | tail -n 2
 echo "-- iperf3 TCP, host → wire"
 iperf
 echo "-- iperf3 TCP, wire → host (-R)"
@@ -64,12 +64,12 @@ kill -TERM "$PID"; wait "$PID" || true; PID=""
 sed -n '/exit report/,$p' "$OUT/stdout"
 
 echo
-echo "== run 2: SIGTERM during iperf3, the stack holding each buffer 200ms"
+echo "== run 2: SIGTERM during iperf3 -R (wire → host), the stack holding each buffer 200ms"
 start 200ms
 timeout 20 ip netns exec "$WIRE" iperf3 -s -1 >/dev/null 2>&1 &
 SRV=$!
 sleep 0.5
-timeout 20 ip netns exec "$HOST" iperf3 -c 198.18.0.2 -t 8 >/dev/null 2>&1 &
+timeout 20 ip netns exec "$HOST" iperf3 -c 198.18.0.2 -t 8 -R >/dev/null 2>&1 &
 CLIENT=$!
 sleep 2
 echo "-- kill -TERM $PID while iperf3 runs"
@@ -80,6 +80,7 @@ grep -E 'signal received|pause:|unbind:|halt:|unload:|removed wire' "$OUT/stderr
 sed -n '/exit report/,$p' "$OUT/stdout"
 kill "$CLIENT" "$SRV" 2>/dev/null || true; wait 2>/dev/null || true; SRV=""
 echo "tapminiport exited with $code"
+ip netns del "$HOST"
 leftover=$( (ip netns list; ip -br link) | grep -E "$s" || true)
 [ -z "$leftover" ] && echo "nothing left behind (no namespace or TAP with suffix $s)" || echo "LEFT BEHIND: $leftover"
 exit "$code"

@@ -22,6 +22,9 @@ type LinkConfig struct {
 	Addrs  []netip.Prefix // added (replaced if present), never removed
 	Master string         // bridge to enslave the link to, in the same namespace
 	Alias  string         // IFLA_IFALIAS
+	// NoDAD adds IPv6 addresses without duplicate address detection
+	// (IFA_F_NODAD): usable at once, for links whose both ends we own.
+	NoDAD bool
 }
 
 // lookup opens a handle in ns and finds the link. A missing link is an
@@ -89,6 +92,9 @@ func ConfigureLink(ns, name string, c LinkConfig) error {
 			return linkError(ns, name, "add address", fmt.Errorf("invalid prefix %v", p))
 		}
 		addr := &netlink.Addr{IPNet: ipNet(p)}
+		if c.NoDAD && p.Addr().Is6() && !p.Addr().Is4In6() {
+			addr.Flags = unix.IFA_F_NODAD
+		}
 		if err := h.AddrReplace(l, addr); err != nil {
 			return linkError(ns, name, "add address "+p.String(), err)
 		}

@@ -151,7 +151,7 @@ func (m *machine) start() error {
 		if err := tapdev.ConfigureLink(o.wireNetns, "lo", tapdev.LinkConfig{Up: true}); err != nil {
 			return err
 		}
-		if err := tapdev.ConfigureLink(o.wireNetns, o.hwTap, tapdev.LinkConfig{Addrs: o.wireAddrs, Up: true}); err != nil {
+		if err := tapdev.ConfigureLink(o.wireNetns, o.hwTap, tapdev.LinkConfig{Addrs: o.wireAddrs, Up: true, NoDAD: true}); err != nil {
 			return fmt.Errorf("configure wire partner %s in %s: %w", o.hwTap, o.wireNetns, err)
 		}
 	}

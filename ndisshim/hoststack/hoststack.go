@@ -489,5 +489,5 @@ func configureTAP(c Config, mac net.HardwareAddr, mtu int) error {
 			return err
 		}
 	}
-	return tapdev.ConfigureLink(c.Netns, c.NICName, tapdev.LinkConfig{MTU: mtu, MAC: mac, Addrs: c.Addrs, Up: true})
+	return tapdev.ConfigureLink(c.Netns, c.NICName, tapdev.LinkConfig{MTU: mtu, MAC: mac, Addrs: c.Addrs, Up: true, NoDAD: true})
 }
