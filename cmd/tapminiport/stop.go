@@ -46,6 +46,10 @@ func (m *machine) stop(sigs <-chan os.Signal) int {
 	select {
 	case r := <-res:
 		close(done)
+		if errors.Is(r.err, ndisshim.ErrDrainTimeout) {
+			m.log.Error("pause: gave up waiting (--halt-timeout); shutting down without freeing held memory", "err", r.err)
+			return m.force("--halt-timeout " + m.o.haltTimeout.String())
+		}
 		if r.err != nil {
 			m.log.Error("stop", "err", r.err)
 		}
@@ -63,10 +67,6 @@ func (m *machine) halt() (int, error) {
 	t := time.Now()
 	m.log.Info("pause: start", "held_by_stack", m.a.Stats().HeldNow)
 	if err := m.a.Pause(ctx); err != nil {
-		if errors.Is(err, ndisshim.ErrDrainTimeout) {
-			m.log.Error("pause: gave up (--halt-timeout)", "err", err)
-			return m.force("halt timeout"), err
-		}
 		return exitForced, err
 	}
 	m.log.Info("pause: done", "took", time.Since(t).Round(time.Microsecond), "drained_nbls", m.a.Stats().DrainedNBLs)

@@ -242,3 +242,63 @@ func TestInitializeFailureLeavesNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestSecondAndThirdSignal: while halt waits for a stack that holds its
+// buffers 10s, a second SIGINT says it is still draining and what is held;
+// a third forces ShutdownEx and exits 3 naming what was still held.
+func TestSecondAndThirdSignal(t *testing.T) {
+	r := start(t, "--return-delay", "10s")
+	ping(t, r.host, "-c", "3", "-i", "0.2", "-W", "1", "198.18.0.2") // replies held 10s by the stack
+	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, r.stderr, "pause: waiting", 5*time.Second)
+	if err := r.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, r.stderr, "still draining", 5*time.Second)
+	if !regexp.MustCompile(`still draining.*held=.*receive indications held by hoststack`).MatchString(r.stderr.String()) {
+		t.Errorf("second signal does not say what is held:\n%s", r.stderr)
+	}
+	code := r.stop(syscall.SIGINT, 10*time.Second)
+	if code != 3 {
+		t.Fatalf("exit code %d after the third signal, want 3", code)
+	}
+	if !regexp.MustCompile(`forced shutdown \(third signal\): still held: \d+ receive indications held by hoststack`).MatchString(r.stdout.String()) {
+		t.Errorf("no forced-shutdown line naming what was held:\n%s", r.stdout)
+	}
+	r.assertGone()
+}
+
+// TestHaltTimeoutGivesUp: --halt-timeout ends the wait for a stack that
+// does not return in time: exit 3, the report names what was held.
+func TestHaltTimeoutGivesUp(t *testing.T) {
+	r := start(t, "--return-delay", "10s", "--halt-timeout", "700ms")
+	ping(t, r.host, "-c", "3", "-i", "0.2", "-W", "1", "198.18.0.2")
+	begin := time.Now()
+	code := r.stop(syscall.SIGTERM, 10*time.Second)
+	if code != 3 {
+		t.Fatalf("exit code %d, want 3", code)
+	}
+	if took := time.Since(begin); took < 700*time.Millisecond {
+		t.Errorf("gave up after %s, before the 700ms timeout", took)
+	}
+	if !regexp.MustCompile(`forced shutdown \(--halt-timeout 700ms\): still held: \d+ receive indications`).MatchString(r.stdout.String()) {
+		t.Errorf("report does not name what was held:\n%s", r.stdout)
+	}
+	if strings.Count(r.stdout.String(), "exit report") != 1 {
+		t.Errorf("want exactly one exit report:\n%s", r.stdout)
+	}
+	r.assertGone()
+}
+
+func waitFor(t *testing.T, b *syncBuf, s string, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !strings.Contains(b.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q after %s:\n%s", s, limit, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
