@@ -58,6 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tapminiport: %v\n", err)
 		return exitStart
 	}
+	takeFDBaseline()
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
@@ -101,6 +102,7 @@ type machine struct {
 	snap        adapter.Snapshot
 	stackSnap   hoststack.Counters
 	verdict     error
+	left        []string
 	started     time.Time
 }
 

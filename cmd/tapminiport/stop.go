@@ -85,7 +85,8 @@ func (m *machine) halt() (int, error) {
 	m.log.Info("unload: done", "took", time.Since(t).Round(time.Microsecond))
 	m.removeWire()
 	m.verdict = unloadErr
-	if unloadErr != nil {
+	m.left = leftovers()
+	if unloadErr != nil || len(m.left) > 0 {
 		return exitVerifier, nil
 	}
 	return exitOK, nil
@@ -121,6 +122,13 @@ func (m *machine) report(code int, err error) {
 	fmt.Fprintf(w, "  NBLs drained during pause/halt: %d\n", st.DrainedNBLs)
 	if m.o.checkHeld {
 		fmt.Fprintf(w, "  held-buffer check: %d corrupt\n", s.CorruptHeld)
+	}
+	if code != exitForced {
+		if len(m.left) == 0 {
+			fmt.Fprintf(w, "  left after unload: nothing (no goroutine of the run, no descriptor beyond stdio)\n")
+		} else {
+			fmt.Fprintf(w, "  left after unload: %s\n", strings.Join(m.left, "; "))
+		}
 	}
 	switch {
 	case m.verdict == nil && err == nil:

@@ -197,6 +197,9 @@ func TestSIGTERMDuringIperf3DrainsHeldBuffers(t *testing.T) {
 	if !strings.Contains(rep, "verifier: clean") {
 		t.Errorf("verifier not clean:\n%s", rep)
 	}
+	if !strings.Contains(rep, "left after unload: nothing") {
+		t.Errorf("goroutines or descriptors outlived the halt:\n%s", rep)
+	}
 	if !regexp.MustCompile(`pause: waiting.*receive indications held by hoststack`).MatchString(r.stderr.String()) {
 		t.Errorf("no watchdog line naming what pause waited for:\n%s", r.stderr)
 	}
