@@ -118,6 +118,12 @@ type Adapter struct {
 	shutdown   atomic.Bool // ShutdownEx called
 	halted     atomic.Bool
 
+	// shutMu orders ShutdownEx before HaltEx: Shutdown holds it shared
+	// around ShutdownEx, Halt takes it to set halting before HaltEx, so no
+	// ShutdownEx overlaps or follows HaltEx (NDIS: none after MiniportHaltEx).
+	shutMu  sync.RWMutex
+	halting bool
+
 	rxOutstanding atomic.Int64 // NBLs indicated and not returned (plus indications in flight)
 	txOutstanding atomic.Int64 // NBLs sent and not completed
 	waiters       atomic.Int32
@@ -207,19 +213,27 @@ func (a *Adapter) illegal(op string, want ...State) error {
 func (a *Adapter) Restart(ctx context.Context) error {
 	a.transition.Lock()
 	defer a.transition.Unlock()
-	if a.State() != StatePaused || a.removed.Load() {
+	if a.State() != StatePaused {
 		return a.illegal("restart", StatePaused)
+	}
+	if a.removed.Load() {
+		return fmt.Errorf("ndisshim: restart adapter %s: %w (%w)", a.name, ErrRemoved, ErrIllegalState)
 	}
 	a.state.Store(int32(StateRestarting))
 	if err := a.mp.RestartEx(ctx); err != nil {
 		a.state.Store(int32(StatePaused))
 		return fmt.Errorf("ndisshim: restart adapter %s: %w", a.name, err)
 	}
-	if !a.state.CompareAndSwap(int32(StateRestarting), int32(StateRunning)) {
-		return a.illegal("restart", StateRestarting) // shut down meanwhile
-	}
+	// Open the data path before publishing Running: a Shutdown that stores
+	// its state after our CAS closes it after us; one before makes the CAS
+	// fail and we close it again. Either way Shutdown leaves it closed.
 	a.rxOpen.Store(true)
 	a.txOpen.Store(true)
+	if !a.state.CompareAndSwap(int32(StateRestarting), int32(StateRunning)) {
+		a.rxOpen.Store(false)
+		a.txOpen.Store(false)
+		return a.illegal("restart", StateRestarting) // shut down meanwhile
+	}
 	for _, b := range *a.bindings.Load() {
 		if err := b.proto.NetPnPEvent(b, NetEventRestart); err != nil {
 			a.log.Warn("binding refused restart", "binding", b.name, "err", err)
@@ -280,6 +294,9 @@ func (a *Adapter) Halt(ctx context.Context, action HaltAction) error {
 	if err := a.waitDrain(ctx, "halt"); err != nil {
 		return err
 	}
+	a.shutMu.Lock() // waits for a ShutdownEx in flight; none starts after this
+	a.halting = true
+	a.shutMu.Unlock()
 	a.mp.HaltEx(action)
 	a.halted.Store(true)
 	a.state.Store(int32(StateHalted))
@@ -299,18 +316,25 @@ func (a *Adapter) Halt(ctx context.Context, action HaltAction) error {
 // Shutdown calls the miniport's ShutdownEx once (the forced-exit path): the
 // hardware goes back to its initial state, nothing is freed or waited for,
 // and the adapter is in Shutdown. It does not wait for a transition in
-// progress.
+// progress. Once Halt has called HaltEx it is refused: the miniport gets no
+// ShutdownEx during or after its HaltEx.
 func (a *Adapter) Shutdown(action ShutdownAction) error {
 	st := a.State()
 	if st == StateHalted || st == StateInitializing {
 		return a.illegal("shut down", StatePaused, StateRestarting, StateRunning, StatePausing)
 	}
+	a.shutMu.RLock()
+	defer a.shutMu.RUnlock()
+	if a.halting {
+		return fmt.Errorf("ndisshim: shut down adapter %s: HaltEx already called: %w", a.name, ErrIllegalState)
+	}
 	if !a.shutdown.CompareAndSwap(false, true) {
 		return nil
 	}
+	// State first, then close the data path: see Restart.
+	a.state.Store(int32(StateShutdown))
 	a.rxOpen.Store(false)
 	a.txOpen.Store(false)
-	a.state.Store(int32(StateShutdown))
 	a.mp.ShutdownEx(action)
 	return nil
 }

@@ -136,7 +136,8 @@ type Miniport interface {
 	RestartEx(ctx context.Context) error
 	// ShutdownEx (MiniportShutdownEx): put the hardware in its initial state
 	// without freeing or waiting: the forced-exit path. It may be called in
-	// any state but Halted, concurrently with anything.
+	// any state but Halted, concurrently with anything but HaltEx: never
+	// during or after it.
 	ShutdownEx(action ShutdownAction)
 	// SendNetBufferLists (MiniportSendNetBufferLists): the miniport owns the
 	// chain until it completes every NBL through Adapter.SendComplete.

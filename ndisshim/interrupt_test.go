@@ -1,0 +1,107 @@
+package ndisshim_test
+
+import (
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tapminiport/tapminiport/ndisshim"
+)
+
+// TestInterruptDeregisterStopsAndJoins: each raise of the line runs the
+// DPC once, never concurrently with itself; Deregister stops the source
+// once and does not return while a DPC is running; after it returns the
+// DPC never runs again; a second Deregister is an error.
+func TestInterruptDeregisterStopsAndJoins(t *testing.T) {
+	r := newRig(t, nil, ndisshim.AdapterOptions{})
+	src := newFakeSource()
+	var runs, inside atomic.Int32
+	var overlap atomic.Bool
+	entered := make(chan struct{}, 1)
+	gate := make(chan struct{}, 100)
+	in, err := r.a.RegisterInterrupt("test-intr", src, func() {
+		if inside.Add(1) > 1 {
+			overlap.Store(true)
+		}
+		runs.Add(1)
+		entered <- struct{}{}
+		<-gate
+		inside.Add(-1)
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		src.kick()
+		<-entered
+		gate <- struct{}{}
+		if got := runs.Load(); got != int32(i+1) {
+			t.Fatalf("after %d interrupts the DPC ran %d times", i+1, got)
+		}
+	}
+	src.kick()
+	<-entered // a DPC is running and blocked on the gate
+	done := make(chan error, 1)
+	go func() { done <- in.Deregister() }()
+	eventually(t, "Deregister to stop the source", func() bool { return src.stops.Load() == 1 })
+	select {
+	case err := <-done:
+		t.Fatalf("Deregister returned (%v) while the DPC was running", err)
+	default:
+	}
+	gate <- struct{}{}
+	if err := <-done; err != nil {
+		t.Fatalf("Deregister: %v", err)
+	}
+	n := runs.Load()
+	src.kick()
+	time.Sleep(5 * time.Millisecond)
+	if runs.Load() != n || n != 6 {
+		t.Errorf("DPC ran %d times (want 6), and %d after Deregister", n, runs.Load()-n)
+	}
+	if overlap.Load() {
+		t.Error("the DPC ran concurrently with itself")
+	}
+	if err := in.Deregister(); err == nil || !strings.Contains(err.Error(), `interrupt "test-intr" deregistered twice`) {
+		t.Errorf("second Deregister: %v", err)
+	}
+	if src.stops.Load() != 1 {
+		t.Errorf("source stopped %d times, want 1", src.stops.Load())
+	}
+	if in.Err() != nil {
+		t.Errorf("Err after a clean stop: %v", in.Err())
+	}
+	if _, err := r.a.RegisterInterrupt("bad", nil, func() {}, nil); err == nil {
+		t.Error("RegisterInterrupt without a source succeeded")
+	}
+	if _, err := r.a.RegisterInterrupt("bad", src, nil, nil); err == nil {
+		t.Error("RegisterInterrupt without a DPC succeeded")
+	}
+	r.finish()
+}
+
+// TestInterruptSourceError: when the source fails (the TAP deleted under
+// the reader), the loop ends and calls onError with the error; the DPC
+// does not run; Err reports it; the miniport's HaltEx still deregisters it
+// cleanly.
+func TestInterruptSourceError(t *testing.T) {
+	errGone := errors.New("tap: device deleted")
+	got := make(chan error, 1)
+	cfg := &fakeConfig{onIntrError: func(err error) { got <- err }}
+	r := newRig(t, cfg, ndisshim.AdapterOptions{})
+	r.m.src.errCh <- errGone
+	if err := <-got; !errors.Is(err, errGone) {
+		t.Fatalf("onError got %v", err)
+	}
+	r.m.allowRx(8) // raises the line: nobody is listening any more
+	time.Sleep(5 * time.Millisecond)
+	if n := r.m.dpcRuns.Load(); n != 0 {
+		t.Errorf("DPC ran %d times after the source failed", n)
+	}
+	r.finish() // HaltEx deregisters: Stop + join of a loop that already ended
+	if !errors.Is(r.m.intr.Err(), errGone) {
+		t.Errorf("Err: %v", r.m.intr.Err())
+	}
+}
