@@ -101,3 +101,13 @@ func (b *Binding) OIDRequest(req *OIDRequest) Status {
 	}
 	return a.mp.OIDRequest(req)
 }
+
+// CancelSendNetBufferLists asks the miniport to cancel queued sends whose
+// cancel ID is id (NdisCancelSendNetBufferLists). Cancelled NBLs still come
+// back through SendNetBufferListsComplete, with StatusRequestAborted.
+func (b *Binding) CancelSendNetBufferLists(id uintptr) {
+	if b.closed.Load() || b.a.halted.Load() {
+		return
+	}
+	b.a.mp.CancelSend(id)
+}

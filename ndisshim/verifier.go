@@ -13,7 +13,6 @@ type FindingKind string
 
 // The verifier's findings. Each is a broken NDIS rule.
 const (
-	FindLeakedNBL         FindingKind = "leaked NBL"                 // an NBL still allocated from a pool at halt/unbind
 	FindHeldNBL           FindingKind = "NBL still held"             // an indicated or sent NBL not back at halt
 	FindLiveTimer         FindingKind = "timer not freed"            // a timer object still allocated at halt
 	FindLiveInterrupt     FindingKind = "interrupt not deregistered" // an interrupt still registered at halt
@@ -31,7 +30,6 @@ const (
 	FindIllegalIndication FindingKind = "indication in wrong state"
 	FindBadFree           FindingKind = "bad free"
 	FindAdapterNotHalted  FindingKind = "adapter not halted at unload"
-	FindBindingOpen       FindingKind = "binding still open at halt"
 )
 
 // Finding is one verifier report: what broke the rule, where it was
