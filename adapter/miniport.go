@@ -44,9 +44,12 @@ type Miniport struct {
 	reg      *ndisshim.DeviceRegistration
 	dev      Device
 	created  bool
-	pool     *rxpool.Pool
-	intr     *ndisshim.Interrupt
-	stats    *ndisshim.Timer
+	// configured: InitializeEx reached the configure step, so halt and
+	// shutdown have a link to put down (written only by InitializeEx).
+	configured bool
+	pool       *rxpool.Pool
+	intr       *ndisshim.Interrupt
+	stats      *ndisshim.Timer
 
 	rxEnabled atomic.Bool // indications on (Running)
 	txEnabled atomic.Bool // sends on (Running)
@@ -99,8 +102,8 @@ func InitializeEx(a *ndisshim.Adapter, p ndisshim.InitParameters) (mp ndisshim.M
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	m := &Miniport{a: a, cfg: cfg, log: cfg.Log.With("adapter", p.Name)}
-	m.filter.Store(0) // NDIS: nothing is indicated until a protocol sets a filter
-	m.lookahead.Store(uint32(cfg.maxFrame()))
+	m.filter.Store(0)                  // NDIS: nothing is indicated until a protocol sets a filter
+	m.lookahead.Store(uint32(cfg.MTU)) // OID_GEN_CURRENT_LOOKAHEAD never exceeds OID_GEN_MAXIMUM_LOOKAHEAD (the MTU)
 	m.mac = cfg.MAC
 	if m.mac == nil {
 		m.mac = randomMAC()
@@ -145,6 +148,7 @@ func InitializeEx(a *ndisshim.Adapter, p ndisshim.InitParameters) (mp ndisshim.M
 	if err = step("configure"); err != nil {
 		return nil, err
 	}
+	m.configured = true // before Configure: a Configure that fails halfway is undone too
 	if cfg.Configure != nil {
 		if err = cfg.Configure(cfg.HardwareName, cfg.MTU, cfg.Bridge); err != nil {
 			return nil, fmt.Errorf("adapter %s: configure hardware TAP %s: %w", p.Name, cfg.HardwareName, err)
@@ -269,7 +273,7 @@ func (m *Miniport) teardown(action ndisshim.HaltAction) {
 }
 
 func (m *Miniport) stopNIC() {
-	if m.nicDown.Swap(true) || m.removed.Load() || m.cfg.Unconfigure == nil {
+	if !m.configured || m.nicDown.Swap(true) || m.removed.Load() || m.cfg.Unconfigure == nil {
 		return
 	}
 	if err := m.cfg.Unconfigure(m.cfg.HardwareName); err != nil {

@@ -148,7 +148,7 @@ func (m *Miniport) set(req *ndisshim.OIDRequest) ndisshim.Status {
 		if st != ndisshim.StatusSuccess {
 			return st
 		}
-		if v > uint32(m.cfg.maxFrame()) {
+		if v > uint32(m.cfg.MTU) { // the maximum lookahead
 			return ndisshim.StatusInvalidData
 		}
 		m.lookahead.Store(v)

@@ -162,12 +162,14 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 		}
 	}
 	s = &Stack{cfg: cfg, log: cfg.Log.With("binding", ProtocolName), q: make(chan held, cfg.QueueLen), stop: make(chan struct{})}
+	s.paused.Store(true) // a binding opens on a Paused adapter and is paused until NetEventRestart
 	if s.b, err = a.OpenAdapter(ProtocolName, s); err != nil {
 		return nil, err
 	}
+	st := s // "return nil, err" clears s before the deferred undo runs
 	defer func() {
 		if err != nil {
-			s.undo()
+			_ = st.undo()
 		}
 	}()
 	mac, mtu, err := s.learn()

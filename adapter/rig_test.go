@@ -1,0 +1,535 @@
+package adapter
+
+// The test rig: the TAP miniport under the real shim, its hardware one end
+// of a tapdev socketpair (the other end, peer, plays the wire), and a fake
+// protocol bound above it that records every indication and returns the
+// NBLs at once or holds them until the test returns them.
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/tapdev"
+)
+
+// TestMain proves that no goroutine of the miniport (the interrupt reader,
+// timer handlers) outlives the tests.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+var (
+	ourMAC   = net.HardwareAddr{0x02, 0x11, 0x22, 0x33, 0x44, 0x55}
+	otherMAC = net.HardwareAddr{0x02, 0x66, 0x77, 0x88, 0x99, 0xaa}
+	peerMAC  = net.HardwareAddr{0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee}
+	bcastMAC = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	mcastA   = net.HardwareAddr{0x01, 0x00, 0x5e, 0x00, 0x00, 0x01}
+	mcastB   = net.HardwareAddr{0x01, 0x00, 0x5e, 0x00, 0x00, 0x02}
+)
+
+const testMTU = 1500
+
+// frame builds a frame of size bytes to dst from peerMAC (truncated when
+// size < 14, for runts), with a payload that depends on seq.
+func frame(dst net.HardwareAddr, size int, seq int) []byte {
+	f := make([]byte, max(size, 14))
+	copy(f, dst)
+	copy(f[6:], peerMAC)
+	binary.BigEndian.PutUint16(f[12:], 0x88b5) // IEEE local experimental
+	for i := 14; i < len(f); i++ {
+		f[i] = byte(seq*31 + i)
+	}
+	return f[:size]
+}
+
+// recv waits for a value on ch; the deadline only guards against a hang.
+func recv[T any](t *testing.T, what string, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+	var zero T
+	return zero
+}
+
+// openFDs counts this process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// waitFor polls cond until it holds; the deadline only guards against a
+// hang, it is not a timing assertion.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// indication is what the fake protocol saw of one ReceiveNetBufferLists.
+type indication struct {
+	frames [][]byte // copies, taken during the call
+	count  int      // the count argument
+	flags  ndisshim.ReceiveFlags
+}
+
+type completion struct {
+	statuses []ndisshim.Status
+}
+
+// fakeProto is a protocol bound with Adapter.OpenAdapter.
+type fakeProto struct {
+	hold atomic.Bool // keep NBLs indicated without RESOURCES until the test returns them
+
+	mu        sync.Mutex
+	inds      []indication
+	frames    int
+	held      []*ndisshim.NetBufferList
+	completes []completion
+	events    []ndisshim.NetPnPEvent
+	statuses  []ndisshim.StatusIndication
+	sendPool  *ndisshim.NBLPool
+}
+
+var _ ndisshim.Protocol = (*fakeProto)(nil)
+
+func (p *fakeProto) ReceiveNetBufferLists(b *ndisshim.Binding, nbls *ndisshim.NetBufferList, port ndisshim.PortNumber, count int, flags ndisshim.ReceiveFlags) {
+	ind := indication{count: count, flags: flags}
+	var list []*ndisshim.NetBufferList
+	for n := nbls; n != nil; n = n.Next {
+		ind.frames = append(ind.frames, bytes.Clone(n.Bytes()))
+		list = append(list, n)
+	}
+	resources := flags.Has(ndisshim.ReceiveFlagResources)
+	keep := !resources && p.hold.Load()
+	p.mu.Lock()
+	p.inds = append(p.inds, ind)
+	p.frames += len(list)
+	if keep {
+		p.held = append(p.held, list...)
+	}
+	p.mu.Unlock()
+	if !resources && !keep {
+		b.ReturnNetBufferLists(nbls, 0)
+	}
+}
+
+func (p *fakeProto) SendNetBufferListsComplete(b *ndisshim.Binding, nbls *ndisshim.NetBufferList, flags ndisshim.SendCompleteFlags) {
+	var c completion
+	for n := nbls; n != nil; n = n.Next {
+		c.statuses = append(c.statuses, n.Status)
+	}
+	p.mu.Lock()
+	p.completes = append(p.completes, c)
+	pool := p.sendPool
+	p.mu.Unlock()
+	pool.FreeChain(nbls)
+}
+
+func (p *fakeProto) StatusEx(b *ndisshim.Binding, s ndisshim.StatusIndication) {
+	p.mu.Lock()
+	p.statuses = append(p.statuses, s)
+	p.mu.Unlock()
+}
+
+func (p *fakeProto) NetPnPEvent(b *ndisshim.Binding, ev ndisshim.NetPnPEvent) error {
+	p.mu.Lock()
+	p.events = append(p.events, ev)
+	p.mu.Unlock()
+	return nil
+}
+
+func (p *fakeProto) frameCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.frames
+}
+
+func (p *fakeProto) indications() []indication {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]indication(nil), p.inds...)
+}
+
+// allFrames is every indicated frame, in order.
+func (p *fakeProto) allFrames() [][]byte {
+	var fs [][]byte
+	for _, ind := range p.indications() {
+		fs = append(fs, ind.frames...)
+	}
+	return fs
+}
+
+func (p *fakeProto) heldCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.held)
+}
+
+func (p *fakeProto) completions() []completion {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]completion(nil), p.completes...)
+}
+
+func (p *fakeProto) sawEvent(ev ndisshim.NetPnPEvent) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, e := range p.events {
+		if e == ev {
+			return true
+		}
+	}
+	return false
+}
+
+// returnHeld gives the first k held NBLs back in one chain.
+func (p *fakeProto) returnHeld(b *ndisshim.Binding, k int) {
+	p.mu.Lock()
+	k = min(k, len(p.held))
+	list := append([]*ndisshim.NetBufferList(nil), p.held[:k]...)
+	p.held = p.held[k:]
+	p.mu.Unlock()
+	if len(list) > 0 {
+		b.ReturnNetBufferLists(ndisshim.Chain(list...), 0)
+	}
+}
+
+// send sends frames down as one chain of NBLs from the protocol's own pool.
+func (p *fakeProto) send(t *testing.T, b *ndisshim.Binding, frames ...[]byte) {
+	t.Helper()
+	p.mu.Lock()
+	if p.sendPool == nil {
+		pool, err := b.AllocateNBLPool(ndisshim.NBLPoolParams{Tag: ndisshim.MakeTag("FPtx"), Count: 64, WithNB: true})
+		if err != nil {
+			p.mu.Unlock()
+			t.Fatalf("send pool: %v", err)
+		}
+		p.sendPool = pool
+	}
+	pool := p.sendPool
+	p.mu.Unlock()
+	nbls := make([]*ndisshim.NetBufferList, len(frames))
+	for i, f := range frames {
+		n := pool.Allocate()
+		if n == nil {
+			t.Fatalf("send pool empty")
+		}
+		n.FirstNB.Data = bytes.Clone(f)
+		n.FirstNB.SetBytes(0, len(f))
+		nbls[i] = n
+	}
+	b.SendNetBufferLists(ndisshim.Chain(nbls...), ndisshim.DefaultPort, 0)
+}
+
+// gatedDev is the socketpair end with a gate on ReadBatch: while the gate
+// is closed the DPC parks in ReadBatch, so the test can queue frames on the
+// wire and then let the DPC read them all at once.
+type gatedDev struct {
+	*tapdev.Dev
+	mu     sync.Mutex
+	hold   chan struct{}
+	parked chan struct{}
+}
+
+func (g *gatedDev) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
+	g.mu.Lock()
+	h, p := g.hold, g.parked
+	g.mu.Unlock()
+	if h != nil {
+		select {
+		case p <- struct{}{}:
+		default:
+		}
+		<-h
+	}
+	return g.Dev.ReadBatch(bufs, sizes)
+}
+
+// closeGate makes the next ReadBatch park; the returned channel receives
+// when it has.
+func (g *gatedDev) closeGate() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.hold, g.parked = make(chan struct{}), make(chan struct{}, 1)
+	return g.parked
+}
+
+func (g *gatedDev) openGate() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.hold != nil {
+		close(g.hold)
+		g.hold = nil
+	}
+}
+
+type rigOptions struct {
+	cfg   func(*Config)
+	gated bool // the hardware is a gatedDev
+	hold  bool // the protocol holds NBLs
+	// onHeld receives the shim's pause/halt reports.
+	onHeld func(ndisshim.HeldReport)
+}
+
+// rig is one driver, one adapter on a socketpair, one fake protocol bound.
+type rig struct {
+	t    *testing.T
+	cfg  Config
+	drv  *ndisshim.Driver
+	a    *ndisshim.Adapter
+	mp   *Miniport
+	b    *ndisshim.Binding
+	p    *fakeProto
+	hw   *tapdev.Dev // the miniport's end
+	gate *gatedDev   // nil unless gated
+	peer *tapdev.Dev // the wire's end
+
+	opens, configures, unconfigures atomic.Int32
+
+	bindingClosed bool
+	done          bool // halted (or torn down by the test itself)
+}
+
+func baseConfig(r *rig, dev Device) Config {
+	return Config{
+		HardwareName: "tmhw-test",
+		MTU:          testMTU,
+		MAC:          append(net.HardwareAddr(nil), ourMAC...),
+		RxBuffers:    64,
+		Batch:        16,
+		StatsPeriod:  5 * time.Millisecond,
+		Open: func(name string) (Device, bool, error) {
+			r.opens.Add(1)
+			return dev, false, nil
+		},
+		Configure: func(name string, mtu int, bridge string) error {
+			r.configures.Add(1)
+			return nil
+		},
+		Unconfigure: func(name string) error {
+			r.unconfigures.Add(1)
+			return nil
+		},
+	}
+}
+
+func newRig(t *testing.T, o rigOptions) *rig {
+	t.Helper()
+	r := &rig{t: t, p: &fakeProto{}}
+	r.p.hold.Store(o.hold)
+	var err error
+	if r.hw, r.peer, err = tapdev.Socketpair(); err != nil {
+		t.Fatal(err)
+	}
+	var dev Device = r.hw
+	if o.gated {
+		r.gate = &gatedDev{Dev: r.hw}
+		dev = r.gate
+	}
+	r.cfg = baseConfig(r, dev)
+	if o.cfg != nil {
+		o.cfg(&r.cfg)
+	}
+	t.Cleanup(r.cleanup)
+	if r.drv, err = ndisshim.RegisterMiniportDriver(Characteristics(), nil); err != nil {
+		t.Fatal(err)
+	}
+	opts := ndisshim.AdapterOptions{WatchdogInterval: 50 * time.Millisecond, OnHeld: o.onHeld}
+	if opts.OnHeld == nil {
+		opts.OnHeld = func(ndisshim.HeldReport) {}
+	}
+	if r.a, err = r.drv.AddAdapter(ndisshim.InitParameters{Name: "tm-test", Config: r.cfg}, opts); err != nil {
+		t.Fatalf("AddAdapter: %v", err)
+	}
+	r.mp = r.a.MiniportContext().(*Miniport)
+	if r.b, err = r.a.OpenAdapter("fakeproto", r.p); err != nil {
+		t.Fatalf("OpenAdapter: %v", err)
+	}
+	return r
+}
+
+// cleanup halts whatever the test left running, so goleak stays quiet.
+func (r *rig) cleanup() {
+	if r.gate != nil {
+		r.gate.openGate()
+	}
+	if !r.done && r.a != nil && r.b != nil {
+		r.p.hold.Store(false)
+		r.p.returnHeld(r.b, 1<<30)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if r.a.State() == ndisshim.StateRunning {
+			if err := r.a.Pause(ctx); err != nil {
+				r.t.Errorf("cleanup: pause: %v", err)
+			}
+		}
+		r.closeBinding()
+		if err := r.a.Halt(ctx, ndisshim.HaltDeviceDisabled); err != nil {
+			r.t.Errorf("cleanup: halt: %v", err)
+		}
+		if err := r.drv.Deregister(); err != nil {
+			r.t.Errorf("cleanup: deregister: %v", err)
+		}
+	}
+	r.peer.Close()
+	r.hw.Close()
+}
+
+func (r *rig) closeBinding() {
+	if r.bindingClosed {
+		return
+	}
+	r.bindingClosed = true
+	r.p.mu.Lock()
+	pool := r.p.sendPool
+	r.p.sendPool = nil
+	r.p.mu.Unlock()
+	if pool != nil {
+		if err := pool.Free(); err != nil {
+			r.t.Errorf("free protocol send pool: %v", err)
+		}
+	}
+	if err := r.b.Close(); err != nil {
+		r.t.Errorf("close binding: %v", err)
+	}
+}
+
+func (r *rig) restart() {
+	r.t.Helper()
+	if err := r.a.Restart(context.Background()); err != nil {
+		r.t.Fatalf("restart: %v", err)
+	}
+}
+
+func (r *rig) pause() {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.a.Pause(ctx); err != nil {
+		r.t.Fatalf("pause: %v", err)
+	}
+}
+
+// halt pauses (if running), unbinds, halts and unloads, asserting that each
+// step is verifier-clean.
+func (r *rig) halt() {
+	r.t.Helper()
+	if r.a.State() == ndisshim.StateRunning {
+		r.pause()
+	}
+	r.closeBinding()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.a.Halt(ctx, ndisshim.HaltDeviceDisabled); err != nil {
+		r.t.Fatalf("halt: %v", err)
+	}
+	r.done = true
+	if err := r.drv.Deregister(); err != nil {
+		r.t.Fatalf("deregister: %v", err)
+	}
+}
+
+func (r *rig) setFilter(v uint32) {
+	r.t.Helper()
+	if st := r.b.OIDRequest(ndisshim.NewSetUint32(ndisshim.OIDGenCurrentPacketFilter, v)); st != ndisshim.StatusSuccess {
+		r.t.Fatalf("set packet filter %#x: %v", v, st)
+	}
+}
+
+func (r *rig) setMulticast(list ...net.HardwareAddr) {
+	r.t.Helper()
+	req := &ndisshim.OIDRequest{Type: ndisshim.OIDSet, OID: ndisshim.OID8023MulticastList}
+	for _, a := range list {
+		req.InformationBuffer = append(req.InformationBuffer, a...)
+	}
+	if st := r.b.OIDRequest(req); st != ndisshim.StatusSuccess {
+		r.t.Fatalf("set multicast list: %v", st)
+	}
+}
+
+func (r *rig) query(oid ndisshim.OID, size int) (*ndisshim.OIDRequest, ndisshim.Status) {
+	req := ndisshim.NewQuery(oid, size)
+	return req, r.b.OIDRequest(req)
+}
+
+// wire writes frames on the peer end, as the link partner would.
+func (r *rig) wire(frames ...[]byte) {
+	r.t.Helper()
+	n, err := r.peer.WriteBatch(frames)
+	if err != nil || n != len(frames) {
+		r.t.Fatalf("peer wrote %d of %d frames: %v", n, len(frames), err)
+	}
+}
+
+// readPeer reads exactly n frames the miniport wrote to the wire.
+func (r *rig) readPeer(n int) [][]byte {
+	r.t.Helper()
+	var out [][]byte
+	bufs := make([][]byte, n)
+	sizes := make([]int, n)
+	for i := range bufs {
+		bufs[i] = make([]byte, 65536)
+	}
+	waitFor(r.t, "frames on the wire", func() bool {
+		k, err := r.peer.ReadBatch(bufs[:n-len(out)], sizes)
+		if err != nil {
+			r.t.Fatalf("peer read: %v", err)
+		}
+		for i := 0; i < k; i++ {
+			out = append(out, bytes.Clone(bufs[i][:sizes[i]]))
+		}
+		return len(out) == n
+	})
+	return out
+}
+
+// peerEmpty reports whether nothing is waiting on the peer end.
+func (r *rig) peerEmpty() bool {
+	r.t.Helper()
+	k, err := r.peer.ReadBatch([][]byte{make([]byte, 65536)}, []int{0})
+	if err != nil {
+		r.t.Fatalf("peer read: %v", err)
+	}
+	return k == 0
+}
+
+func (r *rig) counters() Snapshot { return r.mp.Counters() }
+
+func equalFrames(t *testing.T, what string, got, want [][]byte) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d frames, want %d", what, len(got), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("%s: frame %d differs: got % x..., want % x...", what, i, got[i][:min(len(got[i]), 20)], want[i][:min(len(want[i]), 20)])
+		}
+	}
+}
+
+// isGone reports whether err says the other end of the socketpair is closed.
+func isGone(err error) bool { return errors.Is(err, tapdev.ErrDeviceGone) }

@@ -1,0 +1,107 @@
+package adapter
+
+import (
+	"testing"
+
+	"github.com/tapminiport/tapminiport/ndisshim"
+)
+
+// A chain of sends is written to the wire, bytes intact and in order, and
+// completed as one chain with StatusSuccess.
+func TestSendWrittenAndCompletedInOneChain(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.restart()
+
+	var want [][]byte
+	var bytes int64
+	for i := 0; i < 5; i++ {
+		f := frame(peerMAC, 60+i*300, i)
+		want = append(want, f)
+		bytes += int64(len(f))
+	}
+	r.p.send(t, r.b, want...)
+
+	cs := r.p.completions()
+	if len(cs) != 1 {
+		t.Fatalf("%d completion calls for one chain of 5, want 1", len(cs))
+	}
+	if len(cs[0].statuses) != 5 {
+		t.Fatalf("completion chain of %d NBLs, want 5", len(cs[0].statuses))
+	}
+	for i, st := range cs[0].statuses {
+		if st != ndisshim.StatusSuccess {
+			t.Errorf("NBL %d completed with %v, want SUCCESS", i, st)
+		}
+	}
+	equalFrames(t, "on the wire", r.readPeer(5), want)
+	c := r.counters()
+	if c.TxFrames != 5 || c.TxBytes != bytes {
+		t.Errorf("TxFrames = %d, TxBytes = %d; want 5 and %d", c.TxFrames, c.TxBytes, bytes)
+	}
+	if s := r.a.Stats(); s.SendsNow != 0 {
+		t.Errorf("shim says %d sends outstanding after completion", s.SendsNow)
+	}
+	r.halt()
+}
+
+// An NBL whose frame is longer than MTU+18 (or shorter than a header) is
+// completed with StatusInvalidLength and not written; the rest of the chain
+// goes out.
+func TestSendInvalidLength(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.restart()
+
+	good1, good2 := frame(peerMAC, 100, 1), frame(peerMAC, testMTU+18, 2)
+	r.p.send(t, r.b, good1, frame(peerMAC, testMTU+19, 3), good2, frame(peerMAC, 10, 4))
+
+	cs := r.p.completions()
+	if len(cs) != 1 {
+		t.Fatalf("%d completion calls, want 1", len(cs))
+	}
+	want := []ndisshim.Status{ndisshim.StatusSuccess, ndisshim.StatusInvalidLength, ndisshim.StatusSuccess, ndisshim.StatusInvalidLength}
+	for i, st := range cs[0].statuses {
+		if st != want[i] {
+			t.Errorf("NBL %d completed with %v, want %v", i, st, want[i])
+		}
+	}
+	equalFrames(t, "on the wire", r.readPeer(2), [][]byte{good1, good2})
+	if !r.peerEmpty() {
+		t.Error("an invalid frame reached the wire")
+	}
+	if c := r.counters(); c.TxDropOversize != 2 || c.TxFrames != 2 {
+		t.Errorf("TxDropOversize = %d, TxFrames = %d; want 2 and 2", c.TxDropOversize, c.TxFrames)
+	}
+	r.halt()
+}
+
+// Sends while the adapter is Paused (before the first restart, and after a
+// pause) complete with StatusPaused and never reach the wire.
+func TestSendWhilePaused(t *testing.T) {
+	r := newRig(t, rigOptions{})
+
+	check := func(when string) {
+		t.Helper()
+		before := len(r.p.completions())
+		r.p.send(t, r.b, frame(peerMAC, 100, 1), frame(peerMAC, 100, 2))
+		cs := r.p.completions()
+		if len(cs) != before+1 {
+			t.Fatalf("%s: %d completion calls, want %d (completed before the send call returned)", when, len(cs), before+1)
+		}
+		for i, st := range cs[before].statuses {
+			if st != ndisshim.StatusPaused {
+				t.Errorf("%s: NBL %d completed with %v, want PAUSED", when, i, st)
+			}
+		}
+		if !r.peerEmpty() {
+			t.Errorf("%s: a send reached the wire", when)
+		}
+	}
+	check("before restart")
+	r.restart()
+	r.pause()
+	check("after pause")
+	if c := r.counters(); c.TxFrames != 0 {
+		t.Errorf("TxFrames = %d while paused", c.TxFrames)
+	}
+	r.halt()
+}

@@ -1,0 +1,490 @@
+package hoststack
+
+// The test rig: the binding over a small fake miniport (fakeNIC) under the
+// real shim, its NIC TAP one end of a tapdev socketpair (the other end,
+// host, plays the host's kernel stack). The test makes the fake miniport
+// indicate by calling indicate; the fake records what is returned and
+// sent.
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/tapdev"
+)
+
+// TestMain proves that the binding's reader and writer goroutines do not
+// outlive the tests.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+var (
+	nicMAC  = net.HardwareAddr{0x02, 0x11, 0x22, 0x33, 0x44, 0x55}
+	wireMAC = net.HardwareAddr{0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee}
+)
+
+const (
+	testMTU    = 1500
+	nicBufSize = 2048
+	nicNBLs    = 64
+)
+
+// frame builds a frame of size bytes from src to dst whose payload depends on seq.
+func frame(dst, src net.HardwareAddr, size, seq int) []byte {
+	f := make([]byte, size)
+	copy(f, dst)
+	copy(f[6:], src)
+	binary.BigEndian.PutUint16(f[12:], 0x88b5)
+	for i := 14; i < size; i++ {
+		f[i] = byte(seq*31 + i)
+	}
+	return f
+}
+
+// recv waits for a value on ch; the deadline only guards against a hang.
+func recv[T any](t *testing.T, what string, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+	var zero T
+	return zero
+}
+
+// openFDs counts this process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// waitFor polls cond; the deadline only guards against a hang.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// returnCall is one MiniportReturnNetBufferLists call.
+type returnCall struct {
+	idx  []int           // NBL indices, in chain order
+	held []time.Duration // how long each was held: return time - its indication time
+}
+
+// fakeNIC is the fake miniport: one NBL pool with NBs, whose buffers live
+// in one shared-memory slab; OIDs for the address, the frame size and the
+// packet filter; sends recorded and completed at once.
+type fakeNIC struct {
+	a       *ndisshim.Adapter
+	pool    *ndisshim.NBLPool
+	slab    *ndisshim.SharedMemory
+	failOID ndisshim.OID // answer this OID with StatusFailure
+
+	mu          sync.Mutex
+	oids        []ndisshim.OID
+	filter      uint32
+	filterSets  int
+	indicatedAt map[int]time.Time
+	returns     []returnCall
+	returned    int
+	sends       [][][]byte // frames of each SendNetBufferLists call
+}
+
+var _ ndisshim.Miniport = (*fakeNIC)(nil)
+
+func fakeInitialize(a *ndisshim.Adapter, p ndisshim.InitParameters) (ndisshim.Miniport, error) {
+	n := p.Config.(*fakeNIC)
+	n.a = a
+	var err error
+	if n.slab, err = a.AllocateSharedMemory(nicNBLs * nicBufSize); err != nil {
+		return nil, err
+	}
+	if n.pool, err = a.AllocateNBLPool(ndisshim.NBLPoolParams{Tag: ndisshim.MakeTag("FNrx"), Count: nicNBLs, WithNB: true}); err != nil {
+		_ = n.slab.Free()
+		return nil, err
+	}
+	for i := 0; i < nicNBLs; i++ {
+		n.pool.NBL(i).FirstNB.Data = n.slab.Bytes[i*nicBufSize : (i+1)*nicBufSize : (i+1)*nicBufSize]
+	}
+	n.indicatedAt = map[int]time.Time{}
+	return n, nil
+}
+
+// indicate copies frames into NBLs of the pool and indicates them as one
+// chain (MiniportInterruptDPC → NdisMIndicateReceiveNetBufferLists). With
+// RESOURCES (or when the indication fails) the chain is the miniport's
+// again when the call returns and goes back to the pool. It returns the
+// NBLs (which the protocol owns when the flag is not set).
+func (n *fakeNIC) indicate(t *testing.T, flags ndisshim.ReceiveFlags, frames ...[]byte) []*ndisshim.NetBufferList {
+	t.Helper()
+	nbls := make([]*ndisshim.NetBufferList, len(frames))
+	for i, f := range frames {
+		nbl := n.pool.Allocate()
+		if nbl == nil {
+			t.Fatal("fake NIC: receive pool empty")
+		}
+		copy(nbl.FirstNB.Data, f)
+		nbl.FirstNB.SetBytes(0, len(f))
+		nbls[i] = nbl
+	}
+	head := ndisshim.Chain(nbls...)
+	now := time.Now()
+	n.mu.Lock()
+	for _, nbl := range nbls {
+		n.indicatedAt[nbl.Index()] = now
+	}
+	n.mu.Unlock()
+	err := n.a.IndicateReceive(head, ndisshim.DefaultPort, len(nbls), flags)
+	if err != nil || flags.Has(ndisshim.ReceiveFlagResources) {
+		n.pool.FreeChain(ndisshim.Chain(nbls...))
+	}
+	if err != nil {
+		t.Fatalf("indicate: %v", err)
+	}
+	return nbls
+}
+
+func (n *fakeNIC) ReturnNetBufferLists(nbls *ndisshim.NetBufferList, flags ndisshim.ReturnFlags) {
+	now := time.Now()
+	var rc returnCall
+	n.mu.Lock()
+	for nbl := nbls; nbl != nil; nbl = nbl.Next {
+		rc.idx = append(rc.idx, nbl.Index())
+		rc.held = append(rc.held, now.Sub(n.indicatedAt[nbl.Index()]))
+	}
+	n.returns = append(n.returns, rc)
+	n.returned += len(rc.idx)
+	n.mu.Unlock()
+	n.pool.FreeChain(nbls)
+}
+
+func (n *fakeNIC) SendNetBufferLists(nbls *ndisshim.NetBufferList, port ndisshim.PortNumber, flags ndisshim.SendFlags) {
+	var frames [][]byte
+	for nbl := nbls; nbl != nil; nbl = nbl.Next {
+		frames = append(frames, bytes.Clone(nbl.Bytes()))
+		nbl.Status = ndisshim.StatusSuccess
+	}
+	n.mu.Lock()
+	n.sends = append(n.sends, frames)
+	n.mu.Unlock()
+	n.a.SendNetBufferListsComplete(nbls, 0)
+}
+
+func (n *fakeNIC) OIDRequest(req *ndisshim.OIDRequest) ndisshim.Status {
+	n.mu.Lock()
+	n.oids = append(n.oids, req.OID)
+	n.mu.Unlock()
+	if req.OID == n.failOID {
+		return ndisshim.StatusFailure
+	}
+	switch {
+	case req.Type == ndisshim.OIDQuery && req.OID == ndisshim.OID8023CurrentAddress:
+		return req.WriteBytes(nicMAC)
+	case req.Type == ndisshim.OIDQuery && req.OID == ndisshim.OIDGenMaximumFrameSize:
+		return req.WriteUint32(testMTU)
+	case req.Type == ndisshim.OIDSet && req.OID == ndisshim.OIDGenCurrentPacketFilter:
+		v, st := req.Uint32()
+		if st != ndisshim.StatusSuccess {
+			return st
+		}
+		n.mu.Lock()
+		n.filter = v
+		n.filterSets++
+		n.mu.Unlock()
+		return ndisshim.StatusSuccess
+	}
+	return ndisshim.StatusNotSupported
+}
+
+// HaltEx frees the pool, then the slab. A pool still in use is not freed
+// (nor its slab): the verifier reports it at halt.
+func (n *fakeNIC) HaltEx(action ndisshim.HaltAction) {
+	if err := n.pool.Free(); err != nil {
+		return
+	}
+	_ = n.slab.Free()
+}
+
+func (n *fakeNIC) PauseEx(ctx context.Context) error         { return nil }
+func (n *fakeNIC) RestartEx(ctx context.Context) error       { return nil }
+func (n *fakeNIC) ShutdownEx(action ndisshim.ShutdownAction) {}
+func (n *fakeNIC) CancelSend(cancelID uintptr)               {}
+func (n *fakeNIC) DevicePnPEventNotify(ev ndisshim.PnPEvent) {}
+
+func (n *fakeNIC) returnedCount() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.returned
+}
+
+func (n *fakeNIC) returnCalls() []returnCall {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]returnCall(nil), n.returns...)
+}
+
+func (n *fakeNIC) sendCalls() [][][]byte {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([][][]byte(nil), n.sends...)
+}
+
+// gate parks a call until the test opens it.
+type gate struct {
+	mu     sync.Mutex
+	hold   chan struct{}
+	parked chan struct{}
+}
+
+// close makes the next call park; the returned channel receives when one has.
+func (g *gate) close() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.hold, g.parked = make(chan struct{}), make(chan struct{}, 1)
+	return g.parked
+}
+
+func (g *gate) open() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.hold != nil {
+		close(g.hold)
+		g.hold = nil
+	}
+}
+
+func (g *gate) pass() {
+	g.mu.Lock()
+	h, p := g.hold, g.parked
+	g.mu.Unlock()
+	if h != nil {
+		select {
+		case p <- struct{}{}:
+		default:
+		}
+		<-h
+	}
+}
+
+// gatedDev is the NIC TAP end with gates on ReadBatch (the reader) and
+// WriteBatch (the writer and RESOURCES writes).
+type gatedDev struct {
+	*tapdev.Dev
+	reads, writes gate
+}
+
+func (g *gatedDev) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
+	g.reads.pass()
+	return g.Dev.ReadBatch(bufs, sizes)
+}
+
+func (g *gatedDev) WriteBatch(bufs [][]byte) (int, error) {
+	g.writes.pass()
+	return g.Dev.WriteBatch(bufs)
+}
+
+// rig is one driver with one adapter on the fake NIC, and the binding.
+type rig struct {
+	t    *testing.T
+	drv  *ndisshim.Driver
+	a    *ndisshim.Adapter
+	nic  *fakeNIC
+	s    *Stack
+	dev  *gatedDev   // the NIC TAP end the binding got
+	host *tapdev.Dev // the host's end
+	nicE *tapdev.Dev
+	done bool
+}
+
+// newAdapter registers the fake driver and adds one adapter (Paused).
+func newAdapter(t *testing.T, nic *fakeNIC) (*ndisshim.Driver, *ndisshim.Adapter) {
+	t.Helper()
+	drv, err := ndisshim.RegisterMiniportDriver(ndisshim.Characteristics{Name: "fakenic", InitializeEx: fakeInitialize}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := drv.AddAdapter(ndisshim.InitParameters{Name: "fake0", Config: nic}, ndisshim.AdapterOptions{
+		WatchdogInterval: 50 * time.Millisecond, OnHeld: func(ndisshim.HeldReport) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return drv, a
+}
+
+// newRig binds a Stack with cfg (NICName and Open are filled in).
+func newRig(t *testing.T, cfg Config) *rig {
+	t.Helper()
+	r := &rig{t: t, nic: &fakeNIC{}}
+	var err error
+	if r.nicE, r.host, err = tapdev.Socketpair(); err != nil {
+		t.Fatal(err)
+	}
+	r.dev = &gatedDev{Dev: r.nicE}
+	r.drv, r.a = newAdapter(t, r.nic)
+	t.Cleanup(r.cleanup)
+	if cfg.NICName == "" {
+		cfg.NICName = "tm-test"
+	}
+	cfg.Open = func(name string) (Device, bool, error) { return r.dev, false, nil }
+	if r.s, err = Bind(r.a, cfg); err != nil {
+		t.Fatalf("Bind: %v", err)
+	}
+	return r
+}
+
+func (r *rig) cleanup() {
+	r.dev.reads.open()
+	r.dev.writes.open()
+	if !r.done {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if r.a.State() == ndisshim.StateRunning {
+			if err := r.a.Pause(ctx); err != nil {
+				r.t.Errorf("cleanup: pause: %v", err)
+			}
+		}
+		if r.s != nil {
+			if err := r.s.Close(ctx); err != nil {
+				r.t.Errorf("cleanup: close binding: %v", err)
+			}
+		}
+		if err := r.a.Halt(ctx, ndisshim.HaltDeviceDisabled); err != nil {
+			r.t.Errorf("cleanup: halt: %v", err)
+		}
+		if err := r.drv.Deregister(); err != nil {
+			r.t.Errorf("cleanup: deregister: %v", err)
+		}
+	}
+	r.host.Close()
+	r.nicE.Close()
+}
+
+func (r *rig) restart() {
+	r.t.Helper()
+	if err := r.a.Restart(context.Background()); err != nil {
+		r.t.Fatalf("restart: %v", err)
+	}
+}
+
+func (r *rig) pause() {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.a.Pause(ctx); err != nil {
+		r.t.Fatalf("pause: %v", err)
+	}
+}
+
+// close pauses, unbinds, halts and unloads, each step verifier-clean.
+func (r *rig) close() {
+	r.t.Helper()
+	if r.a.State() == ndisshim.StateRunning {
+		r.pause()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r.done = true
+	if err := r.s.Close(ctx); err != nil {
+		r.t.Fatalf("close binding: %v", err)
+	}
+	if err := r.a.Halt(ctx, ndisshim.HaltDeviceDisabled); err != nil {
+		r.t.Fatalf("halt: %v", err)
+	}
+	if err := r.drv.Deregister(); err != nil {
+		r.t.Fatalf("deregister: %v", err)
+	}
+}
+
+// hostSend writes frames on the host's end, as the host stack would.
+func (r *rig) hostSend(frames ...[]byte) {
+	r.t.Helper()
+	n, err := r.host.WriteBatch(frames)
+	if err != nil || n != len(frames) {
+		r.t.Fatalf("host wrote %d of %d frames: %v", n, len(frames), err)
+	}
+}
+
+// hostRead reads up to max frames the binding has written to the NIC TAP
+// without waiting.
+func (r *rig) hostRead(max int) [][]byte {
+	r.t.Helper()
+	bufs := make([][]byte, max)
+	sizes := make([]int, max)
+	for i := range bufs {
+		bufs[i] = make([]byte, 65536)
+	}
+	k, err := r.host.ReadBatch(bufs, sizes)
+	if err != nil {
+		r.t.Fatalf("host read: %v", err)
+	}
+	out := make([][]byte, k)
+	for i := range out {
+		out[i] = bufs[i][:sizes[i]]
+	}
+	return out
+}
+
+// hostReadClosed reads what is left on the host's end after the binding
+// closed the NIC TAP: the frames, then EOF.
+func (r *rig) hostReadClosed() [][]byte {
+	r.t.Helper()
+	bufs := make([][]byte, 64)
+	sizes := make([]int, 64)
+	for i := range bufs {
+		bufs[i] = make([]byte, 65536)
+	}
+	k, err := r.host.ReadBatch(bufs, sizes)
+	if !errors.Is(err, tapdev.ErrDeviceGone) {
+		r.t.Errorf("host read after the NIC TAP closed: %v, want EOF (device gone)", err)
+	}
+	out := make([][]byte, k)
+	for i := range out {
+		out[i] = bufs[i][:sizes[i]]
+	}
+	return out
+}
+
+// hostReadN waits for exactly n frames on the host's end.
+func (r *rig) hostReadN(n int) [][]byte {
+	r.t.Helper()
+	var out [][]byte
+	waitFor(r.t, "frames on the NIC TAP", func() bool {
+		out = append(out, r.hostRead(n-len(out))...)
+		return len(out) == n
+	})
+	return out
+}
+
+func equalFrames(t *testing.T, what string, got, want [][]byte) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d frames, want %d", what, len(got), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("%s: frame %d differs", what, i)
+		}
+	}
+}
