@@ -7,23 +7,13 @@ import (
 	"net"
 	"time"
 
-	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/tapdev"
 )
 
-// Device is the hardware seam under the miniport: a frame-oriented fd. A
-// *tapdev.Dev (a TAP queue, or one end of a socketpair in unit tests)
-// satisfies it.
-type Device interface {
-	Name() string
-	// ReadBatch reads frames until len(bufs) or nothing is left; 0, nil
-	// means nothing to read.
-	ReadBatch(bufs [][]byte, sizes []int) (int, error)
-	// WriteBatch writes one frame per buffer.
-	WriteBatch(bufs [][]byte) (int, error)
-	// Interrupt is the device's interrupt line (readable fd + stop fd).
-	Interrupt() ndisshim.InterruptSource
-	Close() error
-}
+// Device is the hardware seam under the miniport: a frame-oriented fd
+// with batch I/O and an interrupt line. A *tapdev.Dev (a TAP queue, or one
+// end of a socketpair in unit tests) satisfies it.
+type Device = tapdev.FrameDevice
 
 // Opener opens the hardware by name and says whether it created it.
 type Opener func(name string) (dev Device, created bool, err error)

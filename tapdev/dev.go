@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tapminiport/tapminiport/ndisshim"
 )
 
 // ErrDeviceGone is wrapped by every error that means the device has gone
@@ -15,6 +17,23 @@ import (
 // ENXIO from read/write, POLLERR from poll) or a socketpair's peer was
 // closed (EOF, EPIPE, POLLHUP). It is the miniport's surprise removal.
 var ErrDeviceGone = errors.New("device gone")
+
+// FrameDevice is the seam the miniport (its hardware TAP) and the protocol
+// binding (its NIC TAP) drive: a frame-oriented descriptor with batch I/O
+// and an interrupt line. *Dev satisfies it; tests wrap or fake it.
+type FrameDevice interface {
+	Name() string
+	// ReadBatch reads frames until len(bufs) or nothing is left; 0, nil
+	// means nothing to read.
+	ReadBatch(bufs [][]byte, sizes []int) (int, error)
+	// WriteBatch writes one frame per buffer.
+	WriteBatch(bufs [][]byte) (int, error)
+	// Interrupt is the device's interrupt line (readable fd + stop fd).
+	Interrupt() ndisshim.InterruptSource
+	Close() error
+}
+
+var _ FrameDevice = (*Dev)(nil)
 
 // Options chooses how a TAP queue is opened.
 type Options struct {

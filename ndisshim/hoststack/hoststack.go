@@ -38,13 +38,7 @@ import (
 const ProtocolName = "hoststack"
 
 // Device is the NIC TAP seam (a *tapdev.Dev, or a socketpair end in tests).
-type Device interface {
-	Name() string
-	ReadBatch(bufs [][]byte, sizes []int) (int, error)
-	WriteBatch(bufs [][]byte) (int, error)
-	Interrupt() ndisshim.InterruptSource
-	Close() error
-}
+type Device = tapdev.FrameDevice
 
 // Config is the binding's blueprint.
 type Config struct {
