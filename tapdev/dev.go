@@ -267,3 +267,28 @@ func Socketpair() (*Dev, *Dev, error) {
 	}
 	return a, b, nil
 }
+
+// TAP offload flags for SetOffload (TUN_F_*): what the kernel may hand the
+// TAP unsegmented or without checksums. They need Options.VnetHdr.
+const (
+	OffloadCsum uint = unix.TUN_F_CSUM // partial checksums
+	OffloadTSO4 uint = unix.TUN_F_TSO4 // TCP segmentation, IPv4
+	OffloadTSO6 uint = unix.TUN_F_TSO6 // TCP segmentation, IPv6
+	OffloadUSO4 uint = 0x20            // UDP segmentation, IPv4 (TUN_F_USO4, Linux 6.2)
+	OffloadUSO6 uint = 0x40            // UDP segmentation, IPv6 (TUN_F_USO6)
+)
+
+// SetOffload tells the kernel which offloads this TAP's reader handles
+// (TUNSETOFFLOAD takes the value, not a pointer). The kernel refuses
+// flags it does not know with EINVAL.
+func (d *Dev) SetOffload(flags uint) error {
+	d.gate.RLock()
+	defer d.gate.RUnlock()
+	if d.closed {
+		return d.errClosed("set offload")
+	}
+	if err := unix.IoctlSetInt(d.fd, unix.TUNSETOFFLOAD, int(flags)); err != nil {
+		return fmt.Errorf("tapdev %s: TUNSETOFFLOAD 0x%x: %w", d.name, flags, err)
+	}
+	return nil
+}

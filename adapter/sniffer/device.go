@@ -1,0 +1,103 @@
+package sniffer
+
+import (
+	"github.com/tapminiport/tapminiport/adapter"
+	"github.com/tapminiport/tapminiport/ndisshim"
+)
+
+// device is an adapter.Device that records what crosses it into a Writer.
+type device struct {
+	w   *Writer
+	dev adapter.Device
+}
+
+var _ adapter.Device = (*device)(nil)
+
+// Wrap returns a Device that records every frame dev's ReadBatch returns
+// (wire → host) and every frame dev's WriteBatch writes (host → wire), and
+// otherwise is dev: the same name, interrupt, counts and errors, unchanged.
+// Close closes dev, not the Writer (which several devices may share).
+// Recording costs one lock per batch and allocates nothing.
+func (w *Writer) Wrap(dev adapter.Device) adapter.Device {
+	return &device{w: w, dev: dev}
+}
+
+// Unwrap returns the device under a wrapped one, or nil when dev is not a
+// sniffer's: for callers that need the concrete device (e.g. its counters).
+func Unwrap(dev adapter.Device) adapter.Device {
+	if d, ok := dev.(*device); ok {
+		return d.dev
+	}
+	return nil
+}
+
+func (d *device) Name() string                        { return d.dev.Name() }
+func (d *device) Interrupt() ndisshim.InterruptSource { return d.dev.Interrupt() }
+func (d *device) Close() error                        { return d.dev.Close() }
+
+// ReadBatch reads from the inner device, then records the n frames it
+// returned — also when it returns an error, since the frames before an
+// error are valid — and returns exactly what the inner device returned.
+// The frames are copied before it returns; the caller keeps its buffers.
+func (d *device) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
+	n, err := d.dev.ReadBatch(bufs, sizes)
+	if n <= 0 {
+		return n, err
+	}
+	w := d.w
+	if s := w.state.Load(); s != recording {
+		w.skip(s, n)
+		return n, err
+	}
+	w.mu.Lock()
+	if ts, ok := w.now(); ok {
+		for i := 0; i < n && i < len(bufs) && i < len(sizes); i++ {
+			size := sizes[i]
+			if size < 0 || size > len(bufs[i]) { // not a frame: record nothing rather than panic
+				continue
+			}
+			w.recordLocked(ts, bufs[i][:size])
+		}
+		w.endBatchLocked()
+	} else {
+		w.skip(w.state.Load(), n)
+	}
+	w.mu.Unlock()
+	return n, err
+}
+
+// WriteBatch writes through the inner device with the Writer's lock held
+// (see the package doc: a sent frame is recorded before any frame read
+// because of it), records the frames written, and returns exactly what the
+// inner device returned. The frames are copied before it returns.
+func (d *device) WriteBatch(bufs [][]byte) (int, error) {
+	w := d.w
+	if s := w.state.Load(); s != recording {
+		n, err := d.dev.WriteBatch(bufs)
+		w.skip(s, n)
+		return n, err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n, err := d.dev.WriteBatch(bufs)
+	if n <= 0 {
+		return n, err
+	}
+	ts, ok := w.now()
+	if !ok { // closed, full or failed while this call waited for the lock
+		w.skip(w.state.Load(), n)
+		return n, err
+	}
+	// The seam says how many frames were written, not which: empty buffers
+	// are never written; of the rest, the first n (see the package doc).
+	left := n
+	for i := 0; i < len(bufs) && left > 0; i++ {
+		if len(bufs[i]) == 0 {
+			continue
+		}
+		w.recordLocked(ts, bufs[i])
+		left--
+	}
+	w.endBatchLocked()
+	return n, err
+}
