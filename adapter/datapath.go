@@ -124,6 +124,7 @@ func (m *Miniport) indicate(got int) {
 		return
 	}
 	m.ctr.Indications.Add(1)
+	m.ctr.countIndication(count)
 	m.ctr.RxFrames.Add(int64(count))
 	m.ctr.RxBytes.Add(int64(bytes))
 	if resources {

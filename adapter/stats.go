@@ -1,26 +1,51 @@
 package adapter
 
 import (
+	"math/bits"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
+// IndicationBuckets are the lower bounds of the frames-per-indication
+// histogram's buckets: 1, 2–3, 4–7, 8–15, 16–31, 32–63, 64 and more. A
+// batch of n frames falls in bucket min(floor(log2 n), 6).
+var IndicationBuckets = [NumIndicationBuckets]int{1, 2, 4, 8, 16, 32, 64}
+
+// NumIndicationBuckets is the number of buckets of the histogram.
+const NumIndicationBuckets = 7
+
+// IndicationBucketLabel names bucket i: "1", "2-3", ..., "64+".
+func IndicationBucketLabel(i int) string {
+	return [NumIndicationBuckets]string{"1", "2-3", "4-7", "8-15", "16-31", "32-63", "64+"}[i]
+}
+
+// indicationBucket is the bucket of an indication of n >= 1 frames.
+func indicationBucket(n int) int {
+	if n < 1 {
+		n = 1
+	}
+	return min(bits.Len(uint(n))-1, NumIndicationBuckets-1)
+}
+
 // Counters are the adapter's statistics. Each is one atomic add per batch
 // (per frame only where a frame is dropped), never a lock.
 type Counters struct {
-	RxFrames, RxBytes              atomic.Int64 // frames indicated up (wire → host)
-	TxFrames, TxBytes              atomic.Int64 // frames written to the wire (host → wire)
-	Indications                    atomic.Int64 // indicate calls
-	ResourcesIndications           atomic.Int64 // indicate calls with RESOURCES
-	RxDropNoBuffer                 atomic.Int64 // pool empty
-	RxDropRunt                     atomic.Int64 // shorter than an Ethernet header
-	RxDropOversize                 atomic.Int64 // longer than MTU + header + VLAN tag
-	RxDropFiltered                 atomic.Int64 // not for us under the packet filter
-	RxDropNotReady                 atomic.Int64 // paused, removed or no protocol bound
-	TxDropPaused                   atomic.Int64 // sends refused while paused or removed
-	TxDropOversize                 atomic.Int64 // send larger than the MTU allows
-	TxErrors                       atomic.Int64 // write failed
+	RxFrames, RxBytes    atomic.Int64 // frames indicated up (wire → host)
+	TxFrames, TxBytes    atomic.Int64 // frames written to the wire (host → wire)
+	Indications          atomic.Int64 // indicate calls
+	ResourcesIndications atomic.Int64 // indicate calls with RESOURCES
+	RxDropNoBuffer       atomic.Int64 // pool empty
+	RxDropRunt           atomic.Int64 // shorter than an Ethernet header
+	RxDropOversize       atomic.Int64 // longer than MTU + header + VLAN tag
+	RxDropFiltered       atomic.Int64 // not for us under the packet filter
+	RxDropNotReady       atomic.Int64 // paused, removed or no protocol bound
+	TxDropPaused         atomic.Int64 // sends refused while paused or removed
+	TxDropOversize       atomic.Int64 // send larger than the MTU allows
+	TxErrors             atomic.Int64 // write failed
+	// FramesPerIndication counts indications by their number of frames
+	// (the buckets of IndicationBuckets): one atomic add per indication.
+	FramesPerIndication            [NumIndicationBuckets]atomic.Int64
 	mu                             sync.Mutex
 	lastAt                         time.Time
 	lastRx, lastTx                 int64
@@ -36,6 +61,10 @@ type Snapshot struct {
 	TxDropPaused, TxDropOversize, TxErrors     int64
 	RxFramesPerSec, TxFramesPerSec             int64
 	PoolInUse, PoolHighWater, PoolExhaustions  int64
+	// FramesPerIndication[i] counts indications whose frame count falls
+	// in bucket i (IndicationBuckets); their sum is the indications
+	// counted so far and the frames in them sum to RxFrames.
+	FramesPerIndication [NumIndicationBuckets]int64
 }
 
 // RxDrops is the sum of receive drops of every cause.
@@ -51,8 +80,19 @@ func (c *Counters) snapshot() Snapshot {
 		RxDropFiltered: c.RxDropFiltered.Load(), RxDropNotReady: c.RxDropNotReady.Load(),
 		TxDropPaused: c.TxDropPaused.Load(), TxDropOversize: c.TxDropOversize.Load(), TxErrors: c.TxErrors.Load(),
 		RxFramesPerSec: c.RxFramesPerSec.Load(), TxFramesPerSec: c.TxFramesPerSec.Load(),
+		FramesPerIndication: c.framesPerIndication(),
 	}
 }
+
+func (c *Counters) framesPerIndication() (h [NumIndicationBuckets]int64) {
+	for i := range h {
+		h[i] = c.FramesPerIndication[i].Load()
+	}
+	return h
+}
+
+// countIndication records one indication of n frames in the histogram.
+func (c *Counters) countIndication(n int) { c.FramesPerIndication[indicationBucket(n)].Add(1) }
 
 // sample updates the per-second rates (the statistics timer's work).
 func (c *Counters) sample() {

@@ -15,17 +15,18 @@ while getopts "r:t:" o; do case $o in r) ROUNDS=$OPTARG ;; t) SECS=$OPTARG ;; *)
 ensure_tools
 
 s=$(run_suffix)
-VA=tmba$s VB=tmbb$s HOST=tmbh$s WIRE=tmbw$s HW=tmhw$s NIC=tmn$s
+VA=tmba$s VB=tmbb$s HOST=tmbh$s WIRE=tmbw$s HW=tmhw$s NIC=tmn$s FA=tmbfa$s FB=tmbfb$s
 OUT=$(mktemp -d)
 PID=""
 cleanup() {
 	set +e
 	[ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
-	for ns in "$VA" "$VB" "$HOST" "$WIRE"; do ip netns del "$ns" 2>/dev/null; done
+	for ns in "$VA" "$VB" "$HOST" "$WIRE" "$FA" "$FB"; do ip netns del "$ns" 2>/dev/null; done
 	rm -rf "$OUT"
 }
 trap cleanup EXIT
 go build -o "$OUT/tapminiport" ./cmd/tapminiport
+go build -o "$OUT/tapfwd" ./cmd/tapfwd
 
 # veth pair: VA 198.18.1.1 ⇄ VB 198.18.1.2
 ip netns add "$VA"; ip netns add "$VB"
@@ -34,6 +35,9 @@ ip -n "$VA" addr add 198.18.1.1/24 dev "v$s"; ip -n "$VB" addr add 198.18.1.2/24
 for ns in "$VA" "$VB"; do ip -n "$ns" link set lo up; done
 ip -n "$VA" link set "v$s" up; ip -n "$VB" link set "w$s" up
 ip netns add "$HOST"; ip -n "$HOST" link set lo up
+# bare forwarder: FA 198.18.2.1 ⇄ tapfwd ⇄ FB 198.18.2.2
+ip netns add "$FA"; ip netns add "$FB"
+for ns in "$FA" "$FB"; do ip -n "$ns" link set lo up; done
 
 start_tm() {
 	"$OUT/tapminiport" --hw-tap "$HW" --nic-tap "$NIC" --nic-netns "$HOST" --wire-netns "$WIRE" "$@" >"$OUT/tm.out" 2>"$OUT/tm.err" &
@@ -41,7 +45,16 @@ start_tm() {
 	for _ in $(seq 100); do grep -q '^ready$' "$OUT/tm.out" && return 0; sleep 0.1; done
 	echo "tapminiport did not start" >&2; cat "$OUT/tm.err" >&2; exit 1
 }
-stop_tm() { kill -TERM "$PID"; wait "$PID" || { echo "tapminiport exited non-zero" >&2; cat "$OUT/tm.out" >&2; }; PID=""; }
+start_fwd() { # start_fwd [--offload]: tapfwd between fa$s (in FA) and fb$s (in FB)
+	"$OUT/tapfwd" -a "fa$s" -b "fb$s" "$@" >"$OUT/fwd.out" 2>&1 &
+	PID=$!
+	for _ in $(seq 100); do grep -q '^ready$' "$OUT/fwd.out" && break; sleep 0.1; done
+	grep -q '^ready$' "$OUT/fwd.out" || { echo "tapfwd did not start" >&2; cat "$OUT/fwd.out" >&2; exit 1; }
+	ip link set "fa$s" netns "$FA"; ip link set "fb$s" netns "$FB"
+	ip -n "$FA" addr add 198.18.2.1/24 dev "fa$s"; ip -n "$FB" addr add 198.18.2.2/24 dev "fb$s"
+	ip -n "$FA" link set "fa$s" up; ip -n "$FB" link set "fb$s" up
+}
+stop_tm() { kill -TERM "$PID"; wait "$PID" || { echo "process $PID exited non-zero" >&2; cat "$OUT/tm.out" >&2; }; PID=""; }
 
 # measure NAME CLIENT_NS SERVER_NS SERVER_ADDR: appends "name metric value" lines
 measure() {
@@ -69,6 +82,14 @@ measure() {
 for r in $(seq "$ROUNDS"); do
 	echo "round $r/$ROUNDS: veth" >&2
 	measure veth "$VA" "$VB" 198.18.1.2
+	echo "round $r/$ROUNDS: tapfwd (bare forwarder)" >&2
+	start_fwd
+	measure tapfwd "$FA" "$FB" 198.18.2.2
+	stop_tm
+	echo "round $r/$ROUNDS: tapfwd --offload" >&2
+	start_fwd --offload
+	measure tapfwd-offload "$FA" "$FB" 198.18.2.2
+	stop_tm
 	echo "round $r/$ROUNDS: tapminiport" >&2
 	start_tm
 	measure tapminiport "$HOST" "$WIRE" 198.18.0.2
@@ -78,21 +99,25 @@ done
 echo
 echo "Medians of $ROUNDS interleaved rounds, ${SECS}s each, $(nproc) CPUs, $(iperf3 --version | head -n1 | awk '{print $1, $2}')"
 awk '
-	{ k = $1 SUBSEP $2; n[k]++; v[k, n[k]] = $3; names[$1] = 1 }
+	{ k = $1 SUBSEP $2; n[k]++; v[k, n[k]] = $3 }
 	function median(k,   i, j, t, c, a) {
 		c = n[k]; for (i = 1; i <= c; i++) a[i] = v[k, i]
 		for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
 		return (c % 2) ? a[(c + 1) / 2] : (a[c / 2] + a[c / 2 + 1]) / 2
 	}
+	function ratio(x, y) { return (y + 0 == 0) ? "n/a" : sprintf("%.2f", x / y) }
 	END {
-		printf "| %-12s | %14s | %14s | %16s | %13s |\n", "datapath", "TCP up Gbit/s", "TCP down Gbit/s", "UDP 64B kpps", "ping RTT ms"
-		printf "| %-12s | %14s | %14s | %16s | %13s |\n", "---", "---", "---", "---", "---"
-		split("veth tapminiport", order, " ")
-		for (o = 1; o <= 2; o++) { d = order[o]
-			printf "| %-12s | %14.2f | %14.2f | %16.1f | %13.3f |\n", d, median(d SUBSEP "tcp_up"), median(d SUBSEP "tcp_down"), median(d SUBSEP "udp64_kpps"), median(d SUBSEP "ping_ms") }
-		printf "| %-12s | %13.0f%% | %13.0f%% | %15.0f%% | %12.1fx |\n", "tm / veth",
-			100 * median("tapminiport" SUBSEP "tcp_up") / median("veth" SUBSEP "tcp_up"),
-			100 * median("tapminiport" SUBSEP "tcp_down") / median("veth" SUBSEP "tcp_down"),
-			100 * median("tapminiport" SUBSEP "udp64_kpps") / median("veth" SUBSEP "udp64_kpps"),
-			median("tapminiport" SUBSEP "ping_ms") / median("veth" SUBSEP "ping_ms")
+		split("veth tapfwd tapfwd-offload tapminiport", order, " ")
+		split("tcp_up tcp_down udp64_kpps ping_ms", m, " ")
+		printf "| %-15s | %13s | %15s | %12s | %11s |\n", "datapath", "TCP up Gbit/s", "TCP down Gbit/s", "UDP 64B kpps", "ping RTT ms"
+		printf "|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---"
+		for (o = 1; o <= 4; o++) { d = order[o]
+			printf "| %-15s | %13.2f | %15.2f | %12.1f | %11.3f |\n", d, median(d SUBSEP m[1]), median(d SUBSEP m[2]), median(d SUBSEP m[3]), median(d SUBSEP m[4]) }
+		print ""
+		printf "| %-26s | %7s | %9s | %7s | %8s |\n", "tapminiport / baseline", "TCP up", "TCP down", "UDP 64B", "ping RTT"
+		printf "|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---"
+		for (o = 1; o <= 3; o++) { d = order[o]
+			printf "| %-26s | %7s | %9s | %7s | %8s |\n", "tapminiport / " d,
+				ratio(median("tapminiport" SUBSEP m[1]), median(d SUBSEP m[1])), ratio(median("tapminiport" SUBSEP m[2]), median(d SUBSEP m[2])),
+				ratio(median("tapminiport" SUBSEP m[3]), median(d SUBSEP m[3])), ratio(median("tapminiport" SUBSEP m[4]), median(d SUBSEP m[4])) }
 	}' "$OUT/results"

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,6 +33,10 @@ type options struct {
 	logLevel            slog.Level
 	version             bool
 	failAt              string
+	stats               time.Duration // 0: no stats lines
+	metrics             string        // "": no metrics server
+	pcap                string        // "": no capture
+	pcapMax             int64
 }
 
 type prefixList struct{ v *[]netip.Prefix }
@@ -92,30 +97,126 @@ func (l levelFlag) String() string {
 }
 func (l levelFlag) Set(s string) error { return l.v.UnmarshalText([]byte(s)) }
 
+// flagGroups orders the flags in --help. Every flag is in exactly one
+// group (a unit test checks it).
+var flagGroups = []struct {
+	title string
+	names []string
+}{
+	{"Topology (where the TAPs and the wire partner live)", []string{"hw-tap", "nic-tap", "nic-netns", "wire-netns", "no-wire", "nic-addr", "wire-addr", "bridge"}},
+	{"Adapter (the miniport's registry keywords)", []string{"mtu", "mac", "rx-buffers", "batch"}},
+	{"Stack (the protocol binding that plays tcpip.sys)", []string{"return-delay", "check-held"}},
+	{"Halt", []string{"halt-timeout", "watchdog"}},
+	{"Observability", []string{"stats", "metrics", "pcap", "pcap-max", "log-level", "version"}},
+	{"Testing", []string{"fail-at"}},
+}
+
 const usageHead = `tapminiport — an NDIS-style miniport driver whose hardware is a TAP device.
 
 It creates the hardware TAP (the miniport's NIC), the NIC TAP the host stack
 sees, and by default a wire partner: network namespace tmwire holding the
 hardware TAP's kernel side. Every frame between the two crosses the shim:
 receive indications, returns, sends, completions. SIGTERM or SIGINT pauses,
-drains, halts and unloads, then prints an exit report.
+drains, halts and unloads, then prints an exit report. Needs root (or
+CAP_NET_ADMIN and CAP_SYS_ADMIN) and /dev/net/tun.
 
-Usage: tapminiport [flags]
+Usage:
+  tapminiport [flags]
+  tapminiport --version
 
 Examples:
-  tapminiport                                   # tm0 198.18.0.1 ⇄ tmwire 198.18.0.2
-  tapminiport --nic-netns tmhost --return-delay 200ms
+  ip netns add tmhost                                  # a namespace for the host side
+  tapminiport --nic-netns tmhost                       # tm0 198.18.0.1 in tmhost ⇄ tmwire 198.18.0.2
+  tapminiport --nic-netns tmhost --return-delay 200ms  # watch pause and halt wait for the stack
+  tapminiport --nic-netns tmhost --stats 1s --metrics 127.0.0.1:9464
+  tapminiport --nic-netns tmhost --pcap /tmp/tm.pcap   # then: tcpdump -nn -r /tmp/tm.pcap
   tapminiport --no-wire --hw-tap tmhw0 --nic-tap tm0   # wire the TAPs up yourself
-
-Flags:
+  kill -USR1 <pid>                                     # dump the state to stderr, traffic goes on
+  kill -TERM <pid>                                     # pause, drain, halt, unload, report
 `
 
-func parseFlags(args []string, stderr io.Writer) (*options, error) {
+const usageTail = `
+Signals: SIGTERM or SIGINT pauses, drains, unbinds, halts and unloads; a
+second one says what is still held; a third forces ShutdownEx (exit 3).
+SIGUSR1 dumps the adapter's state, held NBLs, timers, interrupts, pools,
+counters and the verifier's findings to stderr without stopping anything.
+
+Exit codes: 0 clean halt and a clean verifier; 1 start-up failed; 2 bad flags;
+3 gave up waiting for held buffers (forced shutdown); 4 the verifier found a leak.
+`
+
+// byteSize is a size in bytes: 104857600, 100MiB, 100M (= MiB), 64k.
+type byteSize struct{ v *int64 }
+
+func (b byteSize) String() string {
+	if b.v == nil {
+		return ""
+	}
+	n := *b.v
+	if n == 0 {
+		return "0 (no cap)"
+	}
+	for _, u := range []struct {
+		suffix string
+		size   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return strconv.FormatInt(n/u.size, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+func (b byteSize) Set(s string) error {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	lower := strings.ToLower(t)
+	for _, u := range []struct {
+		suffix string
+		size   int64
+	}{{"gib", 1 << 30}, {"mib", 1 << 20}, {"kib", 1 << 10}, {"g", 1 << 30}, {"m", 1 << 20}, {"k", 1 << 10}, {"b", 1}} {
+		if strings.HasSuffix(lower, u.suffix) {
+			mult, t = u.size, strings.TrimSpace(t[:len(t)-len(u.suffix)])
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult || t == "" {
+		return fmt.Errorf("%q is not a size in bytes, like 104857600, 100MiB or 64KiB", s)
+	}
+	*b.v = n * mult
+	return nil
+}
+
+func parseFlags(args []string, out io.Writer) (*options, error) {
 	o := &options{}
+	fs := newFlagSet(o)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(fs, out)
+			return nil, err
+		}
+		// The flag package names flags with one dash; say them as --help does.
+		msg := strings.NewReplacer("flag -", "flag --", "defined: -", "defined: --").Replace(err.Error())
+		return nil, fmt.Errorf("%s (tapminiport --help lists the flags)", msg)
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (flags start with --; tapminiport --help lists them)", fs.Arg(0))
+	}
+	if o.bridge != "" {
+		o.noWire = true
+	}
+	return o, o.validate()
+}
+
+// newFlagSet defines every flag on o, with its default. Its output is
+// discarded: parseFlags prints help and errors itself.
+func newFlagSet(o *options) *flag.FlagSet {
 	fs := flag.NewFlagSet("tapminiport", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&o.hwTap, "hw-tap", "tmhw0", "`name` of the hardware TAP the miniport drives (created when missing)")
-	fs.StringVar(&o.nicTap, "nic-tap", "tm0", "`name` of the NIC TAP the host stack sees (created when missing)")
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	fs.StringVar(&o.hwTap, "hw-tap", "tmhw0", "`name` of the hardware TAP the miniport drives; created when missing")
+	fs.StringVar(&o.nicTap, "nic-tap", "tm0", "`name` of the NIC TAP the host stack sees; created when missing")
 	fs.StringVar(&o.nicNetns, "nic-netns", "", "existing network `namespace` to put the NIC TAP in (default: the current one)")
 	fs.StringVar(&o.wireNetns, "wire-netns", "tmwire", "`namespace` the embedded wire partner creates for the hardware TAP's kernel side")
 	fs.BoolVar(&o.noWire, "no-wire", false, "no embedded wire partner and no addressing: another program wires the TAPs up")
@@ -123,34 +224,52 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o.wireAddrs = []netip.Prefix{netip.MustParsePrefix("198.18.0.2/24"), netip.MustParsePrefix("2001:2::2/64")}
 	fs.Var(prefixList{&o.nicAddrs}, "nic-addr", "comma-separated `addresses` for the NIC TAP")
 	fs.Var(prefixList{&o.wireAddrs}, "wire-addr", "comma-separated `addresses` for the wire partner")
-	fs.StringVar(&o.bridge, "bridge", "", "enslave the hardware TAP to this existing `bridge` (implies --no-wire)")
-	fs.IntVar(&o.mtu, "mtu", 1500, "the NIC's `MTU` (68..9000)")
+	fs.StringVar(&o.bridge, "bridge", "", "enslave the hardware TAP to this existing `bridge`; implies --no-wire")
+	fs.IntVar(&o.mtu, "mtu", 1500, "the NIC's `MTU`, 68..9000")
 	fs.Var(macFlag{&o.mac}, "mac", "the NIC's permanent `address` (default: a random locally administered one)")
-	fs.IntVar(&o.rxBuffers, "rx-buffers", 1024, "receive `buffers` in the miniport's pool")
-	fs.IntVar(&o.batch, "batch", 64, "frames per receive indication at most")
-	fs.DurationVar(&o.returnDelay, "return-delay", 0, "hold each indicated buffer at least this `long` before returning it (watch pause wait for the stack)")
+	fs.IntVar(&o.rxBuffers, "rx-buffers", 1024, "receive `buffers` in the miniport's pool, 8..1048576")
+	fs.IntVar(&o.batch, "batch", 64, "`frames` per receive indication at most, 1..1024")
+	fs.DurationVar(&o.returnDelay, "return-delay", 0, "the stack holds each indicated buffer at least this `duration` before returning it (watch pause wait for the stack)")
 	fs.BoolVar(&o.checkHeld, "check-held", false, "hash each held frame on receive and check it before use (proves halt never frees a held buffer)")
-	fs.DurationVar(&o.haltTimeout, "halt-timeout", 30*time.Second, "give up waiting for held buffers after this `long`: report, shut down, exit 3 (never frees held memory)")
+	fs.DurationVar(&o.haltTimeout, "halt-timeout", 30*time.Second, "give up waiting for held buffers after this `duration`: report, shut down, exit 3 (never frees held memory)")
 	fs.DurationVar(&o.watchdog, "watchdog", time.Second, "while pause/halt wait, report what is held every `interval`")
+	fs.DurationVar(&o.stats, "stats", 0, "print one line of counters to stderr every `interval`, e.g. 1s (default: 0, off)")
+	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://`host:port`/metrics, e.g. 127.0.0.1:9464 (default: off; a non-loopback address is served as asked, with a warning; port 0: any free port)")
+	fs.StringVar(&o.pcap, "pcap", "", "write every frame that crosses the miniport, both directions, to this pcap `file` (read it with tcpdump -r or Wireshark)")
+	o.pcapMax = 100 << 20
+	fs.Var(byteSize{&o.pcapMax}, "pcap-max", "stop capturing once the pcap file reaches this `size` (later frames are counted as skipped), e.g. 64KiB, 1GiB; 0: no cap")
 	o.logLevel = slog.LevelInfo
 	fs.Var(levelFlag{&o.logLevel}, "log-level", "`level`: debug, info, warn, error")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
-	fs.StringVar(&o.failAt, "fail-at", "", "testing: make InitializeEx fail at this `step` ("+strings.Join(adapter.InitSteps, ", ")+")")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usageHead)
-		fs.PrintDefaults()
-		fmt.Fprint(fs.Output(), "\nExit codes: 0 clean halt and a clean verifier; 1 start-up failed; 2 bad flags;\n3 gave up waiting for held buffers (forced shutdown); 4 the verifier found a leak.\n")
+	fs.StringVar(&o.failAt, "fail-at", "", "make InitializeEx fail at this `step` ("+strings.Join(adapter.InitSteps, ", ")+")")
+	return fs
+}
+
+// printUsage writes --help: the head, the flags by group, the tail.
+func printUsage(fs *flag.FlagSet, w io.Writer) {
+	var b strings.Builder
+	b.WriteString(usageHead)
+	for _, g := range flagGroups {
+		fmt.Fprintf(&b, "\n%s:\n", g.title)
+		for _, name := range g.names {
+			f := fs.Lookup(name)
+			if f == nil {
+				continue
+			}
+			kind, usage := flag.UnquoteUsage(f)
+			fmt.Fprintf(&b, "  --%s", f.Name)
+			if kind != "" {
+				fmt.Fprintf(&b, " %s", kind)
+			}
+			fmt.Fprintf(&b, "\n        %s", usage)
+			if def := f.DefValue; def != "" && def != "false" && def != "0" && def != "0s" {
+				fmt.Fprintf(&b, " (default %s)", def)
+			}
+			b.WriteString("\n")
+		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
-	}
-	if o.bridge != "" {
-		o.noWire = true
-	}
-	return o, o.validate()
+	b.WriteString(usageTail)
+	fmt.Fprint(w, b.String())
 }
 
 func (o *options) validate() error {
@@ -188,6 +307,24 @@ func (o *options) validate() error {
 		return fmt.Errorf("--fail-at %q: not one of %s", o.failAt, strings.Join(adapter.InitSteps, ", "))
 	case !o.noWire && o.wireNetns == "":
 		return errors.New("--wire-netns is empty: name a namespace, or use --no-wire")
+	case o.stats < 0:
+		return fmt.Errorf("--stats %s: must not be negative (0 turns the lines off)", o.stats)
+	case o.stats > 0 && o.stats < 10*time.Millisecond:
+		return fmt.Errorf("--stats %s: at least 10ms", o.stats)
+	case o.pcapMax != 0 && o.pcapMax < 24:
+		return fmt.Errorf("--pcap-max %d: at least the 24-byte pcap file header, e.g. 100MiB (0: no cap)", o.pcapMax)
+	}
+	if o.metrics != "" {
+		host, port, err := net.SplitHostPort(o.metrics)
+		if err != nil || port == "" {
+			return fmt.Errorf("--metrics %q: want host:port, e.g. 127.0.0.1:9464", o.metrics)
+		}
+		if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+			return fmt.Errorf("--metrics %q: port %q is not 0..65535 (0: any free port)", o.metrics, port)
+		}
+		if strings.Contains(host, "/") {
+			return fmt.Errorf("--metrics %q: want host:port, e.g. 127.0.0.1:9464", o.metrics)
+		}
 	}
 	return nil
 }

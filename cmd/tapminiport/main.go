@@ -18,6 +18,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -41,7 +43,7 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	o, err := parseFlags(args, stderr)
+	o, err := parseFlags(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
@@ -53,6 +55,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "tapminiport %s\n", adapter.Version)
 		return exitOK
 	}
+	stderr = &lockedWriter{w: stderr} // slog, --stats lines and SIGUSR1 dumps share it
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
 	if err := preflight(); err != nil {
 		fmt.Fprintf(stderr, "tapminiport: %v\n", err)
@@ -63,16 +66,31 @@ func run(args []string, stdout, stderr io.Writer) int {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
-	m := &machine{o: o, log: log, stdout: stdout}
-	if err := m.start(); err != nil {
-		log.Error("start failed", "err", err)
+	m := &machine{o: o, log: log, stdout: stdout, stderr: stderr}
+	m.watchUSR1()
+	if err := m.openObservers(); err != nil {
+		fmt.Fprintf(stderr, "tapminiport: %v\n", err)
 		m.undoStart()
 		return exitStart
 	}
+	if err := m.start(); err != nil {
+		log.Error("start failed", "err", withFix(err))
+		m.undoStart()
+		return exitStart
+	}
+	m.startObservers()
 	m.banner()
 	sig := <-sigs
 	log.Info("signal received: pause, halt, unload", "signal", sig.String())
 	return m.stop(sigs)
+}
+
+// withFix adds the fix to a permission error: the process lacks root.
+func withFix(err error) error {
+	if errors.Is(err, os.ErrPermission) && !strings.Contains(err.Error(), "sudo") {
+		return fmt.Errorf("%w: needs root or CAP_NET_ADMIN and CAP_SYS_ADMIN: run with sudo", err)
+	}
+	return err
 }
 
 // preflight names the fix when the process cannot create TAPs.
@@ -92,6 +110,7 @@ type machine struct {
 	o      *options
 	log    *slog.Logger
 	stdout io.Writer
+	stderr io.Writer
 
 	wireCreated bool
 	drv         *ndisshim.Driver
@@ -104,6 +123,20 @@ type machine struct {
 	verdict     error
 	left        []string
 	started     time.Time
+
+	// observers (observe.go, metrics.go, pcap.go)
+	obs                sync.RWMutex // the gate: see observe.go
+	mpLive             bool         // m.mp may be read (cleared before Halt)
+	metrics            *metricsServer
+	capture            capture
+	statsStop          chan struct{}
+	statsDone          chan struct{}
+	usr1               chan os.Signal
+	dumpStop, dumpDone chan struct{}
+	stopObsOnce        sync.Once
+	stopDumpsOnce      sync.Once
+	closeCaptureOnce   sync.Once
+	captureErr         error
 }
 
 func (m *machine) start() error {
@@ -114,7 +147,10 @@ func (m *machine) start() error {
 			return fmt.Errorf("network namespace %q already exists (left by an earlier run?): remove it with `ip netns del %s`, or name another with --wire-netns", o.wireNetns, o.wireNetns)
 		}
 		if err := tapdev.CreateNetns(o.wireNetns); err != nil {
-			return fmt.Errorf("create wire namespace %s: %w", o.wireNetns, err)
+			if errors.Is(err, os.ErrPermission) {
+				return fmt.Errorf("create wire namespace %s (--wire-netns): %w: needs root or CAP_NET_ADMIN and CAP_SYS_ADMIN: run with sudo", o.wireNetns, err)
+			}
+			return fmt.Errorf("create wire namespace %s (--wire-netns): %w", o.wireNetns, err)
 		}
 		m.wireCreated = true
 	}
@@ -129,7 +165,7 @@ func (m *machine) start() error {
 	drv.OnFinding(func(f ndisshim.Finding) { m.log.Error("verifier", "finding", f.String()) })
 	cfg := adapter.Config{
 		HardwareName: o.hwTap, MTU: o.mtu, MAC: o.mac, Bridge: o.bridge, RxBuffers: o.rxBuffers, Batch: o.batch,
-		Open: adapter.OpenTAP, Configure: adapter.ConfigureTAP,
+		Open: m.openHardware, Configure: adapter.ConfigureTAP,
 		Unconfigure: func(name string) error { return tapdev.SetLinkUp(m.hwNetns, name, false) },
 		FailAt:      o.failAt,
 		Log:         m.log,
@@ -167,11 +203,65 @@ func (m *machine) start() error {
 	if err := a.Restart(context.Background()); err != nil {
 		return err
 	}
+	m.mpLive = true // before any observer starts: no lock needed yet
 	return nil
+}
+
+// openHardware is the adapter's Opener: the hardware TAP, wrapped by the
+// sniffer when --pcap asks for a capture.
+func (m *machine) openHardware(name string) (adapter.Device, bool, error) {
+	d, created, err := adapter.OpenTAP(name)
+	if err != nil {
+		return nil, false, err
+	}
+	if m.capture != nil {
+		return m.capture.Wrap(d), created, nil
+	}
+	return d, created, nil
+}
+
+// openObservers binds the metrics port and creates the pcap file before
+// anything else starts, so a busy port or an unwritable file fails the
+// start with nothing to undo.
+func (m *machine) openObservers() error {
+	var err error
+	if m.o.metrics != "" {
+		if m.metrics, err = listenMetrics(m.o.metrics, m.log); err != nil {
+			return err
+		}
+	}
+	if m.o.pcap != "" {
+		if m.capture, err = openCapture(m.o.pcap, m.o.pcapMax); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startObservers starts the metrics server, the stats lines and the
+// SIGUSR1 dumps once the adapter runs.
+func (m *machine) startObservers() {
+	if m.metrics != nil {
+		m.metrics.serve(&collector{sample: m.sample, poolSize: m.o.rxBuffers, version: adapter.Version, hw: m.o.hwTap, nic: m.o.nicTap})
+	}
+	m.startStats()
+	m.startDumps()
+}
+
+// stopObservers stops the metrics server and the stats lines (once; both
+// the orderly halt and a forced shutdown call it, perhaps at once).
+func (m *machine) stopObservers() {
+	m.stopObsOnce.Do(func() {
+		m.metrics.shutdown()
+		m.stopStats()
+	})
 }
 
 // undoStart removes whatever a failed start made, in reverse.
 func (m *machine) undoStart() {
+	defer m.closeCapture()
+	defer m.stopDumps()
+	defer m.stopObservers()
 	ctx, cancel := context.WithTimeout(context.Background(), m.o.haltTimeout)
 	defer cancel()
 	if m.a != nil && m.a.State() == ndisshim.StateRunning {
@@ -240,6 +330,16 @@ func (m *machine) banner() {
 			fmt.Fprintf(w, "    %sping -6 -c 3 %s\n", exec, peer6)
 		}
 	}
-	fmt.Fprintf(w, "  stop: kill -TERM %d   (pause, drain, halt, unload, report)\n", os.Getpid())
+	if m.metrics != nil {
+		fmt.Fprintf(w, "  metrics: %s\n", m.metrics.URL())
+	}
+	if m.capture != nil {
+		fmt.Fprintf(w, "  pcap: %s (both directions, at most %s; read it with tcpdump -nn -r %s)\n", o.pcap, byteSize{&o.pcapMax}, o.pcap)
+	}
+	if o.stats > 0 {
+		fmt.Fprintf(w, "  stats: a line on stderr every %s (grep ^stats)\n", o.stats)
+	}
+	fmt.Fprintf(w, "  dump:  kill -USR1 %d   (state, held NBLs, timers, pools, verifier, to stderr)\n", os.Getpid())
+	fmt.Fprintf(w, "  stop:  kill -TERM %d   (pause, drain, halt, unload, report)\n", os.Getpid())
 	fmt.Fprintf(w, "ready\n")
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tapminiport/tapminiport/adapter"
 	"github.com/tapminiport/tapminiport/ndisshim"
 	"github.com/tapminiport/tapminiport/ndisshim/hoststack"
 )
@@ -53,6 +54,11 @@ func (m *machine) stop(sigs <-chan os.Signal) int {
 		if r.err != nil {
 			m.log.Error("stop", "err", r.err)
 		}
+		// Done already on a clean halt; after a failed pause, here.
+		m.freezeMiniport()
+		m.stopObservers()
+		m.stopDumps()
+		m.closeCapture()
 		m.report(r.code, r.err)
 		return r.code
 	case <-forced:
@@ -75,14 +81,18 @@ func (m *machine) halt() (int, error) {
 		m.log.Error("unbind: verifier", "err", err)
 	}
 	m.log.Info("unbind: done", "binding", hoststack.ProtocolName, "took", time.Since(t).Round(time.Microsecond))
-	m.snap = m.mp.Counters()
-	m.stackSnap = m.st.Counters()
+	// The last snapshot, then the metrics server and the stats lines stop:
+	// nothing reads the miniport while HaltEx frees it.
+	m.freezeMiniport()
+	m.stopObservers()
 	t = time.Now()
 	haltErr := m.a.Halt(ctx, ndisshim.HaltDeviceDisabled)
 	m.log.Info("halt: done", "took", time.Since(t).Round(time.Microsecond), "err", haltErr)
 	t = time.Now()
 	unloadErr := m.drv.Deregister()
 	m.log.Info("unload: done", "took", time.Since(t).Round(time.Microsecond))
+	m.stopDumps()
+	m.closeCapture()
 	m.removeWire()
 	m.verdict = unloadErr
 	m.left = leftovers()
@@ -96,8 +106,10 @@ func (m *machine) halt() (int, error) {
 func (m *machine) force(why string) int {
 	r := m.a.HeldReport("shutdown", m.started)
 	_ = m.a.Shutdown(ndisshim.ShutdownBugCheck)
-	m.snap = m.mp.Counters()
-	m.stackSnap = m.st.Counters()
+	m.freezeMiniport() // ShutdownEx frees nothing: the miniport is still readable
+	m.stopObservers()
+	m.stopDumps()
+	m.closeCapture()
 	m.removeWire()
 	fmt.Fprintf(m.stdout, "forced shutdown (%s): still held: %s\n", why, r.String())
 	m.verdict = fmt.Errorf("not halted: %s", r.String())
@@ -120,6 +132,13 @@ func (m *machine) report(code int, err error) {
 	fmt.Fprintf(w, "  peak buffers held by the stack: %d of %d\n", st.PeakHeld, m.o.rxBuffers)
 	fmt.Fprintf(w, "  receive pool: high-water %d, exhaustions %d\n", c.PoolHighWater, c.PoolExhaustions)
 	fmt.Fprintf(w, "  NBLs drained during pause/halt: %d\n", st.DrainedNBLs)
+	fmt.Fprintf(w, "  frames per indication: %s\n", histogramText(c.FramesPerIndication))
+	if p := m.pcapStats(); p.on {
+		fmt.Fprintf(w, "  pcap %s: %d frames, %d bytes captured, %d skipped (--pcap-max %s)\n", p.path, p.frames, p.bytes, p.skipped, byteSize{&m.o.pcapMax})
+		if m.captureErr != nil {
+			fmt.Fprintf(w, "  pcap close: %v\n", m.captureErr)
+		}
+	}
 	if m.o.checkHeld {
 		fmt.Fprintf(w, "  held-buffer check: %d corrupt\n", s.CorruptHeld)
 	}
@@ -139,4 +158,13 @@ func (m *machine) report(code int, err error) {
 		fmt.Fprintf(w, "  verifier: not run: %v\n", err)
 	}
 	fmt.Fprintf(w, "  exit code: %d\n", code)
+}
+
+// histogramText is "1:3 2-3:10 4-7:0 ... 64+:120".
+func histogramText(h [adapter.NumIndicationBuckets]int64) string {
+	parts := make([]string, len(h))
+	for i, n := range h {
+		parts[i] = fmt.Sprintf("%s:%d", adapter.IndicationBucketLabel(i), n)
+	}
+	return strings.Join(parts, " ")
 }
