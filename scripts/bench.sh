@@ -58,21 +58,23 @@ stop_tm() { kill -TERM "$PID"; wait "$PID" || { echo "process $PID exited non-ze
 
 # measure NAME CLIENT_NS SERVER_NS SERVER_ADDR: appends "name metric value" lines
 measure() {
-	local name=$1 cns=$2 sns=$3 addr=$4 out
+	local name=$1 cns=$2 sns=$3 addr=$4 out srv
 	for dir in up down; do
 		timeout $((SECS + 15)) ip netns exec "$sns" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
+		srv=$!
 		sleep 0.5
 		local flag=""; [ $dir = down ] && flag=-R
 		out=$(timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -t "$SECS" $flag -f g 2>&1 | awk '/receiver/ {print $7}')
-		wait || true
+		wait "$srv" || true
 		echo "$name tcp_$dir ${out:-0}" >>"$OUT/results"
 	done
 	timeout $((SECS + 15)) ip netns exec "$sns" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
+	srv=$!
 	sleep 0.5
 	# UDP 64-byte payloads, as fast as the sender goes; delivered = total - lost
 	out=$(timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -u -b 0 -l 64 -t "$SECS" 2>&1 |
 		awk -v secs="$SECS" '/receiver/ { split($0, a, /[ \/()]+/); for (i = 1; i <= length(a); i++) if (a[i] ~ /^[0-9]+$/ && a[i+1] ~ /^[0-9]+$/ && a[i+2] ~ /%$/) { printf "%.0f", (a[i+1] - a[i]) / secs; exit } }')
-	wait || true
+	wait "$srv" || true
 	echo "$name udp64_kpps $(awk -v p="${out:-0}" 'BEGIN { printf "%.1f", p / 1000 }')" >>"$OUT/results"
 	out=$(timeout 30 ip netns exec "$cns" ping -c 200 -i 0.002 -W 1 "$addr" 2>&1 | sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | sort -n |
 		awk '{ v[NR] = $1 } END { if (NR) printf "%.3f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
@@ -114,10 +116,10 @@ awk '
 		for (o = 1; o <= 4; o++) { d = order[o]
 			printf "| %-15s | %13.2f | %15.2f | %12.1f | %11.3f |\n", d, median(d SUBSEP m[1]), median(d SUBSEP m[2]), median(d SUBSEP m[3]), median(d SUBSEP m[4]) }
 		print ""
-		printf "| %-26s | %7s | %9s | %7s | %8s |\n", "tapminiport / baseline", "TCP up", "TCP down", "UDP 64B", "ping RTT"
+		printf "| %-28s | %7s | %9s | %7s | %8s |\n", "tapminiport / baseline", "TCP up", "TCP down", "UDP 64B", "ping RTT"
 		printf "|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---"
 		for (o = 1; o <= 3; o++) { d = order[o]
-			printf "| %-26s | %7s | %9s | %7s | %8s |\n", "tapminiport / " d,
+			printf "| %-28s | %7s | %9s | %7s | %8s |\n", "tapminiport / " d,
 				ratio(median("tapminiport" SUBSEP m[1]), median(d SUBSEP m[1])), ratio(median("tapminiport" SUBSEP m[2]), median(d SUBSEP m[2])),
 				ratio(median("tapminiport" SUBSEP m[3]), median(d SUBSEP m[3])), ratio(median("tapminiport" SUBSEP m[4]), median(d SUBSEP m[4])) }
 	}' "$OUT/results"
