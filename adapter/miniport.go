@@ -350,3 +350,7 @@ func (m *Miniport) Counters() Snapshot {
 
 // MAC is the NIC's current address.
 func (m *Miniport) MAC() net.HardwareAddr { return m.cur }
+
+// Created reports whether InitializeEx created the hardware TAP (and so
+// closing it deletes it) rather than attaching to an existing one.
+func (m *Miniport) Created() bool { return m.created }

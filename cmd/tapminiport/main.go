@@ -286,6 +286,16 @@ func (m *machine) undoStart() {
 }
 
 func (m *machine) removeWire() {
+	if m.wireCreated && m.hwNetns == m.o.wireNetns && m.mp != nil && !m.mp.Created() && tapdev.LinkExists(m.hwNetns, m.o.hwTap) {
+		// A TAP we attached to is the user's: a namespace takes its
+		// virtual devices with it, so bring the TAP home first.
+		if err := tapdev.MoveLink(m.o.hwTap, m.hwNetns, ""); err != nil {
+			m.log.Error("move attached hardware TAP back", "tap", m.o.hwTap, "err", err)
+		} else {
+			m.log.Info("moved attached hardware TAP back (not ours to delete)", "tap", m.o.hwTap)
+			m.hwNetns = ""
+		}
+	}
 	if m.wireCreated {
 		if err := tapdev.DeleteNetns(m.o.wireNetns); err != nil {
 			m.log.Error("remove wire namespace", "netns", m.o.wireNetns, "err", err)

@@ -112,6 +112,7 @@ type Stack struct {
 	wg     sync.WaitGroup
 	paused atomic.Bool
 	closed bool
+	moved  bool // the default Configure moved the NIC TAP into cfg.Netns
 
 	// reader (interrupt goroutine) scratch
 	sBatch  []*ndisshim.NetBufferList
@@ -149,6 +150,7 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	movesLink := cfg.Open == nil && cfg.Configure == nil && cfg.Netns != ""
 	if cfg.Open == nil {
 		cfg.Open = openTAP
 		if cfg.Configure == nil {
@@ -175,6 +177,7 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 		return nil, fmt.Errorf("hoststack: open NIC TAP %s: %w", cfg.NICName, err)
 	}
 	if cfg.Configure != nil {
+		s.moved = movesLink
 		if err = cfg.Configure(cfg, mac, mtu); err != nil {
 			return nil, fmt.Errorf("hoststack: configure NIC TAP %s: %w", cfg.NICName, err)
 		}
@@ -447,6 +450,12 @@ func (s *Stack) undo() error {
 			errs = append(errs, fmt.Errorf("hoststack: close NIC TAP %s: %w", s.cfg.NICName, err))
 		}
 		s.dev = nil
+		if !s.created && s.moved {
+			// An attached TAP is the user's: put it back where it was.
+			if err := tapdev.MoveLink(s.cfg.NICName, s.cfg.Netns, ""); err != nil {
+				errs = append(errs, fmt.Errorf("hoststack: move attached NIC TAP %s back from %s: %w", s.cfg.NICName, s.cfg.Netns, err))
+			}
+		}
 	}
 	if s.sendPool != nil {
 		if err := s.sendPool.Free(); err != nil {

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"os/exec"
 	"regexp"
 	"strings"
 	"syscall"
@@ -303,5 +304,37 @@ func waitFor(t *testing.T, b *syncBuf, s string, limit time.Duration) {
 			t.Fatalf("no %q after %s:\n%s", s, limit, b)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestAttachedTAPsSurvive: TAPs that existed before the run are attached,
+// not created, and are still there (in the root namespace, where they were)
+// after the run, although the run moved them into namespaces; nothing the
+// run created is left.
+func TestAttachedTAPsSurvive(t *testing.T) {
+	tapdev.RequireRoot(t)
+	s := suffix()
+	hw, nic := "tmph"+s, "tmpn"+s
+	for _, l := range []string{hw, nic} {
+		if out, err := exec.Command("ip", "tuntap", "add", "dev", l, "mode", "tap").CombinedOutput(); err != nil {
+			t.Fatalf("pre-create %s: %v %s", l, err, out)
+		}
+		l := l
+		t.Cleanup(func() { _ = tapdev.DeleteLink("", l) })
+	}
+	r := start(t, "--hw-tap", hw, "--nic-tap", nic)
+	if _, rx, out := ping(t, r.host, "-c", "3", "-i", "0.2", "-W", "2", "198.18.0.2"); rx != 3 {
+		t.Errorf("ping through attached TAPs: %d of 3:\n%s", rx, out)
+	}
+	if code := r.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	for _, l := range []string{hw, nic} {
+		if !tapdev.LinkExists("", l) {
+			t.Errorf("attached TAP %s is gone or not back in the root namespace after the run", l)
+		}
+	}
+	if tapdev.NetnsExists(r.wire) {
+		t.Errorf("wire namespace %s left behind", r.wire)
 	}
 }
