@@ -56,29 +56,36 @@ start_fwd() { # start_fwd [--offload]: tapfwd between fa$s (in FA) and fb$s (in 
 }
 stop_tm() { kill -TERM "$PID"; wait "$PID" || { echo "process $PID exited non-zero" >&2; cat "$OUT/tm.out" >&2; }; PID=""; }
 
+# listening NS: wait (bounded) until iperf3's server listens in NS.
+listening() { for _ in $(seq 50); do ip netns exec "$1" ss -ltn 2>/dev/null | grep -q ':5201 ' && return 0; sleep 0.1; done; return 0; }
+
+# record NAME METRIC VALUE: a missing value is reported, not counted as 0.
+record() { if [ -n "$3" ]; then echo "$1 $2 $3" >>"$OUT/results"; else echo "  $1 $2: measurement failed (left out of the medians)" >&2; fi; }
+
 # measure NAME CLIENT_NS SERVER_NS SERVER_ADDR: appends "name metric value" lines
 measure() {
 	local name=$1 cns=$2 sns=$3 addr=$4 out srv
 	for dir in up down; do
 		timeout $((SECS + 15)) ip netns exec "$sns" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
 		srv=$!
-		sleep 0.5
+		listening "$sns"
 		local flag=""; [ $dir = down ] && flag=-R
-		out=$(timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -t "$SECS" $flag -f g 2>&1 | awk '/receiver/ {print $7}')
+		out=$(timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -t "$SECS" $flag -f g 2>&1 | awk '/receiver/ {print $7}') || true
 		wait "$srv" || true
-		echo "$name tcp_$dir ${out:-0}" >>"$OUT/results"
+		record "$name" "tcp_$dir" "$out"
 	done
 	timeout $((SECS + 15)) ip netns exec "$sns" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
 	srv=$!
-	sleep 0.5
+	listening "$sns"
 	# UDP 64-byte payloads, as fast as the sender goes; delivered = total - lost
 	out=$(timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -u -b 0 -l 64 -t "$SECS" 2>&1 |
-		awk -v secs="$SECS" '/receiver/ { split($0, a, /[ \/()]+/); for (i = 1; i <= length(a); i++) if (a[i] ~ /^[0-9]+$/ && a[i+1] ~ /^[0-9]+$/ && a[i+2] ~ /%$/) { printf "%.0f", (a[i+1] - a[i]) / secs; exit } }')
+		awk -v secs="$SECS" '/receiver/ { split($0, a, /[ \/()]+/); for (i = 1; i <= length(a); i++) if (a[i] ~ /^[0-9]+$/ && a[i+1] ~ /^[0-9]+$/ && a[i+2] ~ /%$/) { printf "%.0f", (a[i+1] - a[i]) / secs; exit } }') || true
 	wait "$srv" || true
-	echo "$name udp64_kpps $(awk -v p="${out:-0}" 'BEGIN { printf "%.1f", p / 1000 }')" >>"$OUT/results"
+	[ -n "$out" ] && out=$(awk -v p="$out" 'BEGIN { printf "%.1f", p / 1000 }')
+	record "$name" udp64_kpps "$out"
 	out=$(timeout 30 ip netns exec "$cns" ping -c 200 -i 0.002 -W 1 "$addr" 2>&1 | sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | sort -n |
-		awk '{ v[NR] = $1 } END { if (NR) printf "%.3f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
-	echo "$name ping_ms ${out:-nan}" >>"$OUT/results"
+		awk '{ v[NR] = $1 } END { if (NR) printf "%.3f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }') || true
+	record "$name" ping_ms "$out"
 }
 
 for r in $(seq "$ROUNDS"); do
@@ -103,7 +110,7 @@ echo "Medians of $ROUNDS interleaved rounds, ${SECS}s each, $(nproc) CPUs, $(ipe
 awk '
 	{ k = $1 SUBSEP $2; n[k]++; v[k, n[k]] = $3 }
 	function median(k,   i, j, t, c, a) {
-		c = n[k]; for (i = 1; i <= c; i++) a[i] = v[k, i]
+		c = n[k]; if (c == 0) return 0; for (i = 1; i <= c; i++) a[i] = v[k, i]
 		for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
 		return (c % 2) ? a[(c + 1) / 2] : (a[c / 2] + a[c / 2 + 1]) / 2
 	}
