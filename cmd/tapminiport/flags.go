@@ -142,7 +142,8 @@ SIGUSR1 dumps the adapter's state, held NBLs, timers, interrupts, pools,
 counters and the verifier's findings to stderr without stopping anything.
 
 Exit codes: 0 clean halt and a clean verifier; 1 start-up failed; 2 bad flags;
-3 gave up waiting for held buffers (forced shutdown); 4 the verifier found a leak.
+3 gave up waiting for held buffers (forced shutdown); 4 the verifier found a leak;
+5 a TAP was deleted underneath (surprise removal), then a clean halt.
 `
 
 // byteSize is a size in bytes: 104857600, 100MiB, 100M (= MiB), 64k.

@@ -36,6 +36,7 @@ const (
 	exitFlags    = 2
 	exitForced   = 3
 	exitVerifier = 4
+	exitRemoved  = 5
 )
 
 func main() {
@@ -79,9 +80,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitStart
 	}
 	m.startObservers()
+	m.watchRemoval()
 	m.banner()
-	sig := <-sigs
-	log.Info("signal received: pause, halt, unload", "signal", sig.String())
+	select {
+	case sig := <-sigs:
+		log.Info("signal received: pause, halt, unload", "signal", sig.String())
+	case r := <-m.removedCh:
+		m.surprise = r
+		log.Error("surprise removal: pause, halt, unload", "device", r.String())
+		if r.hardware {
+			m.a.NotifySurpriseRemoval() // MiniportDevicePnPEventNotify(SurpriseRemoved)
+		}
+	}
 	return m.stop(sigs)
 }
 
@@ -122,6 +132,9 @@ type machine struct {
 	stackSnap   hoststack.Counters
 	verdict     error
 	left        []string
+	removedCh   chan removal
+	surprise    removal
+	stopWatches []func()
 	started     time.Time
 
 	// observers (observe.go, metrics.go, pcap.go)

@@ -86,7 +86,12 @@ func (m *machine) halt() (int, error) {
 	m.freezeMiniport()
 	m.stopObservers()
 	t = time.Now()
-	haltErr := m.a.Halt(ctx, ndisshim.HaltDeviceDisabled)
+	m.stopRemovalWatch() // from here on the run deletes its own TAPs
+	action := ndisshim.HaltDeviceDisabled
+	if m.surprise.hardware {
+		action = ndisshim.HaltDeviceSurpriseRemoved
+	}
+	haltErr := m.a.Halt(ctx, action)
 	m.log.Info("halt: done", "took", time.Since(t).Round(time.Microsecond), "err", haltErr)
 	t = time.Now()
 	unloadErr := m.drv.Deregister()
@@ -98,6 +103,9 @@ func (m *machine) halt() (int, error) {
 	m.left = leftovers()
 	if unloadErr != nil || len(m.left) > 0 {
 		return exitVerifier, nil
+	}
+	if m.surprise.device != "" {
+		return exitRemoved, nil
 	}
 	return exitOK, nil
 }
@@ -132,6 +140,9 @@ func (m *machine) report(code int, err error) {
 	fmt.Fprintf(w, "  peak buffers held by the stack: %d of %d\n", st.PeakHeld, m.o.rxBuffers)
 	fmt.Fprintf(w, "  receive pool: high-water %d, exhaustions %d\n", c.PoolHighWater, c.PoolExhaustions)
 	fmt.Fprintf(w, "  NBLs drained during pause/halt: %d\n", st.DrainedNBLs)
+	if m.surprise.device != "" {
+		fmt.Fprintf(w, "  surprise removal: %s\n", m.surprise)
+	}
 	fmt.Fprintf(w, "  frames per indication: %s\n", histogramText(c.FramesPerIndication))
 	if p := m.pcapStats(); p.on {
 		fmt.Fprintf(w, "  pcap %s: %d frames, %d bytes captured, %d skipped (--pcap-max %s)\n", p.path, p.frames, p.bytes, p.skipped, byteSize{&m.o.pcapMax})

@@ -450,7 +450,7 @@ func (s *Stack) undo() error {
 			errs = append(errs, fmt.Errorf("hoststack: close NIC TAP %s: %w", s.cfg.NICName, err))
 		}
 		s.dev = nil
-		if !s.created && s.moved {
+		if !s.created && s.moved && tapdev.LinkExists(s.cfg.Netns, s.cfg.NICName) {
 			// An attached TAP is the user's: put it back where it was.
 			if err := tapdev.MoveLink(s.cfg.NICName, s.cfg.Netns, ""); err != nil {
 				errs = append(errs, fmt.Errorf("hoststack: move attached NIC TAP %s back from %s: %w", s.cfg.NICName, s.cfg.Netns, err))

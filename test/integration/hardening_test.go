@@ -1,0 +1,60 @@
+package integration
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tapminiport/tapminiport/tapdev"
+)
+
+// TestSurpriseRemoval deletes a TAP underneath a run while iperf3 pushes
+// traffic: the hardware TAP from the wire namespace (the NIC is gone: the
+// miniport gets the surprise-removed PnP event and halts with that action),
+// and the NIC TAP from the host namespace (the stack's interface is gone:
+// the binding unbinds). Either way: exit 5, a report naming the removal, a
+// clean verifier, nothing left.
+func TestSurpriseRemoval(t *testing.T) {
+	tapdev.RequireTool(t, "iperf3")
+	for _, tc := range []struct {
+		name    string
+		ns, dev func(r *run) string
+		want    string
+		action  string
+	}{
+		{"hardware TAP", func(r *run) string { return r.wire }, func(r *run) string { return r.hw }, "hardware TAP", `action="surprise removed"`},
+		{"NIC TAP", func(r *run) string { return r.host }, func(r *run) string { return r.nic }, "NIC TAP", `action="device disabled"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := start(t)
+			srv := make(chan struct{})
+			go func() { defer close(srv); in(t, r.wire, 11*time.Second, "iperf3", "-s", "-1") }()
+			time.Sleep(500 * time.Millisecond)
+			cli := make(chan struct{})
+			go func() { defer close(cli); in(t, r.host, 10*time.Second, "iperf3", "-c", "198.18.0.2", "-t", "8") }()
+			time.Sleep(1500 * time.Millisecond)
+			mustIn(t, tc.ns(r), 5*time.Second, "ip", "link", "del", tc.dev(r))
+			select {
+			case <-r.exited:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("still running 30s after the %s was deleted:\n%s", tc.name, r.stderr)
+			}
+			rep := r.stdout.String()
+			if r.exitCode != 5 {
+				t.Errorf("exit code %d, want 5 (surprise removal):\n%s", r.exitCode, rep)
+			}
+			if !strings.Contains(rep, "surprise removal: "+tc.want+" "+tc.dev(r)+" deleted") {
+				t.Errorf("report does not name the removal of %s:\n%s", tc.dev(r), rep)
+			}
+			if !strings.Contains(rep, "verifier: clean") || !strings.Contains(rep, "left after unload: nothing") {
+				t.Errorf("halt after surprise removal not clean:\n%s", rep)
+			}
+			if !strings.Contains(r.stderr.String(), tc.action) {
+				t.Errorf("halt action is not %s:\n%s", tc.action, r.stderr)
+			}
+			r.assertGone()
+			<-cli
+			<-srv
+		})
+	}
+}
