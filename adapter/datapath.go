@@ -184,7 +184,11 @@ func (m *Miniport) ReturnNetBufferLists(nbls *ndisshim.NetBufferList, flags ndis
 // the chain to the hardware TAP and complete the chain. The miniport owns
 // the chain until SendNetBufferListsComplete.
 func (m *Miniport) SendNetBufferLists(nbls *ndisshim.NetBufferList, port ndisshim.PortNumber, flags ndisshim.SendFlags) {
+	m.txMu.Lock()
 	if !m.txEnabled.Load() || m.removed.Load() {
+		// Checked under txMu: PauseEx takes txMu after clearing txEnabled,
+		// so no send is written after PauseEx returns.
+		m.txMu.Unlock()
 		st := ndisshim.StatusPaused
 		if m.removed.Load() {
 			st = ndisshim.StatusNotAccepted
@@ -199,7 +203,6 @@ func (m *Miniport) SendNetBufferLists(nbls *ndisshim.NetBufferList, port ndisshi
 		return
 	}
 	maxFrame := m.cfg.maxFrame()
-	m.txMu.Lock()
 	bufs := m.txBufs[:0]
 	frames, bytes := 0, 0
 	for nbl := nbls; nbl != nil; nbl = nbl.Next {

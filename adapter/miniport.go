@@ -48,6 +48,7 @@ type Miniport struct {
 	// shutdown have a link to put down (written only by InitializeEx).
 	configured bool
 	pool       *rxpool.Pool
+	leakPool   bool // halt could not drain the pool: it is never freed
 	intr       *ndisshim.Interrupt
 	stats      *ndisshim.Timer
 
@@ -159,7 +160,7 @@ func InitializeEx(a *ndisshim.Adapter, p ndisshim.InitParameters) (mp ndisshim.M
 	}
 	m.pool, err = rxpool.New(&a.Resources, rxpool.Config{
 		Name: cfg.HardwareName + " rx", Count: cfg.RxBuffers, BufferSize: headroom + cfg.maxFrame() + 64,
-		Headroom: headroom, LowWater: cfg.LowWater,
+		Headroom: headroom, LowWater: cfg.LowWater, Log: m.log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("adapter %s: receive pool: %w", p.Name, err)
@@ -237,9 +238,10 @@ func (m *Miniport) teardown(action ndisshim.HaltAction) {
 		err := m.pool.Drain(ctx)
 		cancel()
 		if err != nil {
-			// Never free memory that is still held: leak it, loudly.
+			// Never free memory that is still held: leak it, loudly. The
+			// pool stays reachable, so a late return still lands in it.
 			m.log.Error("receive buffers still held at halt; leaving them allocated", "err", err)
-			m.pool = nil
+			m.leakPool = true
 		}
 	}
 	// 6. stop the NIC (unless ShutdownEx already did), 7. close the hardware.
@@ -254,7 +256,7 @@ func (m *Miniport) teardown(action ndisshim.HaltAction) {
 		m.dev = nil
 	}
 	// 8. NBLs, then their pool, then the slab (rxpool frees in that order).
-	if m.pool != nil {
+	if m.pool != nil && !m.leakPool {
 		if err := m.pool.Free(); err != nil {
 			m.log.Error("free receive pool", "err", err)
 		}
@@ -277,7 +279,7 @@ func (m *Miniport) stopNIC() {
 		return
 	}
 	if err := m.cfg.Unconfigure(m.cfg.HardwareName); err != nil {
-		m.log.Debug("link down", "tap", m.cfg.HardwareName, "err", err)
+		m.log.Warn("put the hardware link down", "tap", m.cfg.HardwareName, "err", err)
 	}
 }
 

@@ -294,7 +294,11 @@ func (a *Adapter) Halt(ctx context.Context, action HaltAction) error {
 	if err := a.waitDrain(ctx, "halt"); err != nil {
 		return err
 	}
-	a.shutMu.Lock() // waits for a ShutdownEx in flight; none starts after this
+	a.shutMu.Lock()               // waits for a ShutdownEx in flight; none starts after this
+	if a.State() != StatePaused { // a Shutdown won the race: ShutdownEx ran, HaltEx must not
+		a.shutMu.Unlock()
+		return a.illegal("halt", StatePaused)
+	}
 	a.halting = true
 	a.shutMu.Unlock()
 	a.mp.HaltEx(action)
@@ -345,7 +349,9 @@ func (a *Adapter) Shutdown(action ShutdownAction) error {
 // requests complete with StatusNotAccepted; the caller then pauses and
 // halts the adapter with HaltDeviceSurpriseRemoved.
 func (a *Adapter) NotifySurpriseRemoval() {
-	if !a.removed.CompareAndSwap(false, true) {
+	a.shutMu.RLock() // no PnP event once HaltEx has started
+	defer a.shutMu.RUnlock()
+	if a.halting || a.State() == StateInitializing || !a.removed.CompareAndSwap(false, true) {
 		return
 	}
 	a.txOpen.Store(false)

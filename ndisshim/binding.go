@@ -58,14 +58,8 @@ func (b *Binding) Close() error {
 	a := b.a
 	a.transition.Lock()
 	defer a.transition.Unlock()
-	if b.closed.Load() {
-		return fmt.Errorf("ndisshim: binding %s to %s closed twice", b.name, a.name)
-	}
-	if st := a.State(); st != StatePaused && st != StateShutdown {
-		return a.illegal("close binding "+b.name+" on", StatePaused)
-	}
-	if n := b.txOutstanding.Load(); n > 0 {
-		return fmt.Errorf("ndisshim: close binding %s: %d sends still outstanding: %w", b.name, n, ErrIllegalState)
+	if err := b.checkClose(); err != nil {
+		return err
 	}
 	a.bindMu.Lock()
 	old := *a.bindings.Load()
@@ -84,6 +78,28 @@ func (b *Binding) Close() error {
 	}
 	if len(fs) > 0 {
 		return &VerifierError{Scope: "close of binding " + b.name, Findings: fs}
+	}
+	return nil
+}
+
+// CheckClose reports whether Close would succeed now, so a protocol can
+// check before it tears down what the binding still uses.
+func (b *Binding) CheckClose() error {
+	b.a.transition.Lock()
+	defer b.a.transition.Unlock()
+	return b.checkClose()
+}
+
+func (b *Binding) checkClose() error {
+	a := b.a
+	if b.closed.Load() {
+		return fmt.Errorf("ndisshim: binding %s to %s closed twice", b.name, a.name)
+	}
+	if st := a.State(); st != StatePaused && st != StateShutdown {
+		return a.illegal("close binding "+b.name+" on", StatePaused)
+	}
+	if n := b.txOutstanding.Load(); n > 0 {
+		return fmt.Errorf("ndisshim: close binding %s: %d sends still outstanding: %w", b.name, n, ErrIllegalState)
 	}
 	return nil
 }

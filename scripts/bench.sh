@@ -46,7 +46,7 @@ start_tm() {
 	echo "tapminiport did not start" >&2; cat "$OUT/tm.err" >&2; exit 1
 }
 start_fwd() { # start_fwd [--offload]: tapfwd between fa$s (in FA) and fb$s (in FB)
-	"$OUT/tapfwd" -a "fa$s" -b "fb$s" "$@" >"$OUT/fwd.out" 2>&1 &
+	"$OUT/tapfwd" -a "fa$s" -b "fb$s" -up=false "$@" >"$OUT/fwd.out" 2>&1 &
 	PID=$!
 	for _ in $(seq 100); do grep -q '^ready$' "$OUT/fwd.out" && break; sleep 0.1; done
 	grep -q '^ready$' "$OUT/fwd.out" || { echo "tapfwd did not start" >&2; cat "$OUT/fwd.out" >&2; exit 1; }

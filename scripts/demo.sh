@@ -14,10 +14,11 @@ ensure_tools
 s=$(run_suffix)
 HOST=tmdh$s WIRE=tmdw$s HW=tmhw$s NIC=tmn$s
 OUT=$(mktemp -d)
-PID="" SRV=""
+PID="" SRV="" CLIENT=""
 cleanup() {
 	set +e
 	[ -n "$SRV" ] && kill "$SRV" 2>/dev/null
+	[ -n "$CLIENT" ] && kill "$CLIENT" 2>/dev/null
 	[ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
 	for ns in "$HOST" "$WIRE"; do ip netns del "$ns" 2>/dev/null; done
 	for l in "$HW" "$NIC"; do ip link del "$l" 2>/dev/null; done
@@ -78,7 +79,7 @@ code=0; wait "$PID" || code=$?; PID=""
 echo "-- halt log"
 grep -E 'signal received|pause:|unbind:|halt:|unload:|removed wire' "$OUT/stderr" | sed 's/^/   /'
 sed -n '/exit report/,$p' "$OUT/stdout"
-kill "$CLIENT" "$SRV" 2>/dev/null || true; wait 2>/dev/null || true; SRV=""
+kill "$CLIENT" "$SRV" 2>/dev/null || true; wait 2>/dev/null || true; SRV="" CLIENT=""
 echo "tapminiport exited with $code"
 ip netns del "$HOST"
 leftover=$( (ip netns list; ip -br link) | grep -E "$s" || true)

@@ -23,14 +23,15 @@ func main() {
 	a := flag.String("a", "tmfa0", "first TAP `name` (created when missing)")
 	b := flag.String("b", "tmfb0", "second TAP `name` (created when missing)")
 	offload := flag.Bool("offload", false, "IFF_VNET_HDR + TUNSETOFFLOAD csum|tso4|tso6 on both TAPs")
+	up := flag.Bool("up", true, "set both links up (false: the caller moves them into namespaces and sets them up there)")
 	flag.Parse()
-	if err := run(*a, *b, *offload); err != nil {
+	if err := run(*a, *b, *offload, *up); err != nil {
 		fmt.Fprintf(os.Stderr, "tapfwd: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(an, bn string, offload bool) error {
+func run(an, bn string, offload, up bool) error {
 	if an == bn {
 		return errors.New("-a and -b name the same TAP")
 	}
@@ -53,6 +54,9 @@ func run(an, bn string, offload bool) error {
 		}
 	}
 	for _, n := range []string{an, bn} {
+		if !up {
+			break
+		}
 		if err := tapdev.SetLinkUp("", n, true); err != nil {
 			return err
 		}

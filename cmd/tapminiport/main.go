@@ -135,6 +135,8 @@ type machine struct {
 	removedCh   chan removal
 	surprise    removal
 	stopWatches []func()
+	endMu       sync.Mutex // guards removeWire, verdict and forced between halt and force
+	forced      bool
 	started     time.Time
 
 	// observers (observe.go, metrics.go, pcap.go)
@@ -278,7 +280,14 @@ func (m *machine) undoStart() {
 	ctx, cancel := context.WithTimeout(context.Background(), m.o.haltTimeout)
 	defer cancel()
 	if m.a != nil && m.a.State() == ndisshim.StateRunning {
-		_ = m.a.Pause(ctx)
+		if err := m.a.Pause(ctx); err != nil {
+			// Buffers still held: nothing may be freed. Put the NIC down
+			// and leave the memory to the process's exit.
+			m.log.Error("pause failed; shutting down without freeing", "err", err)
+			_ = m.a.Shutdown(ndisshim.ShutdownBugCheck)
+			m.removeWire()
+			return
+		}
 	}
 	if m.st != nil {
 		if err := m.st.Close(ctx); err != nil {
@@ -299,6 +308,8 @@ func (m *machine) undoStart() {
 }
 
 func (m *machine) removeWire() {
+	m.endMu.Lock() // the orderly halt and a forced exit may both get here
+	defer m.endMu.Unlock()
 	if m.wireCreated && m.hwNetns == m.o.wireNetns && m.mp != nil && !m.mp.Created() && tapdev.LinkExists(m.hwNetns, m.o.hwTap) {
 		// A TAP we attached to is the user's: a namespace takes its
 		// virtual devices with it, so bring the TAP home first.

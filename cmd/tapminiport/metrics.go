@@ -41,6 +41,7 @@ var (
 	descRxDropped     = desc("rx_dropped_total", "Received frames dropped by the miniport, by cause.", "queue", "cause")
 	descTxDropped     = desc("tx_dropped_total", "Frames to send dropped or failed by the miniport, by cause.", "queue", "cause")
 	descStackDropped  = desc("stack_dropped_total", "Frames dropped by the host-stack binding, by cause.", "cause")
+	descReturnedEarly = desc("stack_returned_early_total", "Receive NBLs the stack returned at once because its hold queue was full.")
 	descPoolSize      = desc("pool_buffers", "Receive buffers in the miniport's pool.", "queue")
 	descPoolInUse     = desc("pool_buffers_in_use", "Receive buffers in use now (filling or held by the stack).", "queue")
 	descPoolHighWater = desc("pool_buffers_high_water", "The most receive buffers in use at once.", "queue")
@@ -70,7 +71,7 @@ var _ prometheus.Collector = (*collector)(nil)
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descRxPackets, descRxBytes, descTxPackets, descTxBytes, descIndications,
-		descResources, descIndFrames, descRxDropped, descTxDropped, descStackDropped, descPoolSize, descPoolInUse,
+		descResources, descIndFrames, descRxDropped, descTxDropped, descStackDropped, descReturnedEarly, descPoolSize, descPoolInUse,
 		descPoolHighWater, descPoolExhaust, descHeld, descHeldPeak, descSendsNow, descDrained, descState, descFindings,
 		descPcapFrames, descPcapBytes, descPcapSkipped} {
 		ch <- d
@@ -122,10 +123,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for _, d := range []struct {
 		cause string
 		v     int64
-	}{{"queue_full", st.DropQueueFull}, {"paused", st.DropPaused}, {"no_send_buffer", st.DropNoSendBuffer},
+	}{{"paused", st.DropPaused}, {"no_send_buffer", st.DropNoSendBuffer},
 		{"send_failed", st.SendFailed}, {"write_error", st.WriteErrors}} {
 		counter(descStackDropped, d.v, d.cause)
 	}
+	counter(descReturnedEarly, st.ReturnedEarly)
 	gauge(descPoolSize, int64(c.poolSize), q)
 	gauge(descPoolInUse, mp.PoolInUse, q)
 	gauge(descPoolHighWater, mp.PoolHighWater, q)

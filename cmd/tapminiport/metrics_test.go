@@ -19,7 +19,7 @@ import (
 func fakeSample() sample {
 	s := sample{at: time.Now(), state: ndisshim.StateRunning,
 		shim:     ndisshim.Stats{HeldNow: 12, PeakHeld: 40, DrainedNBLs: 3},
-		stack:    hoststack.Counters{DropQueueFull: 2},
+		stack:    hoststack.Counters{ReturnedEarly: 2},
 		findings: 1,
 		pcap:     pcapStats{on: true, path: "/tmp/x.pcap", frames: 9, bytes: 900, skipped: 1},
 		mp: adapter.Snapshot{RxFrames: 100, RxBytes: 150000, TxFrames: 50, TxBytes: 4000, Indications: 10, ResourcesIndications: 1,
@@ -95,7 +95,7 @@ func TestCollectorReadsTheSample(t *testing.T) {
 		{"tapminiport_rx_dropped_total", map[string]string{"queue": "0", "cause": "oversize"}, 3},
 		{"tapminiport_rx_dropped_total", map[string]string{"queue": "0", "cause": "runt"}, 0},
 		{"tapminiport_tx_dropped_total", map[string]string{"queue": "0", "cause": "paused"}, 1},
-		{"tapminiport_stack_dropped_total", map[string]string{"cause": "queue_full"}, 2},
+		{"tapminiport_stack_returned_early_total", map[string]string{}, 2},
 		{"tapminiport_pool_exhaustions_total", q, 0},
 		{"tapminiport_drained_nbls_total", nil, 3},
 		{"tapminiport_verifier_findings_total", nil, 1},

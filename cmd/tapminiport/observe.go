@@ -216,8 +216,8 @@ func (m *machine) dump() string {
 	b.WriteString("\n")
 	st := s.stack
 	fmt.Fprintf(&b, "binding %s: to host %d frames, to wire %d frames, RESOURCES writes %d\n", hoststack.ProtocolName, st.ToHostFrames, st.ToWireFrames, st.ResourcesWrites)
-	fmt.Fprintf(&b, "  stack drops: queue-full=%d paused=%d no-send-buffer=%d send-failed=%d write-errors=%d\n",
-		st.DropQueueFull, st.DropPaused, st.DropNoSendBuffer, st.SendFailed, st.WriteErrors)
+	fmt.Fprintf(&b, "  stack: returned-early=%d drops: paused=%d no-send-buffer=%d send-failed=%d write-errors=%d\n",
+		st.ReturnedEarly, st.DropPaused, st.DropNoSendBuffer, st.SendFailed, st.WriteErrors)
 	if s.pcap.on {
 		fmt.Fprintf(&b, "pcap %s: %d frames, %d bytes captured, %d skipped\n", s.pcap.path, s.pcap.frames, s.pcap.bytes, s.pcap.skipped)
 	}

@@ -51,6 +51,8 @@ func (m *machine) watchRemoval() {
 // stopRemovalWatch ends the watches; from here on the run deletes its own
 // TAPs, which is no surprise.
 func (m *machine) stopRemovalWatch() {
+	m.endMu.Lock() // the orderly halt and a forced exit may both get here
+	defer m.endMu.Unlock()
 	for _, stop := range m.stopWatches {
 		stop()
 	}

@@ -99,7 +99,13 @@ func (m *machine) halt() (int, error) {
 	m.stopDumps()
 	m.closeCapture()
 	m.removeWire()
+	m.endMu.Lock()
+	if m.forced { // a forced exit is reporting; its verdict stands
+		m.endMu.Unlock()
+		return exitForced, nil
+	}
 	m.verdict = unloadErr
+	m.endMu.Unlock()
 	m.left = leftovers()
 	if unloadErr != nil || len(m.left) > 0 {
 		return exitVerifier, nil
@@ -112,6 +118,10 @@ func (m *machine) halt() (int, error) {
 
 // force is ShutdownEx: link down, nothing freed, exit 3 with what is held.
 func (m *machine) force(why string) int {
+	m.endMu.Lock()
+	m.forced = true
+	m.endMu.Unlock()
+	m.stopRemovalWatch()
 	r := m.a.HeldReport("shutdown", m.started)
 	_ = m.a.Shutdown(ndisshim.ShutdownBugCheck)
 	m.freezeMiniport() // ShutdownEx frees nothing: the miniport is still readable
@@ -120,7 +130,9 @@ func (m *machine) force(why string) int {
 	m.closeCapture()
 	m.removeWire()
 	fmt.Fprintf(m.stdout, "forced shutdown (%s): still held: %s\n", why, r.String())
+	m.endMu.Lock()
 	m.verdict = fmt.Errorf("not halted: %s", r.String())
+	m.endMu.Unlock()
 	m.report(exitForced, nil)
 	return exitForced
 }
@@ -135,8 +147,8 @@ func (m *machine) report(code int, err error) {
 	fmt.Fprintf(w, "  receive drops: no-buffer=%d runt=%d oversize=%d filtered=%d not-ready=%d\n",
 		c.RxDropNoBuffer, c.RxDropRunt, c.RxDropOversize, c.RxDropFiltered, c.RxDropNotReady)
 	fmt.Fprintf(w, "  send drops: paused=%d oversize=%d errors=%d\n", c.TxDropPaused, c.TxDropOversize, c.TxErrors)
-	fmt.Fprintf(w, "  stack drops: queue-full=%d paused=%d no-send-buffer=%d send-failed=%d\n",
-		s.DropQueueFull, s.DropPaused, s.DropNoSendBuffer, s.SendFailed)
+	fmt.Fprintf(w, "  stack drops: paused=%d no-send-buffer=%d send-failed=%d write-errors=%d; returned early (hold queue full): %d\n",
+		s.DropPaused, s.DropNoSendBuffer, s.SendFailed, s.WriteErrors, s.ReturnedEarly)
 	fmt.Fprintf(w, "  peak buffers held by the stack: %d of %d\n", st.PeakHeld, m.o.rxBuffers)
 	fmt.Fprintf(w, "  receive pool: high-water %d, exhaustions %d\n", c.PoolHighWater, c.PoolExhaustions)
 	fmt.Fprintf(w, "  NBLs drained during pause/halt: %d\n", st.DrainedNBLs)

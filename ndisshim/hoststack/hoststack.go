@@ -4,13 +4,15 @@
 // stack sees as the network interface. ping, iperf3 and ssh run on tm0.
 //
 // Receive (wire → host): the miniport's indication arrives on the
-// miniport's DPC goroutine. Without RESOURCES the chain is queued (a
-// bounded channel of chains, one entry per indication; when it is full the
-// chain is returned at once and counted as a drop) and the protocol owns
-// it: the writer goroutine (RoutineWriteToNIC) holds each chain at least
-// ReturnDelay, writes its frames to tm0 and returns the whole chain with
-// one ReturnNetBufferLists. With RESOURCES the frames are written to tm0
-// before ReceiveNetBufferLists returns, and never returned.
+// miniport's DPC goroutine, which writes every frame of the chain to tm0 at
+// once, in order (RESOURCES or not, so frames are never reordered). With
+// RESOURCES that is all: ownership returns when the call returns. Without
+// it the protocol owns the chain until it returns it: at once when
+// ReturnDelay is 0; otherwise the chain goes into a bounded queue (one entry
+// per indication) and the returner goroutine (routineReturn) holds it at
+// least ReturnDelay, checks its bytes when CheckHeld is set, and returns the
+// whole chain with one ReturnNetBufferLists. A full queue returns the chain
+// at once (counted as ReturnedEarly).
 //
 // Send (host → wire): the reader goroutine (an ndisshim interrupt on tm0's
 // fd) reads frames the host sends straight into NBLs of the binding's own
@@ -78,7 +80,7 @@ func (c Config) Validate() error {
 type Counters struct {
 	ToHostFrames, ToHostBytes int64 // written to the NIC TAP
 	ToWireFrames, ToWireBytes int64 // read from the NIC TAP and sent down
-	DropQueueFull             int64 // indications returned at once: the writer's queue was full
+	ReturnedEarly             int64 // NBLs returned at once, not held: the hold queue was full
 	DropPaused                int64 // host frames read while the binding was paused
 	DropNoSendBuffer          int64 // host frames dropped: every send NBL in flight
 	SendFailed                int64 // sends completed with a failure status
@@ -124,7 +126,7 @@ type Stack struct {
 	wBufs [][]byte
 
 	toHostFrames, toHostBytes, toWireFrames, toWireBytes atomic.Int64
-	dropQueueFull, dropPaused, dropNoSendBuffer          atomic.Int64
+	returnedEarly, dropPaused, dropNoSendBuffer          atomic.Int64
 	sendFailed, resourcesWrites, corruptHeld, writeErrs  atomic.Int64
 }
 
@@ -198,7 +200,7 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 	s.scratch = [][]byte{make([]byte, 65536)}
 	s.wBufs = make([][]byte, 0, 256)
 	s.wg.Add(1)
-	go s.routineWriteToNIC()
+	go s.routineReturn()
 	if s.intr, err = s.b.RegisterInterrupt(cfg.NICName+" reader", s.dev.Interrupt(), s.readFromNIC, s.readerError); err != nil {
 		return nil, err
 	}
@@ -238,20 +240,30 @@ func (s *Stack) Counters() Counters {
 	return Counters{
 		ToHostFrames: s.toHostFrames.Load(), ToHostBytes: s.toHostBytes.Load(),
 		ToWireFrames: s.toWireFrames.Load(), ToWireBytes: s.toWireBytes.Load(),
-		DropQueueFull: s.dropQueueFull.Load(), DropPaused: s.dropPaused.Load(), DropNoSendBuffer: s.dropNoSendBuffer.Load(),
+		ReturnedEarly: s.returnedEarly.Load(), DropPaused: s.dropPaused.Load(), DropNoSendBuffer: s.dropNoSendBuffer.Load(),
 		SendFailed: s.sendFailed.Load(), ResourcesWrites: s.resourcesWrites.Load(), CorruptHeld: s.corruptHeld.Load(),
 		WriteErrors: s.writeErrs.Load(),
 	}
 }
 
-// ReceiveNetBufferLists is ProtocolReceiveNetBufferLists.
+// ReceiveNetBufferLists is ProtocolReceiveNetBufferLists. Every frame is
+// written to the NIC TAP at once, in order, on the caller's goroutine (the
+// miniport's DPC): a TAP write runs the host stack's receive, and a
+// read-then-write loop beats a hand-off to another goroutine (PERF-NOTES).
+// With RESOURCES that is all. Otherwise the NBLs stay held: returned at
+// once when ReturnDelay is 0, else queued for the returner goroutine, which
+// gives each chain back when its ReturnDelay has passed (and checks its
+// bytes first with CheckHeld). A full queue returns the chain at once.
 func (s *Stack) ReceiveNetBufferLists(b *ndisshim.Binding, nbls *ndisshim.NetBufferList, port ndisshim.PortNumber, count int, flags ndisshim.ReceiveFlags) {
+	s.wMu.Lock()
+	n := s.writeChain(nbls)
+	s.wMu.Unlock()
 	if flags.Has(ndisshim.ReceiveFlagResources) {
-		// Ownership comes back when we return: write now.
-		s.wMu.Lock()
-		n := s.writeChain(nbls)
-		s.wMu.Unlock()
 		s.resourcesWrites.Add(int64(n))
+		return // ownership is back with the miniport when we return
+	}
+	if s.cfg.ReturnDelay == 0 && !s.cfg.CheckHeld {
+		b.ReturnNetBufferLists(nbls, 0)
 		return
 	}
 	if s.cfg.CheckHeld {
@@ -266,7 +278,7 @@ func (s *Stack) ReceiveNetBufferLists(b *ndisshim.Binding, nbls *ndisshim.NetBuf
 	select {
 	case s.q <- h:
 	default:
-		s.dropQueueFull.Add(int64(count))
+		s.returnedEarly.Add(int64(count))
 		b.ReturnNetBufferLists(nbls, 0)
 	}
 }
@@ -277,9 +289,9 @@ func hash(b []byte) uint64 {
 	return h.Sum64()
 }
 
-// routineWriteToNIC is the writer goroutine: it holds each queued chain
-// for ReturnDelay, writes it to the NIC TAP and returns it in one call.
-func (s *Stack) routineWriteToNIC() {
+// routineReturn is the returner goroutine: it holds each queued chain for
+// ReturnDelay, checks its bytes (CheckHeld), and returns it in one call.
+func (s *Stack) routineReturn() {
 	defer s.wg.Done()
 	var delay *time.Timer
 	for {
@@ -306,9 +318,6 @@ func (s *Stack) routineWriteToNIC() {
 				}
 			}
 		}
-		s.wMu.Lock()
-		s.writeChain(h.head)
-		s.wMu.Unlock()
 		s.b.ReturnNetBufferLists(h.head, 0)
 	}
 }
@@ -326,7 +335,9 @@ func (s *Stack) writeChain(head *ndisshim.NetBufferList) int {
 	n, err := s.dev.WriteBatch(bufs)
 	if err != nil {
 		s.writeErrs.Add(int64(len(bufs) - n))
-		s.log.Debug("write to NIC TAP", "err", err)
+		if s.writeErrs.Load() == int64(len(bufs)-n) { // the first failure: say it once
+			s.log.Warn("write to NIC TAP failed (counted as write-errors from now on)", "nic", s.cfg.NICName, "err", err)
+		}
 	}
 	clear(bufs)
 	s.wBufs = bufs[:0]
@@ -427,6 +438,9 @@ func (s *Stack) NetPnPEvent(b *ndisshim.Binding, ev ndisshim.NetPnPEvent) error 
 func (s *Stack) Close(ctx context.Context) error {
 	if s.closed {
 		return errors.New("hoststack: closed twice")
+	}
+	if err := s.b.CheckClose(); err != nil {
+		return fmt.Errorf("hoststack: unbind refused, nothing torn down: %w", err)
 	}
 	s.closed = true
 	return s.undo()

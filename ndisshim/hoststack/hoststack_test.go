@@ -168,34 +168,30 @@ func TestResourcesWrittenBeforeReturnNeverReturned(t *testing.T) {
 	}
 }
 
-// When the writer's queue is full an indication is returned before
-// ReceiveNetBufferLists returns, and counted. The NIC TAP's WriteBatch is
-// gated so the writer is held on the first chain.
+// Frames are written at once, in order; when the hold queue is full an
+// indication is returned before ReceiveNetBufferLists returns, and
+// counted. The returner holds the first chain for ReturnDelay, the second
+// fills the queue (length 1), the third comes back at once.
 func TestQueueFullReturnsAtOnce(t *testing.T) {
-	r := newRig(t, Config{QueueLen: 1})
+	r := newRig(t, Config{QueueLen: 1, ReturnDelay: 300 * time.Millisecond})
 	r.restart()
 
-	parked := r.dev.writes.close()
 	fa, fb := frame(nicMAC, wireMAC, 100, 1), frame(nicMAC, wireMAC, 100, 2)
-	r.nic.indicate(t, 0, fa) // the writer takes it and parks in WriteBatch
-	recv(t, "a parked call", parked)
+	fc, fd := frame(nicMAC, wireMAC, 100, 3), frame(nicMAC, wireMAC, 100, 4)
+	r.nic.indicate(t, 0, fa)
+	waitFor(t, "the returner took the first chain", func() bool { return len(r.s.q) == 0 })
 	r.nic.indicate(t, 0, fb) // fills the queue
-	c := r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 100, 3), frame(nicMAC, wireMAC, 100, 4))
+	c := r.nic.indicate(t, 0, fc, fd)
 	rc := r.nic.returnCalls()
 	if len(rc) != 1 || len(rc[0].idx) != 2 || rc[0].idx[0] != c[0].Index() || rc[0].idx[1] != c[1].Index() {
 		t.Fatalf("return calls when the indication returned: %+v, want the third chain (NBLs %d, %d)", rc, c[0].Index(), c[1].Index())
 	}
-	if d := r.s.Counters().DropQueueFull; d != 2 {
-		t.Errorf("DropQueueFull = %d, want 2", d)
+	if d := r.s.Counters().ReturnedEarly; d != 2 {
+		t.Errorf("ReturnedEarly = %d, want 2", d)
 	}
-
-	r.dev.writes.open()
-	equalFrames(t, "queued chains on the NIC TAP", r.hostReadN(2), [][]byte{fa, fb})
+	equalFrames(t, "every frame on the NIC TAP at once, in order", r.hostReadN(4), [][]byte{fa, fb, fc, fd})
 	waitFor(t, "all 4 returned", func() bool { return r.nic.returnedCount() == 4 })
 	r.close()
-	if n := len(r.hostReadClosed()); n != 0 {
-		t.Errorf("%d more frames on the NIC TAP: a dropped chain was written", n)
-	}
 }
 
 // Frames the host writes on the NIC TAP go down as sends, one chain per
@@ -296,7 +292,7 @@ func TestHostFramesDroppedWhilePaused(t *testing.T) {
 // CheckHeld finds nothing when held buffers are left alone, and counts a
 // buffer the test scribbles on while the binding holds it.
 func TestCheckHeld(t *testing.T) {
-	r := newRig(t, Config{CheckHeld: true})
+	r := newRig(t, Config{CheckHeld: true, ReturnDelay: 200 * time.Millisecond})
 	r.restart()
 
 	r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 100, 1), frame(nicMAC, wireMAC, 100, 2))
@@ -305,13 +301,9 @@ func TestCheckHeld(t *testing.T) {
 		t.Fatalf("CorruptHeld = %d for untouched buffers", c)
 	}
 
-	parked := r.dev.writes.close()
-	r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 100, 3), frame(nicMAC, wireMAC, 100, 4)) // the writer parks on it
-	recv(t, "a parked call", parked)
-	b := r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 100, 5), frame(nicMAC, wireMAC, 100, 6)) // queued
+	b := r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 100, 5), frame(nicMAC, wireMAC, 100, 6)) // held 200ms
 	b[0].FirstNB.Data[b[0].FirstNB.Offset+20] ^= 0xff                                         // a use after "free" by the miniport
-	r.dev.writes.open()
-	waitFor(t, "all returned", func() bool { return r.nic.returnedCount() == 6 })
+	waitFor(t, "all returned", func() bool { return r.nic.returnedCount() == 4 })
 	if c := r.s.Counters().CorruptHeld; c != 1 {
 		t.Errorf("CorruptHeld = %d, want 1 (one scribbled buffer)", c)
 	}
