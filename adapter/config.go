@@ -31,6 +31,11 @@ type Config struct {
 	LowWater     int              // indicate with RESOURCES when this few blocks are left (0: RxBuffers/8)
 	StatsPeriod  time.Duration    // the statistics timer's period (0: 1s)
 	LinkSpeedBps uint64           // reported link speed (0: 10 Gbit/s)
+	// VnetHdr: every frame on the device carries a virtio-net header (a TAP
+	// opened with IFF_VNET_HDR and TUNSETOFFLOAD, see OpenTAPOffload). The
+	// miniport maps it to and from NBL checksum and large-send information,
+	// and receives into 64 KiB buffers so a large send crosses as one NBL.
+	VnetHdr bool
 
 	// Open opens the hardware (default: a TAP through tapdev, created when
 	// missing). Unit tests put a socketpair here.

@@ -45,7 +45,7 @@ func (m *Miniport) dpc() {
 		}
 		for i := 0; i < n; i++ {
 			nb := m.rxBatch[i].FirstNB
-			m.rxBufs[i] = nb.Data[headroom:]
+			m.rxBufs[i] = nb.Data[headroom-m.vnet:] // a virtio-net header lands in the headroom
 		}
 		got, err := m.dev.ReadBatch(m.rxBufs[:n], m.rxSizes[:n])
 		if got < n {
@@ -74,15 +74,26 @@ func (m *Miniport) indicate(got int) {
 	count, bytes := 0, 0
 	for i := 0; i < got; i++ {
 		nbl := m.rxBatch[i]
-		size := m.rxSizes[i]
+		size := m.rxSizes[i] - m.vnet
 		nbl.Next = nil
 		drop := true
+		limit := maxFrame
+		var vh tapdev.VnetHdr
+		var vhErr error
+		if m.vnet > 0 && size >= 0 {
+			vh, vhErr = tapdev.DecodeVnetHdr(nbl.FirstNB.Data[headroom-m.vnet:headroom], size)
+			if vh.GSOType != tapdev.VnetGSONone {
+				limit = maxGSOFrame // a large send: the wire's kernel segments it
+			}
+		}
 		switch {
 		case !enabled:
 			m.ctr.RxDropNotReady.Add(1)
 		case size < 14:
 			m.ctr.RxDropRunt.Add(1)
-		case size > maxFrame:
+		case vhErr != nil:
+			m.ctr.RxDropBadVnetHdr.Add(1)
+		case size > limit:
 			m.ctr.RxDropOversize.Add(1)
 		case !m.accept(nbl.FirstNB.Data[headroom:headroom+6], filter):
 			m.ctr.RxDropFiltered.Add(1)
@@ -95,6 +106,9 @@ func (m *Miniport) indicate(got int) {
 			continue
 		}
 		nbl.FirstNB.SetBytes(headroom, size)
+		if m.vnet > 0 {
+			nbl.Info = vh.NBLInfo()
+		}
 		if head == nil {
 			head = nbl
 		} else {
@@ -132,6 +146,10 @@ func (m *Miniport) indicate(got int) {
 		m.pool.Recycle(head) // ownership came back when the call returned
 	}
 }
+
+// maxGSOFrame is the largest large-send frame: a 64 KiB IP packet behind an
+// Ethernet header and a VLAN tag.
+const maxGSOFrame = 65535 + 14 + 4
 
 // accept applies the NDIS packet filter to a destination MAC.
 func (m *Miniport) accept(dst []byte, filter uint32) bool {
@@ -207,13 +225,29 @@ func (m *Miniport) SendNetBufferLists(nbls *ndisshim.NetBufferList, port ndisshi
 	frames, bytes := 0, 0
 	for nbl := nbls; nbl != nil; nbl = nbl.Next {
 		nbl.Status = ndisshim.StatusSuccess
+		limit := maxFrame
+		if m.vnet > 0 && nbl.Info.LSO.MSS > 0 {
+			limit = maxGSOFrame
+		}
 		for nb := nbl.FirstNB; nb != nil; nb = nb.Next {
-			if nb.Length < 14 || nb.Length > maxFrame {
+			if nb.Length < 14 || nb.Length > limit {
 				nbl.Status = ndisshim.StatusInvalidLength
 				m.ctr.TxDropOversize.Add(1)
 				continue
 			}
-			bufs = append(bufs, nb.Bytes())
+			if m.vnet == 0 {
+				bufs = append(bufs, nb.Bytes())
+			} else {
+				// The protocol leaves headroom before the frame
+				// (NdisRetreatNetBufferDataStart): the header goes there.
+				if nb.Offset < m.vnet {
+					nbl.Status = ndisshim.StatusBufferTooShort
+					m.ctr.TxErrors.Add(1)
+					continue
+				}
+				tapdev.VnetHdrFromNBLInfo(nbl.Info).Encode(nb.Data[nb.Offset-m.vnet : nb.Offset])
+				bufs = append(bufs, nb.Data[nb.Offset-m.vnet:nb.Offset+nb.Length])
+			}
 			bytes += nb.Length
 		}
 	}

@@ -52,6 +52,7 @@ type Miniport struct {
 	intr       *ndisshim.Interrupt
 	stats      *ndisshim.Timer
 
+	vnet      int         // bytes of virtio-net header before each frame (0 or tapdev.VnetHdrLen)
 	rxEnabled atomic.Bool // indications on (Running)
 	txEnabled atomic.Bool // sends on (Running)
 	removed   atomic.Bool
@@ -158,8 +159,13 @@ func InitializeEx(a *ndisshim.Adapter, p ndisshim.InitParameters) (mp ndisshim.M
 	if err = step("rxpool"); err != nil {
 		return nil, err
 	}
+	bufSize := headroom + cfg.maxFrame() + 64
+	if cfg.VnetHdr {
+		m.vnet = tapdev.VnetHdrLen
+		bufSize = headroom + maxGSOFrame + 64 // the slab is mmap'd: untouched pages cost nothing
+	}
 	m.pool, err = rxpool.New(&a.Resources, rxpool.Config{
-		Name: cfg.HardwareName + " rx", Count: cfg.RxBuffers, BufferSize: headroom + cfg.maxFrame() + 64,
+		Name: cfg.HardwareName + " rx", Count: cfg.RxBuffers, BufferSize: bufSize,
 		Headroom: headroom, LowWater: cfg.LowWater, Log: m.log,
 	})
 	if err != nil {
@@ -168,7 +174,7 @@ func InitializeEx(a *ndisshim.Adapter, p ndisshim.InitParameters) (mp ndisshim.M
 	m.rxBatch = make([]*ndisshim.NetBufferList, cfg.Batch)
 	m.rxBufs = make([][]byte, cfg.Batch)
 	m.rxSizes = make([]int, cfg.Batch)
-	m.scratch = make([]byte, 65536)
+	m.scratch = make([]byte, maxGSOFrame+tapdev.VnetHdrLen)
 	m.scratchBufs = [][]byte{m.scratch}
 	m.txBufs = make([][]byte, 0, 256)
 	if err = step("interrupt"); err != nil {

@@ -123,8 +123,7 @@ func (m *Miniport) query(req *ndisshim.OIDRequest) ndisshim.Status {
 	case ndisshim.OID8023MaximumListSize:
 		return req.WriteUint32(maxMulticast)
 	case ndisshim.OIDTCPOffloadHardwareCaps, ndisshim.OIDTCPOffloadCurrentConfig:
-		// No checksum or large-send offload yet: every capability clear.
-		return req.WriteBytes(make([]byte, 16))
+		return req.WriteBytes(m.offloadCaps())
 	}
 	return ndisshim.StatusNotSupported
 }
@@ -172,4 +171,28 @@ func (m *Miniport) set(req *ndisshim.OIDRequest) ndisshim.Status {
 		return ndisshim.StatusSuccess
 	}
 	return ndisshim.StatusNotSupported
+}
+
+// OffloadCaps is what OID_TCP_OFFLOAD_HARDWARE_CAPABILITIES and
+// OID_TCP_OFFLOAD_CURRENT_CONFIG answer: a reduced NDIS_OFFLOAD, four
+// little-endian ULONGs: checksum offload (1 = TCP/UDP over IPv4 and IPv6,
+// both directions), LSOv2 IPv4 maximum size, LSOv2 IPv6 maximum size,
+// LSOv2 minimum segment count. All zero without the virtio-net header.
+type OffloadCaps struct {
+	Checksum             uint32
+	LSOv2IPv4, LSOv2IPv6 uint32
+	MinSegmentCount      uint32
+}
+
+func (m *Miniport) offloadCaps() []byte {
+	var c OffloadCaps
+	if m.vnet > 0 {
+		c = OffloadCaps{Checksum: 1, LSOv2IPv4: 65535, LSOv2IPv6: 65535, MinSegmentCount: 2}
+	}
+	b := make([]byte, 16)
+	binary.LittleEndian.PutUint32(b[0:], c.Checksum)
+	binary.LittleEndian.PutUint32(b[4:], c.LSOv2IPv4)
+	binary.LittleEndian.PutUint32(b[8:], c.LSOv2IPv6)
+	binary.LittleEndian.PutUint32(b[12:], c.MinSegmentCount)
+	return b
 }

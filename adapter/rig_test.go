@@ -91,8 +91,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 // indication is what the fake protocol saw of one ReceiveNetBufferLists.
 type indication struct {
-	frames [][]byte // copies, taken during the call
-	count  int      // the count argument
+	frames [][]byte           // copies, taken during the call
+	infos  []ndisshim.NBLInfo // each NBL's out-of-band information
+	count  int                // the count argument
 	flags  ndisshim.ReceiveFlags
 }
 
@@ -121,6 +122,7 @@ func (p *fakeProto) ReceiveNetBufferLists(b *ndisshim.Binding, nbls *ndisshim.Ne
 	var list []*ndisshim.NetBufferList
 	for n := nbls; n != nil; n = n.Next {
 		ind.frames = append(ind.frames, bytes.Clone(n.Bytes()))
+		ind.infos = append(ind.infos, n.Info)
 		list = append(list, n)
 	}
 	resources := flags.Has(ndisshim.ReceiveFlagResources)
@@ -221,6 +223,13 @@ func (p *fakeProto) returnHeld(b *ndisshim.Binding, k int) {
 // send sends frames down as one chain of NBLs from the protocol's own pool.
 func (p *fakeProto) send(t *testing.T, b *ndisshim.Binding, frames ...[]byte) {
 	t.Helper()
+	p.sendWith(t, b, 0, ndisshim.NBLInfo{}, frames...)
+}
+
+// sendWith sends frames with headroom bytes free before each one and info
+// as every NBL's out-of-band information.
+func (p *fakeProto) sendWith(t *testing.T, b *ndisshim.Binding, headroom int, info ndisshim.NBLInfo, frames ...[]byte) {
+	t.Helper()
 	p.mu.Lock()
 	if p.sendPool == nil {
 		pool, err := b.AllocateNBLPool(ndisshim.NBLPoolParams{Tag: ndisshim.MakeTag("FPtx"), Count: 64, WithNB: true})
@@ -238,8 +247,9 @@ func (p *fakeProto) send(t *testing.T, b *ndisshim.Binding, frames ...[]byte) {
 		if n == nil {
 			t.Fatalf("send pool empty")
 		}
-		n.FirstNB.Data = bytes.Clone(f)
-		n.FirstNB.SetBytes(0, len(f))
+		n.FirstNB.Data = append(make([]byte, headroom), f...)
+		n.FirstNB.SetBytes(headroom, len(f))
+		n.Info = info
 		nbls[i] = n
 	}
 	b.SendNetBufferLists(ndisshim.Chain(nbls...), ndisshim.DefaultPort, 0)

@@ -38,6 +38,7 @@ type Counters struct {
 	RxDropNoBuffer       atomic.Int64 // pool empty
 	RxDropRunt           atomic.Int64 // shorter than an Ethernet header
 	RxDropOversize       atomic.Int64 // longer than MTU + header + VLAN tag
+	RxDropBadVnetHdr     atomic.Int64 // malformed virtio-net header (offload mode)
 	RxDropFiltered       atomic.Int64 // not for us under the packet filter
 	RxDropNotReady       atomic.Int64 // paused, removed or no protocol bound
 	TxDropPaused         atomic.Int64 // sends refused while paused or removed
@@ -57,6 +58,7 @@ type Snapshot struct {
 	RxFrames, RxBytes, TxFrames, TxBytes       int64
 	Indications, ResourcesIndications          int64
 	RxDropNoBuffer, RxDropRunt, RxDropOversize int64
+	RxDropBadVnetHdr                           int64
 	RxDropFiltered, RxDropNotReady             int64
 	TxDropPaused, TxDropOversize, TxErrors     int64
 	RxFramesPerSec, TxFramesPerSec             int64
@@ -69,14 +71,14 @@ type Snapshot struct {
 
 // RxDrops is the sum of receive drops of every cause.
 func (s Snapshot) RxDrops() int64 {
-	return s.RxDropNoBuffer + s.RxDropRunt + s.RxDropOversize + s.RxDropFiltered + s.RxDropNotReady
+	return s.RxDropNoBuffer + s.RxDropRunt + s.RxDropOversize + s.RxDropBadVnetHdr + s.RxDropFiltered + s.RxDropNotReady
 }
 
 func (c *Counters) snapshot() Snapshot {
 	return Snapshot{
 		RxFrames: c.RxFrames.Load(), RxBytes: c.RxBytes.Load(), TxFrames: c.TxFrames.Load(), TxBytes: c.TxBytes.Load(),
 		Indications: c.Indications.Load(), ResourcesIndications: c.ResourcesIndications.Load(),
-		RxDropNoBuffer: c.RxDropNoBuffer.Load(), RxDropRunt: c.RxDropRunt.Load(), RxDropOversize: c.RxDropOversize.Load(),
+		RxDropNoBuffer: c.RxDropNoBuffer.Load(), RxDropRunt: c.RxDropRunt.Load(), RxDropOversize: c.RxDropOversize.Load(), RxDropBadVnetHdr: c.RxDropBadVnetHdr.Load(),
 		RxDropFiltered: c.RxDropFiltered.Load(), RxDropNotReady: c.RxDropNotReady.Load(),
 		TxDropPaused: c.TxDropPaused.Load(), TxDropOversize: c.TxDropOversize.Load(), TxErrors: c.TxErrors.Load(),
 		RxFramesPerSec: c.RxFramesPerSec.Load(), TxFramesPerSec: c.TxFramesPerSec.Load(),

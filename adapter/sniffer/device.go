@@ -7,8 +7,9 @@ import (
 
 // device is an adapter.Device that records what crosses it into a Writer.
 type device struct {
-	w   *Writer
-	dev adapter.Device
+	w      *Writer
+	dev    adapter.Device
+	prefix int // bytes before each frame that are not Ethernet (a virtio-net header)
 }
 
 var _ adapter.Device = (*device)(nil)
@@ -20,6 +21,13 @@ var _ adapter.Device = (*device)(nil)
 // Recording costs one lock per batch and allocates nothing.
 func (w *Writer) Wrap(dev adapter.Device) adapter.Device {
 	return &device{w: w, dev: dev}
+}
+
+// WrapPrefixed is Wrap for a device whose frames carry prefix bytes before
+// the Ethernet header (tapdev.VnetHdrLen on a TAP opened with IFF_VNET_HDR):
+// only the Ethernet frame is recorded.
+func (w *Writer) WrapPrefixed(dev adapter.Device, prefix int) adapter.Device {
+	return &device{w: w, dev: dev, prefix: prefix}
 }
 
 // Unwrap returns the device under a wrapped one, or nil when dev is not a
@@ -53,10 +61,10 @@ func (d *device) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
 	if ts, ok := w.now(); ok {
 		for i := 0; i < n && i < len(bufs) && i < len(sizes); i++ {
 			size := sizes[i]
-			if size < 0 || size > len(bufs[i]) { // not a frame: record nothing rather than panic
+			if size < d.prefix || size > len(bufs[i]) { // not a frame: record nothing rather than panic
 				continue
 			}
-			w.recordLocked(ts, bufs[i][:size])
+			w.recordLocked(ts, bufs[i][d.prefix:size])
 		}
 		w.endBatchLocked()
 	} else {
@@ -95,7 +103,9 @@ func (d *device) WriteBatch(bufs [][]byte) (int, error) {
 		if len(bufs[i]) == 0 {
 			continue
 		}
-		w.recordLocked(ts, bufs[i])
+		if len(bufs[i]) >= d.prefix {
+			w.recordLocked(ts, bufs[i][d.prefix:])
+		}
 		left--
 	}
 	w.endBatchLocked()

@@ -28,6 +28,7 @@ type options struct {
 	rxBuffers, batch    int
 	returnDelay         time.Duration
 	checkHeld           bool
+	offload             bool
 	haltTimeout         time.Duration
 	watchdog            time.Duration
 	logLevel            slog.Level
@@ -104,7 +105,7 @@ var flagGroups = []struct {
 	names []string
 }{
 	{"Topology (where the TAPs and the wire partner live)", []string{"hw-tap", "nic-tap", "nic-netns", "wire-netns", "no-wire", "nic-addr", "wire-addr", "bridge"}},
-	{"Adapter (the miniport's registry keywords)", []string{"mtu", "mac", "rx-buffers", "batch"}},
+	{"Adapter (the miniport's registry keywords)", []string{"mtu", "mac", "rx-buffers", "batch", "offload"}},
 	{"Stack (the protocol binding that plays tcpip.sys)", []string{"return-delay", "check-held"}},
 	{"Halt", []string{"halt-timeout", "watchdog"}},
 	{"Observability", []string{"stats", "metrics", "pcap", "pcap-max", "log-level", "version"}},
@@ -140,6 +141,13 @@ Signals: SIGTERM or SIGINT pauses, drains, unbinds, halts and unloads; a
 second one says what is still held; a third forces ShutdownEx (exit 3).
 SIGUSR1 dumps the adapter's state, held NBLs, timers, interrupts, pools,
 counters and the verifier's findings to stderr without stopping anything.
+SIGHUP is logged ("nothing to reload") and otherwise ignored: it neither
+stops the run nor counts as a stop signal.
+
+Leftovers: a run marks the TAPs and the wire namespace it creates with an
+alias "tapminiport pid=N ..." (the namespace on its lo). After a SIGKILL the
+next start removes what the killed run left and logs it; it refuses a name
+a running tapminiport still uses, and never deletes what carries no mark.
 
 Exit codes: 0 clean halt and a clean verifier; 1 start-up failed; 2 bad flags;
 3 gave up waiting for held buffers (forced shutdown); 4 the verifier found a leak;
@@ -231,6 +239,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&o.rxBuffers, "rx-buffers", 1024, "receive `buffers` in the miniport's pool, 8..1048576")
 	fs.IntVar(&o.batch, "batch", 64, "`frames` per receive indication at most, 1..1024")
 	fs.DurationVar(&o.returnDelay, "return-delay", 0, "the stack holds each indicated buffer at least this `duration` before returning it (watch pause wait for the stack)")
+	fs.BoolVar(&o.offload, "offload", true, "checksum and large send offload: both TAPs carry virtio-net headers (IFF_VNET_HDR, TUNSETOFFLOAD), 64 KiB TCP frames cross as one NBL; --offload=false for plain 1514-byte frames")
 	fs.BoolVar(&o.checkHeld, "check-held", false, "hash each held frame on receive and check it before use (proves halt never frees a held buffer)")
 	fs.DurationVar(&o.haltTimeout, "halt-timeout", 30*time.Second, "give up waiting for held buffers after this `duration`: report, shut down, exit 3 (never frees held memory)")
 	fs.DurationVar(&o.watchdog, "watchdog", time.Second, "while pause/halt wait, report what is held every `interval`")

@@ -14,6 +14,7 @@ import (
 // capture is the running capture (a *sniffer.Writer).
 type capture interface {
 	Wrap(adapter.Device) adapter.Device
+	WrapPrefixed(adapter.Device, int) adapter.Device
 	Stats() (frames, bytes, skipped int64)
 	Close() error
 }

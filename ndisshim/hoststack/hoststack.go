@@ -22,6 +22,7 @@ package hoststack
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -55,6 +56,11 @@ type Config struct {
 	// before writing it: a buffer freed or reused under the stack shows up
 	// as CorruptHeld (or a fault, since the slab is mmap'd).
 	CheckHeld bool
+	// VnetHdr asks for checksum and large-send offload on the NIC TAP
+	// (IFF_VNET_HDR + TUNSETOFFLOAD), used only when the miniport reports
+	// large send offload (OID_TCP_OFFLOAD_CURRENT_CONFIG), as tcpip.sys
+	// enables only what the NIC offers. Applies to the default Open.
+	VnetHdr bool
 	// Open opens the NIC TAP (default: tapdev, created when missing).
 	Open func(name string) (Device, bool, error)
 	// Configure sets up the NIC TAP: namespace, MAC, MTU, addresses, up
@@ -87,6 +93,7 @@ type Counters struct {
 	ResourcesWrites           int64 // frames written during a RESOURCES indication
 	CorruptHeld               int64 // held frames whose bytes changed (CheckHeld)
 	WriteErrors               int64
+	DropBadVnetHdr            int64 // host frames with a malformed virtio-net header
 }
 
 type held struct {
@@ -103,6 +110,7 @@ type Stack struct {
 	dev     Device
 	created bool
 	mtu     int
+	vnet    int // bytes of virtio-net header before each frame on the NIC TAP
 
 	sendPool *ndisshim.NBLPool
 	sendSlab *ndisshim.SharedMemory
@@ -128,6 +136,7 @@ type Stack struct {
 	toHostFrames, toHostBytes, toWireFrames, toWireBytes atomic.Int64
 	returnedEarly, dropPaused, dropNoSendBuffer          atomic.Int64
 	sendFailed, resourcesWrites, corruptHeld, writeErrs  atomic.Int64
+	dropBadVnetHdr                                       atomic.Int64
 }
 
 var _ ndisshim.Protocol = (*Stack)(nil)
@@ -153,6 +162,7 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	movesLink := cfg.Open == nil && cfg.Configure == nil && cfg.Netns != ""
+	defaultOpen := cfg.Open == nil
 	if cfg.Open == nil {
 		cfg.Open = openTAP
 		if cfg.Configure == nil {
@@ -175,6 +185,11 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 		return nil, err
 	}
 	s.mtu = mtu
+	if defaultOpen && cfg.VnetHdr && s.miniportOffloads() {
+		s.vnet = tapdev.VnetHdrLen
+		cfg.Open = openTAPOffload
+		s.cfg.Open = openTAPOffload
+	}
 	if s.dev, s.created, err = cfg.Open(cfg.NICName); err != nil {
 		return nil, fmt.Errorf("hoststack: open NIC TAP %s: %w", cfg.NICName, err)
 	}
@@ -185,6 +200,9 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 		}
 	}
 	s.bufSize = (mtu + 14 + 4 + 63) &^ 63
+	if s.vnet > 0 {
+		s.bufSize = (s.vnet + 65535 + 14 + 4 + 63) &^ 63 // a large send: up to a 64 KiB IP packet
+	}
 	if s.sendSlab, err = s.b.AllocateSharedMemory(s.bufSize * cfg.SendNBLs); err != nil {
 		return nil, err
 	}
@@ -197,7 +215,7 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 	s.sBatch = make([]*ndisshim.NetBufferList, cfg.Batch)
 	s.sBufs = make([][]byte, cfg.Batch)
 	s.sSizes = make([]int, cfg.Batch)
-	s.scratch = [][]byte{make([]byte, 65536)}
+	s.scratch = [][]byte{make([]byte, 65535+14+4+tapdev.VnetHdrLen)}
 	s.wBufs = make([][]byte, 0, 256)
 	s.wg.Add(1)
 	go s.routineReturn()
@@ -242,7 +260,7 @@ func (s *Stack) Counters() Counters {
 		ToWireFrames: s.toWireFrames.Load(), ToWireBytes: s.toWireBytes.Load(),
 		ReturnedEarly: s.returnedEarly.Load(), DropPaused: s.dropPaused.Load(), DropNoSendBuffer: s.dropNoSendBuffer.Load(),
 		SendFailed: s.sendFailed.Load(), ResourcesWrites: s.resourcesWrites.Load(), CorruptHeld: s.corruptHeld.Load(),
-		WriteErrors: s.writeErrs.Load(),
+		WriteErrors: s.writeErrs.Load(), DropBadVnetHdr: s.dropBadVnetHdr.Load(),
 	}
 }
 
@@ -328,7 +346,16 @@ func (s *Stack) writeChain(head *ndisshim.NetBufferList) int {
 	bytes := 0
 	for nbl := head; nbl != nil; nbl = nbl.Next {
 		for nb := nbl.FirstNB; nb != nil; nb = nb.Next {
-			bufs = append(bufs, nb.Bytes())
+			if s.vnet == 0 {
+				bufs = append(bufs, nb.Bytes())
+			} else {
+				if nb.Offset < s.vnet { // no headroom for the header: cannot go out
+					s.writeErrs.Add(1)
+					continue
+				}
+				tapdev.VnetHdrFromNBLInfo(nbl.Info).Encode(nb.Data[nb.Offset-s.vnet : nb.Offset])
+				bufs = append(bufs, nb.Data[nb.Offset-s.vnet:nb.Offset+nb.Length])
+			}
 			bytes += nb.Length
 		}
 	}
@@ -376,14 +403,7 @@ func (s *Stack) readFromNIC() {
 			s.sendPool.FreeChain(ndisshim.Chain(s.sBatch[got:k]...))
 		}
 		if got > 0 {
-			bytes := 0
-			for i := 0; i < got; i++ {
-				s.sBatch[i].FirstNB.SetBytes(0, s.sSizes[i])
-				bytes += s.sSizes[i]
-			}
-			s.toWireFrames.Add(int64(got))
-			s.toWireBytes.Add(int64(bytes))
-			s.b.SendNetBufferLists(ndisshim.Chain(s.sBatch[:got]...), ndisshim.DefaultPort, 0)
+			s.sendBatch(got)
 		}
 		if err != nil {
 			s.readerError(err)
@@ -393,6 +413,45 @@ func (s *Stack) readFromNIC() {
 			return
 		}
 	}
+}
+
+// sendBatch sends the got frames the reader read into sBatch as one chain;
+// with the virtio-net header, each frame's header becomes its NBL's
+// checksum and large-send information, and a malformed one is dropped.
+func (s *Stack) sendBatch(got int) {
+	var head, tail, bad *ndisshim.NetBufferList
+	frames, bytes := 0, 0
+	for i := 0; i < got; i++ {
+		nbl, size := s.sBatch[i], s.sSizes[i]-s.vnet
+		nbl.Next = nil
+		if s.vnet > 0 {
+			h, err := tapdev.DecodeVnetHdr(nbl.FirstNB.Data[:s.vnet], size)
+			if err != nil || size < 14 {
+				s.dropBadVnetHdr.Add(1)
+				nbl.Next, bad = bad, nbl
+				continue
+			}
+			nbl.Info = h.NBLInfo()
+		}
+		nbl.FirstNB.SetBytes(s.vnet, size) // the header stays in front: headroom for the miniport
+		if head == nil {
+			head = nbl
+		} else {
+			tail.Next = nbl
+		}
+		tail = nbl
+		frames++
+		bytes += size
+	}
+	if bad != nil {
+		s.sendPool.FreeChain(bad)
+	}
+	if head == nil {
+		return
+	}
+	s.toWireFrames.Add(int64(frames))
+	s.toWireBytes.Add(int64(bytes))
+	s.b.SendNetBufferLists(head, ndisshim.DefaultPort, 0)
 }
 
 func (s *Stack) readerError(err error) {
@@ -490,6 +549,29 @@ func (s *Stack) undo() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// miniportOffloads asks the miniport whether it does large send offload.
+func (s *Stack) miniportOffloads() bool {
+	q := ndisshim.NewQuery(ndisshim.OIDTCPOffloadCurrentConfig, 16)
+	if st := s.b.OIDRequest(q); st != ndisshim.StatusSuccess || q.BytesWritten < 8 {
+		return false
+	}
+	return binary.LittleEndian.Uint32(q.Answer()[4:]) > 0 // LSOv2 IPv4 maximum size
+}
+
+// openTAPOffload opens the NIC TAP with the virtio-net header and tells
+// the host's kernel it may send checksum-less, unsegmented TCP.
+func openTAPOffload(name string) (Device, bool, error) {
+	d, created, err := tapdev.OpenTAP(name, tapdev.Options{VnetHdr: true})
+	if err != nil {
+		return nil, false, err
+	}
+	if err := d.SetOffload(tapdev.OffloadCsum | tapdev.OffloadTSO4 | tapdev.OffloadTSO6); err != nil {
+		d.Close()
+		return nil, false, err
+	}
+	return d, created, nil
 }
 
 func openTAP(name string) (Device, bool, error) {

@@ -105,7 +105,17 @@ func parseIperf(t *testing.T, out string) iperfResult {
 }
 
 func TestIperf3TCPBothWaysAndUDP(t *testing.T) {
-	r := start(t)
+	for _, mode := range []struct {
+		name string
+		args []string
+	}{{"offload", nil}, {"no offload", []string{"--offload=false"}}} {
+		t.Run(mode.name, func(t *testing.T) { iperfBothWays(t, mode.args) })
+	}
+}
+
+func iperfBothWays(t *testing.T, args []string) {
+	offload := len(args) == 0
+	r := start(t, args...)
 	up := parseIperf(t, iperf(t, r, "198.18.0.2", "-t", "3"))
 	down := parseIperf(t, iperf(t, r, "198.18.0.2", "-t", "3", "-R"))
 	udp := parseIperf(t, iperf(t, r, "198.18.0.2", "-t", "3", "-u", "-b", "50M", "-l", "1000"))
@@ -130,6 +140,14 @@ func TestIperf3TCPBothWaysAndUDP(t *testing.T) {
 	}
 	if !strings.Contains(rep, "verifier: clean") {
 		t.Errorf("verifier not clean:\n%s", rep)
+	}
+	// With offload, TCP's 64 KiB frames cross the shim as one NBL each, so
+	// the average frame is far above the MTU; without, it never is.
+	wirePkts := reportInt(t, rep, `wire → host: (\d+) packets`)
+	if avg := wireToHost / max(wirePkts, 1); offload && avg <= 1514 {
+		t.Errorf("offload: average frame wire → host %d bytes, want > 1514 (large sends as one NBL)", avg)
+	} else if !offload && avg > 1514 {
+		t.Errorf("no offload: average frame %d bytes, over the MTU", avg)
 	}
 	r.assertGone()
 }
