@@ -99,7 +99,11 @@ for r in $(seq "$ROUNDS"); do
 	start_fwd --offload
 	measure tapfwd-offload "$FA" "$FB" 198.18.2.2
 	stop_tm
-	echo "round $r/$ROUNDS: tapminiport" >&2
+	echo "round $r/$ROUNDS: tapminiport --offload=false" >&2
+	start_tm --offload=false
+	measure tapminiport-plain "$HOST" "$WIRE" 198.18.0.2
+	stop_tm
+	echo "round $r/$ROUNDS: tapminiport (offload)" >&2
 	start_tm
 	measure tapminiport "$HOST" "$WIRE" 198.18.0.2
 	stop_tm
@@ -116,17 +120,19 @@ awk '
 	}
 	function ratio(x, y) { return (y + 0 == 0) ? "n/a" : sprintf("%.2f", x / y) }
 	END {
-		split("veth tapfwd tapfwd-offload tapminiport", order, " ")
+		split("veth tapfwd tapfwd-offload tapminiport-plain tapminiport", order, " ")
 		split("tcp_up tcp_down udp64_kpps ping_ms", m, " ")
-		printf "| %-15s | %13s | %15s | %12s | %11s |\n", "datapath", "TCP up Gbit/s", "TCP down Gbit/s", "UDP 64B kpps", "ping RTT ms"
+		printf "| %-17s | %13s | %15s | %12s | %11s |\n", "datapath", "TCP up Gbit/s", "TCP down Gbit/s", "UDP 64B kpps", "ping RTT ms"
 		printf "|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---"
-		for (o = 1; o <= 4; o++) { d = order[o]
-			printf "| %-15s | %13.2f | %15.2f | %12.1f | %11.3f |\n", d, median(d SUBSEP m[1]), median(d SUBSEP m[2]), median(d SUBSEP m[3]), median(d SUBSEP m[4]) }
+		for (o = 1; o <= 5; o++) { d = order[o]
+			printf "| %-17s | %13.2f | %15.2f | %12.1f | %11.3f |\n", d, median(d SUBSEP m[1]), median(d SUBSEP m[2]), median(d SUBSEP m[3]), median(d SUBSEP m[4]) }
 		print ""
-		printf "| %-28s | %7s | %9s | %7s | %8s |\n", "tapminiport / baseline", "TCP up", "TCP down", "UDP 64B", "ping RTT"
+		# like for like: without offload against the plain forwarder, with offload against the offload forwarder
+		split("tapminiport-plain/tapfwd tapminiport/tapfwd-offload tapminiport/veth", pairs, " ")
+		printf "| %-32s | %7s | %9s | %7s | %8s |\n", "ratio", "TCP up", "TCP down", "UDP 64B", "ping RTT"
 		printf "|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---"
-		for (o = 1; o <= 3; o++) { d = order[o]
-			printf "| %-28s | %7s | %9s | %7s | %8s |\n", "tapminiport / " d,
-				ratio(median("tapminiport" SUBSEP m[1]), median(d SUBSEP m[1])), ratio(median("tapminiport" SUBSEP m[2]), median(d SUBSEP m[2])),
-				ratio(median("tapminiport" SUBSEP m[3]), median(d SUBSEP m[3])), ratio(median("tapminiport" SUBSEP m[4]), median(d SUBSEP m[4])) }
+		for (o = 1; o <= 3; o++) { split(pairs[o], ab, "/"); a = ab[1]; d = ab[2]
+			printf "| %-32s | %7s | %9s | %7s | %8s |\n", a " / " d,
+				ratio(median(a SUBSEP m[1]), median(d SUBSEP m[1])), ratio(median(a SUBSEP m[2]), median(d SUBSEP m[2])),
+				ratio(median(a SUBSEP m[3]), median(d SUBSEP m[3])), ratio(median(a SUBSEP m[4]), median(d SUBSEP m[4])) }
 	}' "$OUT/results"
