@@ -7,6 +7,11 @@
 // SIGTERM or SIGINT: pause (wait for the stack to return every buffer),
 // unbind, halt, unload, print the exit report. A second signal says it is
 // still draining; a third forces ShutdownEx and exits 3 with what was held.
+// SIGHUP is logged and otherwise ignored: there is nothing to reload, and a
+// closed terminal is no reason to stop (see nothingToReload).
+//
+// A run marks what it creates (leftovers.go); the next start removes what a
+// killed run left and refuses what is not ours or still in use.
 package main
 
 import (
@@ -64,7 +69,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	takeFDBaseline()
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
 	m := &machine{o: o, log: log, stdout: stdout, stderr: stderr}
@@ -82,17 +87,39 @@ func run(args []string, stdout, stderr io.Writer) int {
 	m.startObservers()
 	m.watchRemoval()
 	m.banner()
-	select {
-	case sig := <-sigs:
-		log.Info("signal received: pause, halt, unload", "signal", sig.String())
-	case r := <-m.removedCh:
-		m.surprise = r
-		log.Error("surprise removal: pause, halt, unload", "device", r.String())
-		if r.hardware {
-			m.a.NotifySurpriseRemoval() // MiniportDevicePnPEventNotify(SurpriseRemoved)
+wait:
+	for {
+		select {
+		case sig := <-sigs:
+			if m.nothingToReload(sig) {
+				continue
+			}
+			log.Info("signal received: pause, halt, unload", "signal", sig.String())
+			break wait
+		case r := <-m.removedCh:
+			m.surprise = r
+			log.Error("surprise removal: pause, halt, unload", "device", r.String())
+			if r.hardware {
+				m.a.NotifySurpriseRemoval() // MiniportDevicePnPEventNotify(SurpriseRemoved)
+			}
+			break wait
 		}
 	}
 	return m.stop(sigs)
+}
+
+// nothingToReload answers SIGHUP: logged, otherwise ignored, and never
+// counted among the stop signals. A daemon's SIGHUP means "reload", and
+// there is nothing to reload; its other meaning, the terminal went away, is
+// no reason to stop halfway through a test or a measurement (and its
+// default action, death, would leave the wire namespace behind). Stopping
+// is SIGTERM's and SIGINT's job.
+func (m *machine) nothingToReload(s os.Signal) bool {
+	if s != syscall.SIGHUP {
+		return false
+	}
+	m.log.Info("SIGHUP: nothing to reload (stop with SIGTERM)")
+	return true
 }
 
 // withFix adds the fix to a permission error: the process lacks root.
@@ -122,6 +149,7 @@ type machine struct {
 	stdout io.Writer
 	stderr io.Writer
 
+	self        identity // this process, as the ownership marks name it
 	wireCreated bool
 	drv         *ndisshim.Driver
 	a           *ndisshim.Adapter
@@ -157,9 +185,12 @@ type machine struct {
 func (m *machine) start() error {
 	o := m.o
 	m.started = time.Now()
+	if err := m.clearLeftovers(); err != nil { // before creating anything
+		return err
+	}
 	if !o.noWire {
-		if tapdev.NetnsExists(o.wireNetns) {
-			return fmt.Errorf("network namespace %q already exists (left by an earlier run?): remove it with `ip netns del %s`, or name another with --wire-netns", o.wireNetns, o.wireNetns)
+		if tapdev.NetnsExists(o.wireNetns) { // made since clearLeftovers looked
+			return foreignNetns(o.wireNetns)
 		}
 		if err := tapdev.CreateNetns(o.wireNetns); err != nil {
 			if errors.Is(err, os.ErrPermission) {
@@ -168,6 +199,10 @@ func (m *machine) start() error {
 			return fmt.Errorf("create wire namespace %s (--wire-netns): %w", o.wireNetns, err)
 		}
 		m.wireCreated = true
+		// A namespace has no alias: its lo carries the mark.
+		if err := tapdev.ConfigureLink(o.wireNetns, "lo", tapdev.LinkConfig{Alias: m.markAs("wire")}); err != nil {
+			return fmt.Errorf("mark wire namespace %s as this run's: %w", o.wireNetns, err)
+		}
 	}
 	if o.nicNetns != "" && !tapdev.NetnsExists(o.nicNetns) {
 		return fmt.Errorf("--nic-netns %s: no such network namespace (create it with `ip netns add %s`)", o.nicNetns, o.nicNetns)
@@ -180,7 +215,7 @@ func (m *machine) start() error {
 	drv.OnFinding(func(f ndisshim.Finding) { m.log.Error("verifier", "finding", f.String()) })
 	cfg := adapter.Config{
 		HardwareName: o.hwTap, MTU: o.mtu, MAC: o.mac, Bridge: o.bridge, RxBuffers: o.rxBuffers, Batch: o.batch,
-		Open: m.openHardware, Configure: adapter.ConfigureTAP,
+		Open: m.openHardware, Configure: adapter.ConfigureTAP, VnetHdr: o.offload,
 		Unconfigure: func(name string) error { return tapdev.SetLinkUp(m.hwNetns, name, false) },
 		FailAt:      o.failAt,
 		Log:         m.log,
@@ -196,6 +231,11 @@ func (m *machine) start() error {
 	}
 	m.a = a
 	m.mp = a.MiniportContext().(*adapter.Miniport)
+	if m.mp.Created() { // the mark goes with the TAP into the wire namespace
+		if err := tapdev.ConfigureLink("", o.hwTap, tapdev.LinkConfig{Alias: m.markAs("hw")}); err != nil {
+			return fmt.Errorf("mark hardware TAP %s as this run's: %w", o.hwTap, err)
+		}
+	}
 	if !o.noWire {
 		if err := tapdev.MoveLink(o.hwTap, "", o.wireNetns); err != nil {
 			return fmt.Errorf("move hardware TAP %s into %s: %w", o.hwTap, o.wireNetns, err)
@@ -208,12 +248,17 @@ func (m *machine) start() error {
 			return fmt.Errorf("configure wire partner %s in %s: %w", o.hwTap, o.wireNetns, err)
 		}
 	}
-	hcfg := hoststack.Config{NICName: o.nicTap, Netns: o.nicNetns, ReturnDelay: o.returnDelay, CheckHeld: o.checkHeld, Log: m.log}
+	hcfg := hoststack.Config{NICName: o.nicTap, Netns: o.nicNetns, ReturnDelay: o.returnDelay, CheckHeld: o.checkHeld, VnetHdr: o.offload, Log: m.log}
 	if !o.noWire {
 		hcfg.Addrs = o.nicAddrs
 	}
 	if m.st, err = hoststack.Bind(a, hcfg); err != nil {
 		return err
+	}
+	if m.st.Created() {
+		if err := tapdev.ConfigureLink(o.nicNetns, o.nicTap, tapdev.LinkConfig{Alias: m.markAs("nic")}); err != nil {
+			return fmt.Errorf("mark NIC TAP %s as this run's: %w", o.nicTap, err)
+		}
 	}
 	if err := a.Restart(context.Background()); err != nil {
 		return err
@@ -225,12 +270,16 @@ func (m *machine) start() error {
 // openHardware is the adapter's Opener: the hardware TAP, wrapped by the
 // sniffer when --pcap asks for a capture.
 func (m *machine) openHardware(name string) (adapter.Device, bool, error) {
-	d, created, err := adapter.OpenTAP(name)
+	open, prefix := adapter.OpenTAP, 0
+	if m.o.offload {
+		open, prefix = adapter.OpenTAPOffload, tapdev.VnetHdrLen
+	}
+	d, created, err := open(name)
 	if err != nil {
 		return nil, false, err
 	}
 	if m.capture != nil {
-		return m.capture.Wrap(d), created, nil
+		return m.capture.WrapPrefixed(d, prefix), created, nil
 	}
 	return d, created, nil
 }

@@ -26,6 +26,9 @@ func (m *machine) stop(sigs <-chan os.Signal) int {
 			case <-done:
 				return
 			case s := <-sigs:
+				if m.nothingToReload(s) { // SIGHUP does not count
+					continue
+				}
 				n++
 				if n == 2 {
 					r := m.a.HeldReport("halt", m.started)
