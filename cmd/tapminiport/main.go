@@ -87,6 +87,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	m.startObservers()
 	m.watchRemoval()
 	m.banner()
+	m.steadyFrom = sampleSteady()
 wait:
 	for {
 		select {
@@ -165,6 +166,8 @@ type machine struct {
 	stopWatches []func()
 	endMu       sync.Mutex // guards removeWire, verdict and forced between halt and force
 	forced      bool
+	steadyFrom  steadySample // at ready
+	steadyTo    steadySample // at the stop signal or surprise removal
 	started     time.Time
 
 	// observers (observe.go, metrics.go, pcap.go)

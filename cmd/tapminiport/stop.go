@@ -17,6 +17,7 @@ import (
 // Further signals: the second says it is still draining, the third forces
 // ShutdownEx and exits 3 with what was still held.
 func (m *machine) stop(sigs <-chan os.Signal) int {
+	m.steadyTo = sampleSteady()
 	done := make(chan struct{})
 	forced := make(chan struct{})
 	go func() {
@@ -155,6 +156,9 @@ func (m *machine) report(code int, err error) {
 	fmt.Fprintf(w, "  peak buffers held by the stack: %d of %d\n", st.PeakHeld, m.o.rxBuffers)
 	fmt.Fprintf(w, "  receive pool: high-water %d, exhaustions %d\n", c.PoolHighWater, c.PoolExhaustions)
 	fmt.Fprintf(w, "  NBLs drained during pause/halt: %d\n", st.DrainedNBLs)
+	for _, l := range steadyLines(m.steadyFrom, m.steadyTo, c.RxFrames+c.TxFrames, c.RxBytes+c.TxBytes) {
+		fmt.Fprintf(w, "  %s\n", l)
+	}
 	if m.surprise.device != "" {
 		fmt.Fprintf(w, "  surprise removal: %s\n", m.surprise)
 	}

@@ -141,6 +141,14 @@ func iperfBothWays(t *testing.T, args []string) {
 	if !strings.Contains(rep, "verifier: clean") {
 		t.Errorf("verifier not clean:\n%s", rep)
 	}
+	// Zero heap allocations per packet in steady state: whatever the
+	// process allocates (timers, logs) is a rounding error next to the
+	// packets that crossed.
+	allocs := reportInt(t, rep, `(\d+) heap allocations for \d+ packets`)
+	pkts := reportInt(t, rep, `heap allocations for (\d+) packets`)
+	if pkts == 0 || allocs*1000 > pkts {
+		t.Errorf("%d heap allocations for %d packets: more than 1 per 1000 packets", allocs, pkts)
+	}
 	// With offload, TCP's 64 KiB frames cross the shim as one NBL each, so
 	// the average frame is far above the MTU; without, it never is.
 	wirePkts := reportInt(t, rep, `wire → host: (\d+) packets`)
