@@ -70,6 +70,9 @@ func (m *Miniport) indicate(got int) {
 	maxFrame := m.cfg.maxFrame()
 	filter := m.filter.Load()
 	enabled := m.rxEnabled.Load()
+	m.mcMu.Lock() // once per batch: a set replaces the list, never edits it
+	multicast := m.multicast
+	m.mcMu.Unlock()
 	var head, tail, bad *ndisshim.NetBufferList
 	count, bytes := 0, 0
 	for i := 0; i < got; i++ {
@@ -93,12 +96,17 @@ func (m *Miniport) indicate(got int) {
 			m.ctr.RxDropRunt.Add(1)
 		case vhErr != nil:
 			m.ctr.RxDropBadVnetHdr.Add(1)
-		case size > limit:
-			m.ctr.RxDropOversize.Add(1)
-		case !m.accept(nbl.FirstNB.Data[headroom:headroom+6], filter):
-			m.ctr.RxDropFiltered.Add(1)
 		default:
-			drop = false
+			switch classify(nbl.FirstNB.Data[headroom:headroom+size], m.cur, filter, limit, multicast) {
+			case verdictRunt:
+				m.ctr.RxDropRunt.Add(1)
+			case verdictOversize:
+				m.ctr.RxDropOversize.Add(1)
+			case verdictFiltered:
+				m.ctr.RxDropFiltered.Add(1)
+			default:
+				drop = false
+			}
 		}
 		if drop {
 			nbl.Next = bad
@@ -150,33 +158,6 @@ func (m *Miniport) indicate(got int) {
 // maxGSOFrame is the largest large-send frame: a 64 KiB IP packet behind an
 // Ethernet header and a VLAN tag.
 const maxGSOFrame = 65535 + 14 + 4
-
-// accept applies the NDIS packet filter to a destination MAC.
-func (m *Miniport) accept(dst []byte, filter uint32) bool {
-	if filter&ndisshim.PacketTypePromiscuous != 0 {
-		return true
-	}
-	if dst[0]&1 == 0 { // unicast
-		return filter&ndisshim.PacketTypeDirected != 0 && string(dst) == string(m.cur)
-	}
-	if dst[0] == 0xff && dst[1] == 0xff && dst[2] == 0xff && dst[3] == 0xff && dst[4] == 0xff && dst[5] == 0xff {
-		return filter&ndisshim.PacketTypeBroadcast != 0
-	}
-	if filter&ndisshim.PacketTypeAllMulticast != 0 {
-		return true
-	}
-	if filter&ndisshim.PacketTypeMulticast == 0 {
-		return false
-	}
-	m.mcMu.Lock()
-	defer m.mcMu.Unlock()
-	for _, a := range m.multicast {
-		if string(a[:]) == string(dst) {
-			return true
-		}
-	}
-	return false
-}
 
 // deviceError handles a read or write error on the hardware.
 func (m *Miniport) deviceError(err error) {

@@ -49,6 +49,11 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	// First thing: a stop signal that arrives during start-up is kept and
+	// honoured once the adapter runs (a halt), never the default death.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	o, err := parseFlags(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
@@ -68,9 +73,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitStart
 	}
 	takeFDBaseline()
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 
 	m := &machine{o: o, log: log, stdout: stdout, stderr: stderr}
 	m.watchUSR1()

@@ -1,0 +1,134 @@
+package integration
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tapminiport/tapminiport/tapdev"
+)
+
+// TestSIGTERMDuringInitialize sends SIGTERM while tapminiport is still
+// starting, before "ready", at four moments: right after exec, as soon as
+// the wire namespace exists, as soon as the hardware TAP exists
+// (InitializeEx is under way), and as soon as the NIC TAP exists (the
+// binding). The process must end within 20s, either with 0 after a clean
+// halt (the signal waited for the start-up to finish) or with 1 (start-up
+// aborted), and leave no namespace, TAP or process of the run behind.
+//
+// One more outcome is allowed only right after exec: a signal that comes
+// before the process has installed its handler kills it by the default
+// action. That is before it creates anything, so nothing may exist then.
+func TestSIGTERMDuringInitialize(t *testing.T) {
+	tapdev.RequireRoot(t)
+	for _, tc := range []struct {
+		name  string
+		ready func(r *run) bool // when to send SIGTERM; nil: at once
+	}{
+		{"right after exec", nil},
+		{"wire namespace made", func(r *run) bool { return tapdev.NetnsExists(r.wire) }},
+		{"hardware TAP open", func(r *run) bool {
+			return tapdev.LinkExists("", r.hw) || tapdev.NetnsExists(r.wire) && tapdev.LinkExists(r.wire, r.hw)
+		}},
+		{"NIC TAP made", func(r *run) bool { return tapdev.LinkExists(r.host, r.nic) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, status := startNoWait(t)
+			if tc.ready != nil {
+				deadline := time.Now().Add(20 * time.Second)
+				for !tc.ready(r) {
+					select {
+					case <-r.exited:
+						t.Fatalf("exited %d before the moment to signal:\n%s\n%s", r.exitCode, r.stdout, r.stderr)
+					default:
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("%s: not reached in 20s:\n%s\n%s", tc.name, r.stdout, r.stderr)
+					}
+					time.Sleep(100 * time.Microsecond)
+				}
+			}
+			if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+				t.Fatalf("SIGTERM: %v", err)
+			}
+			began := time.Now()
+			select {
+			case <-r.exited:
+			case <-time.After(20 * time.Second):
+				t.Fatalf("still running 20s after SIGTERM during start-up:\n%s\n%s", r.stdout, r.stderr)
+			}
+			took := time.Since(began)
+			ready := strings.Contains(r.stdout.String(), "\nready\n")
+			ws := *status
+			switch {
+			case ws.Signaled() && ws.Signal() == syscall.SIGTERM:
+				if tc.ready != nil {
+					t.Errorf("killed by SIGTERM after start-up began (the handler must be installed by then):\n%s", r.stderr)
+				}
+				t.Logf("%s: killed by the default action of SIGTERM before the handler was installed, after %s", tc.name, took)
+			case r.exitCode == 0:
+				rep := r.stdout.String()
+				if !strings.Contains(rep, "verifier: clean") || !strings.Contains(rep, "left after unload: nothing") {
+					t.Errorf("exit 0 without a clean report:\n%s\n%s", rep, r.stderr)
+				}
+				t.Logf("%s: exit 0 after a clean halt %s after SIGTERM (ready printed: %v)", tc.name, took, ready)
+			case r.exitCode == 1:
+				if ready {
+					t.Errorf("exit 1 (start-up failed) after ready:\n%s\n%s", r.stdout, r.stderr)
+				}
+				t.Logf("%s: exit 1, start-up aborted, %s after SIGTERM:\n%s", tc.name, took, r.stderr)
+			default:
+				t.Errorf("exit code %d (%v), want 0 (clean halt) or 1 (start-up aborted):\n%s\n%s", r.exitCode, ws, r.stdout, r.stderr)
+			}
+			if strings.Contains(r.stderr.String(), "panic:") {
+				t.Errorf("panic:\n%s", r.stderr)
+			}
+			r.assertGone()
+			for _, l := range []string{r.hw, r.nic} {
+				if tapdev.NetnsExists(r.wire) && tapdev.LinkExists(r.wire, l) {
+					t.Errorf("TAP %s left in %s", l, r.wire)
+				}
+			}
+		})
+	}
+}
+
+// startNoWait starts tapminiport as start() does (same names, flags and
+// cleanup) but returns at once, without waiting for "ready", with the
+// process's wait status once r.exited is closed.
+func startNoWait(t *testing.T, extra ...string) (*run, *syscall.WaitStatus) {
+	t.Helper()
+	s := suffix()
+	r := &run{t: t, host: "tmih" + s, wire: "tmiw" + s, hw: "tmhw" + s, nic: "tmn" + s,
+		stdout: &syncBuf{}, stderr: &syncBuf{}, exited: make(chan struct{})}
+	if err := tapdev.CreateNetns(r.host); err != nil {
+		t.Fatalf("create host namespace %s: %v", r.host, err)
+	}
+	t.Cleanup(func() { r.cleanup() })
+	if out, err := exec.Command("ip", "netns", "exec", r.host, "ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up in %s: %v %s", r.host, err, out)
+	}
+	args := append([]string{"--hw-tap", r.hw, "--nic-tap", r.nic, "--nic-netns", r.host, "--wire-netns", r.wire, "--watchdog", "200ms"}, extra...)
+	r.cmd = exec.Command(binary, args...)
+	r.cmd.Stdout, r.cmd.Stderr = r.stdout, r.stderr
+	if err := r.cmd.Start(); err != nil {
+		t.Fatalf("start tapminiport: %v", err)
+	}
+	status := new(syscall.WaitStatus)
+	go func() {
+		err := r.cmd.Wait()
+		r.exitCode = 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			r.exitCode = ee.ExitCode()
+		}
+		if ws, ok := r.cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
+			*status = ws
+		}
+		close(r.exited)
+	}()
+	return r, status
+}
