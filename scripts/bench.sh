@@ -25,8 +25,8 @@ cleanup() {
 	rm -rf "$OUT"
 }
 trap cleanup EXIT
-go build -o "$OUT/tapminiport" ./cmd/tapminiport
-go build -o "$OUT/tapfwd" ./cmd/tapfwd
+CGO_ENABLED=0 go build -o "$OUT/tapminiport" ./cmd/tapminiport
+CGO_ENABLED=0 go build -o "$OUT/tapfwd" ./cmd/tapfwd
 
 # veth pair: VA 198.18.1.1 ⇄ VB 198.18.1.2
 ip netns add "$VA"; ip netns add "$VB"

@@ -44,7 +44,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-go build -o "$OUT/tapminiport" ./cmd/tapminiport || exit 1
+CGO_ENABLED=0 go build -o "$OUT/tapminiport" ./cmd/tapminiport || exit 1
 ip netns add "$HOST" && ip netns exec "$HOST" ip link set lo up || exit 1
 
 # alive PID: the process runs and is not a zombie.

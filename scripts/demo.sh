@@ -27,7 +27,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== build"
-go build -o "$OUT/tapminiport" ./cmd/tapminiport
+CGO_ENABLED=0 go build -o "$OUT/tapminiport" ./cmd/tapminiport
 ip netns add "$HOST"
 ip netns exec "$HOST" ip link set lo up
 

@@ -88,6 +88,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	m.startObservers()
 	m.watchRemoval()
+	// The devices are set up: keep only what the run and its halt need.
+	if kept, err := dropCapabilities(m.wireCreated || o.nicNetns != ""); err != nil {
+		log.Warn("running with every privilege", "err", err)
+	} else {
+		log.Info("dropped capabilities", "kept", strings.Join(kept, ","))
+	}
 	m.banner()
 	m.steadyFrom = sampleSteady()
 wait:

@@ -1,0 +1,85 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tapminiport/tapminiport/tapdev"
+)
+
+// capMask reads a capability set ("CapEff", "CapPrm", "CapInh") of pid.
+func capMask(t *testing.T, pid int, set string) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, set+":"); ok {
+			m, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return m
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", set, pid)
+	return 0
+}
+
+const (
+	capNetAdmin = 1 << 12
+	capSysAdmin = 1 << 21
+)
+
+// TestCapabilitiesDropped: once its devices are up the run keeps only
+// CAP_NET_ADMIN and CAP_SYS_ADMIN (it works in namespaces) — no
+// CAP_DAC_OVERRIDE, CAP_NET_RAW, CAP_SYS_PTRACE ... — and still moves
+// packets and halts cleanly, namespace removal included.
+func TestCapabilitiesDropped(t *testing.T) {
+	r := start(t)
+	pid := r.cmd.Process.Pid
+	for _, set := range []string{"CapEff", "CapPrm"} {
+		if got := capMask(t, pid, set); got != capNetAdmin|capSysAdmin {
+			t.Errorf("%s = %#x, want %#x (CAP_NET_ADMIN + CAP_SYS_ADMIN)", set, got, capNetAdmin|capSysAdmin)
+		}
+	}
+	if got := capMask(t, pid, "CapInh"); got != 0 {
+		t.Errorf("CapInh = %#x, want 0", got)
+	}
+	if _, rx, out := ping(t, r.host, "-c", "3", "-i", "0.2", "-W", "2", "198.18.0.2"); rx != 3 {
+		t.Errorf("ping with dropped capabilities: %d of 3:\n%s", rx, out)
+	}
+	if code := r.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if !strings.Contains(r.stdout.String(), "verifier: clean") {
+		t.Errorf("halt with dropped capabilities not clean:\n%s", r.stdout)
+	}
+	r.assertGone()
+}
+
+// TestUnprivilegedStartNamesTheFix: a start without privileges fails at
+// once, creates nothing, and says what to do.
+func TestUnprivilegedStartNamesTheFix(t *testing.T) {
+	tapdev.RequireRoot(t) // to become someone else
+	s := suffix()
+	cmd := exec.Command(binary, "--hw-tap", "tmhw"+s, "--nic-tap", "tmn"+s, "--wire-netns", "tmiw"+s)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if code := exitCode(err); code != 1 {
+		t.Errorf("unprivileged start: exit %d, want 1:\n%s", code, out)
+	}
+	if !strings.Contains(string(out), "needs root or CAP_NET_ADMIN") || !strings.Contains(string(out), "sudo") {
+		t.Errorf("the error does not name the fix:\n%s", out)
+	}
+	if tapdev.NetnsExists("tmiw"+s) || tapdev.LinkExists("", "tmhw"+s) {
+		t.Error("an unprivileged start left something behind")
+	}
+}
