@@ -61,6 +61,7 @@ type run struct {
 	stdout, stderr      *syncBuf
 	exited              chan struct{}
 	exitCode            int
+	status              syscall.WaitStatus // how it ended, once exited is closed
 }
 
 type syncBuf struct {
@@ -86,10 +87,19 @@ func (s *syncBuf) String() string {
 // TAP of the run by name.
 func start(t *testing.T, extra ...string) *run {
 	t.Helper()
+	r := newRun(t)
+	r.exec(t, extra...)
+	r.waitReady(t)
+	return r
+}
+
+// newRun makes a run's names with a fresh suffix and its host namespace
+// (lo up); cleanup removes all of it.
+func newRun(t *testing.T) *run {
+	t.Helper()
 	tapdev.RequireRoot(t)
 	s := suffix()
-	r := &run{t: t, host: "tmih" + s, wire: "tmiw" + s, hw: "tmhw" + s, nic: "tmn" + s,
-		stdout: &syncBuf{}, stderr: &syncBuf{}, exited: make(chan struct{})}
+	r := &run{t: t, host: "tmih" + s, wire: "tmiw" + s, hw: "tmhw" + s, nic: "tmn" + s}
 	if err := tapdev.CreateNetns(r.host); err != nil {
 		t.Fatalf("create host namespace %s: %v", r.host, err)
 	}
@@ -97,6 +107,14 @@ func start(t *testing.T, extra ...string) *run {
 	if out, err := exec.Command("ip", "netns", "exec", r.host, "ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
 		t.Fatalf("lo up in %s: %v %s", r.host, err, out)
 	}
+	return r
+}
+
+// exec starts tapminiport on r's names with extra flags and returns at
+// once; r.exited closes when it ends, with r.exitCode and r.status set.
+func (r *run) exec(t *testing.T, extra ...string) {
+	t.Helper()
+	r.t, r.stdout, r.stderr, r.exited = t, &syncBuf{}, &syncBuf{}, make(chan struct{})
 	args := append([]string{"--hw-tap", r.hw, "--nic-tap", r.nic, "--nic-netns", r.host, "--wire-netns", r.wire, "--watchdog", "200ms"}, extra...)
 	r.cmd = exec.Command(binary, args...)
 	r.cmd.Stdout, r.cmd.Stderr = r.stdout, r.stderr
@@ -109,8 +127,16 @@ func start(t *testing.T, extra ...string) *run {
 		if ee, ok := err.(*exec.ExitError); ok {
 			r.exitCode = ee.ExitCode()
 		}
+		if ws, ok := r.cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
+			r.status = ws
+		}
 		close(r.exited)
 	}()
+}
+
+// waitReady waits (bounded) until the run prints "ready".
+func (r *run) waitReady(t *testing.T) {
+	t.Helper()
 	deadline := time.After(20 * time.Second)
 	for !strings.Contains(r.stdout.String(), "\nready\n") {
 		select {
@@ -121,7 +147,6 @@ func start(t *testing.T, extra ...string) *run {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return r
 }
 
 func (r *run) cleanup() {

@@ -3,7 +3,6 @@ package integration
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -102,33 +101,7 @@ func TestSIGTERMDuringInitialize(t *testing.T) {
 // process's wait status once r.exited is closed.
 func startNoWait(t *testing.T, extra ...string) (*run, *syscall.WaitStatus) {
 	t.Helper()
-	s := suffix()
-	r := &run{t: t, host: "tmih" + s, wire: "tmiw" + s, hw: "tmhw" + s, nic: "tmn" + s,
-		stdout: &syncBuf{}, stderr: &syncBuf{}, exited: make(chan struct{})}
-	if err := tapdev.CreateNetns(r.host); err != nil {
-		t.Fatalf("create host namespace %s: %v", r.host, err)
-	}
-	t.Cleanup(func() { r.cleanup() })
-	if out, err := exec.Command("ip", "netns", "exec", r.host, "ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("lo up in %s: %v %s", r.host, err, out)
-	}
-	args := append([]string{"--hw-tap", r.hw, "--nic-tap", r.nic, "--nic-netns", r.host, "--wire-netns", r.wire, "--watchdog", "200ms"}, extra...)
-	r.cmd = exec.Command(binary, args...)
-	r.cmd.Stdout, r.cmd.Stderr = r.stdout, r.stderr
-	if err := r.cmd.Start(); err != nil {
-		t.Fatalf("start tapminiport: %v", err)
-	}
-	status := new(syscall.WaitStatus)
-	go func() {
-		err := r.cmd.Wait()
-		r.exitCode = 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			r.exitCode = ee.ExitCode()
-		}
-		if ws, ok := r.cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
-			*status = ws
-		}
-		close(r.exited)
-	}()
-	return r, status
+	r := newRun(t)
+	r.exec(t, extra...)
+	return r, &r.status
 }

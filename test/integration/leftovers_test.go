@@ -23,31 +23,9 @@ import (
 // if it still runs and removes the run's namespaces and TAPs by name.
 func launch(t *testing.T, r *run, extra ...string) *run {
 	t.Helper()
-	r.t, r.stdout, r.stderr, r.exited, r.cmd = t, &syncBuf{}, &syncBuf{}, make(chan struct{}), nil
 	t.Cleanup(func() { r.cleanup() })
-	args := append([]string{"--hw-tap", r.hw, "--nic-tap", r.nic, "--nic-netns", r.host, "--wire-netns", r.wire, "--watchdog", "200ms"}, extra...)
-	r.cmd = exec.Command(binary, args...)
-	r.cmd.Stdout, r.cmd.Stderr = r.stdout, r.stderr
-	if err := r.cmd.Start(); err != nil {
-		t.Fatalf("start tapminiport: %v", err)
-	}
-	go func() {
-		err := r.cmd.Wait()
-		if ee, ok := err.(*exec.ExitError); ok {
-			r.exitCode = ee.ExitCode()
-		}
-		close(r.exited)
-	}()
-	deadline := time.After(20 * time.Second)
-	for !strings.Contains(r.stdout.String(), "\nready\n") {
-		select {
-		case <-r.exited:
-			t.Fatalf("tapminiport exited %d before ready:\nstdout:\n%s\nstderr:\n%s", r.exitCode, r.stdout, r.stderr)
-		case <-deadline:
-			t.Fatalf("tapminiport not ready after 20s:\nstdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	r.exec(t, extra...)
+	r.waitReady(t)
 	return r
 }
 
