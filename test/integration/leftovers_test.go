@@ -29,26 +29,8 @@ func launch(t *testing.T, r *run, extra ...string) *run {
 	return r
 }
 
-// names makes a run's names with a fresh suffix and its host namespace
-// (lo up, removed in cleanup); nothing else exists yet.
-func names(t *testing.T) *run {
-	t.Helper()
-	tapdev.RequireRoot(t)
-	s := suffix()
-	r := &run{t: t, host: "tmih" + s, wire: "tmiw" + s, hw: "tmhw" + s, nic: "tmn" + s}
-	if err := tapdev.CreateNetns(r.host); err != nil {
-		t.Fatalf("create host namespace %s: %v", r.host, err)
-	}
-	t.Cleanup(func() {
-		if tapdev.NetnsExists(r.host) {
-			_ = tapdev.DeleteNetns(r.host)
-		}
-	})
-	if err := tapdev.SetLinkUp(r.host, "lo", true); err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
+// names makes a run's names and its host namespace; nothing else exists yet.
+func names(t *testing.T) *run { return newRun(t) }
 
 func mustAlias(t *testing.T, ns, link string) string {
 	t.Helper()
