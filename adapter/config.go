@@ -15,8 +15,10 @@ import (
 // end of a socketpair in unit tests) satisfies it.
 type Device = tapdev.FrameDevice
 
-// Opener opens the hardware by name and says whether it created it.
-type Opener func(name string) (dev Device, created bool, err error)
+// Opener opens queue `queue` of the hardware by name (0 first, the one
+// that may create it) and says whether it created it. With Config.Queues
+// above 1 every queue is one fd of a multi-queue TAP.
+type Opener func(name string, queue int) (dev Device, created bool, err error)
 
 // Config is the adapter's blueprint: the registry keywords of a real
 // driver. It is pure data; Validate makes no syscalls. InitializeEx turns
@@ -28,9 +30,13 @@ type Config struct {
 	Bridge       string           // enslave the hardware TAP to this bridge (a NIC on a real LAN)
 	RxBuffers    int              // receive blocks (*ReceiveBuffers)
 	Batch        int              // frames per indication at most
-	LowWater     int              // indicate with RESOURCES when this few blocks are left (0: RxBuffers/8)
-	StatsPeriod  time.Duration    // the statistics timer's period (0: 1s)
-	LinkSpeedBps uint64           // reported link speed (0: 10 Gbit/s)
+	// Queues is the number of receive queues (RSS): one hardware queue (a
+	// multi-queue TAP's fd), one interrupt and one DPC goroutine each, all
+	// filling one receive pool. 0 means 1.
+	Queues       int
+	LowWater     int           // indicate with RESOURCES when this few blocks are left (0: RxBuffers/8)
+	StatsPeriod  time.Duration // the statistics timer's period (0: 1s)
+	LinkSpeedBps uint64        // reported link speed (0: 10 Gbit/s)
 	// VnetHdr: every frame on the device carries a virtio-net header (a TAP
 	// opened with IFF_VNET_HDR and TUNSETOFFLOAD, see OpenTAPOffload). The
 	// miniport maps it to and from NBL checksum and large-send information,
@@ -70,6 +76,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: rx buffers %d out of range 2..1048576", errConfig, c.RxBuffers)
 	case c.Batch < 1 || c.Batch > 1024:
 		return fmt.Errorf("%w: batch %d out of range 1..1024", errConfig, c.Batch)
+	case c.Queues < 0 || c.Queues > MaxQueues:
+		return fmt.Errorf("%w: queues %d out of range 1..%d", errConfig, c.Queues, MaxQueues)
 	case c.LowWater < 0 || c.LowWater >= c.RxBuffers:
 		return fmt.Errorf("%w: low water %d must be below rx buffers %d", errConfig, c.LowWater, c.RxBuffers)
 	case c.FailAt != "" && !contains(InitSteps, c.FailAt):
@@ -86,6 +94,9 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// MaxQueues is the most receive queues a hardware TAP gets.
+const MaxQueues = 16
 
 // maxFrame is the largest Ethernet frame the NIC accepts: MTU plus the
 // Ethernet header and one VLAN tag.

@@ -2,7 +2,7 @@ package adapter
 
 // The data path (NetVMini's datapath.c).
 //
-// Receive: the interrupt goroutine wakes when the hardware TAP is readable
+// Receive: each queue's interrupt goroutine wakes when the hardware TAP is readable
 // and runs dpc: take a batch of free blocks from the pool in one call, read
 // frames straight into them until the batch is full or the fd is empty,
 // drop (and count) runts, oversize frames and frames the packet filter
@@ -25,14 +25,16 @@ import (
 	"github.com/tapminiport/tapminiport/tapdev"
 )
 
-// dpc is the receive DPC; it runs only on the interrupt goroutine.
-func (m *Miniport) dpc() {
+// dpc is the receive DPC of queue q; it runs only on q's interrupt
+// goroutine.
+func (q *queue) dpc() {
+	m := q.m
 	for round := 0; round < 16; round++ { // bounded: let the shim see stop requests
-		n := m.pool.Get(m.rxBatch)
+		n := m.pool.Get(q.rxBatch)
 		if n == 0 {
 			// No buffer: take one frame off the fd so it does not stay
 			// readable forever, and count it.
-			k, err := m.dev.ReadBatch(m.scratchBufs, m.rxSizes[:1])
+			k, err := q.dev.ReadBatch(q.scratchBufs, q.rxSizes[:1])
 			if err != nil {
 				m.deviceError(err)
 				return
@@ -44,15 +46,15 @@ func (m *Miniport) dpc() {
 			continue
 		}
 		for i := 0; i < n; i++ {
-			nb := m.rxBatch[i].FirstNB
-			m.rxBufs[i] = nb.Data[headroom-m.vnet:] // a virtio-net header lands in the headroom
+			nb := q.rxBatch[i].FirstNB
+			q.rxBufs[i] = nb.Data[headroom-m.vnet:] // a virtio-net header lands in the headroom
 		}
-		got, err := m.dev.ReadBatch(m.rxBufs[:n], m.rxSizes[:n])
+		got, err := q.dev.ReadBatch(q.rxBufs[:n], q.rxSizes[:n])
 		if got < n {
-			m.pool.Recycle(ndisshim.Chain(m.rxBatch[got:n]...))
+			m.pool.Recycle(ndisshim.Chain(q.rxBatch[got:n]...))
 		}
 		if got > 0 {
-			m.indicate(got)
+			q.indicate(got)
 		}
 		if err != nil {
 			m.deviceError(err)
@@ -64,9 +66,10 @@ func (m *Miniport) dpc() {
 	}
 }
 
-// indicate validates the got frames of rxBatch and indicates the good ones
-// as one chain.
-func (m *Miniport) indicate(got int) {
+// indicate validates the got frames of q.rxBatch and indicates the good
+// ones as one chain.
+func (q *queue) indicate(got int) {
+	m := q.m
 	maxFrame := m.cfg.maxFrame()
 	filter := m.filter.Load()
 	enabled := m.rxEnabled.Load()
@@ -76,8 +79,8 @@ func (m *Miniport) indicate(got int) {
 	var head, tail, bad *ndisshim.NetBufferList
 	count, bytes := 0, 0
 	for i := 0; i < got; i++ {
-		nbl := m.rxBatch[i]
-		size := m.rxSizes[i] - m.vnet
+		nbl := q.rxBatch[i]
+		size := q.rxSizes[i] - m.vnet
 		nbl.Next = nil
 		drop := true
 		limit := maxFrame
@@ -117,6 +120,9 @@ func (m *Miniport) indicate(got int) {
 		if m.vnet > 0 {
 			nbl.Info = vh.NBLInfo()
 		}
+		if len(m.queues) > 1 {
+			nbl.Info.HashValue = flowHash(nbl.FirstNB.Bytes())
+		}
 		if head == nil {
 			head = nbl
 		} else {
@@ -149,6 +155,8 @@ func (m *Miniport) indicate(got int) {
 	m.ctr.countIndication(count)
 	m.ctr.RxFrames.Add(int64(count))
 	m.ctr.RxBytes.Add(int64(bytes))
+	q.rxFrames.Add(int64(count))
+	q.rxBytes.Add(int64(bytes))
 	if resources {
 		m.ctr.ResourcesIndications.Add(1)
 		m.pool.Recycle(head) // ownership came back when the call returned
@@ -181,30 +189,63 @@ func (m *Miniport) ReturnNetBufferLists(nbls *ndisshim.NetBufferList, flags ndis
 
 // SendNetBufferLists is MiniportSendNetBufferLists: write every frame of
 // the chain to the hardware TAP and complete the chain. The miniport owns
-// the chain until SendNetBufferListsComplete.
+// the chain until SendNetBufferListsComplete. Each NBL leaves on the queue
+// its flow hashes to (sendQueue); each queue used takes its send lock once.
 func (m *Miniport) SendNetBufferLists(nbls *ndisshim.NetBufferList, port ndisshim.PortNumber, flags ndisshim.SendFlags) {
-	m.txMu.Lock()
+	var used uint32 // bit i: some NBL leaves on queue i
+	if len(m.queues) == 1 {
+		used = 1
+		for nbl := nbls; nbl != nil; nbl = nbl.Next {
+			nbl.MiniportReserved[0] = 0
+		}
+	} else {
+		for nbl := nbls; nbl != nil; nbl = nbl.Next {
+			q := 0
+			if nbl.FirstNB != nil {
+				q = m.sendQueue(nbl.FirstNB.Bytes()).index
+			}
+			nbl.MiniportReserved[0] = uintptr(q)
+			used |= 1 << q
+		}
+	}
+	for i, q := range m.queues {
+		if used&(1<<i) != 0 {
+			q.send(nbls)
+		}
+	}
+	m.a.SendNetBufferListsComplete(nbls, 0)
+}
+
+// send writes the frames of the chain's NBLs that leave on q.
+func (q *queue) send(nbls *ndisshim.NetBufferList) {
+	m := q.m
+	mine := func(nbl *ndisshim.NetBufferList) bool { return nbl.MiniportReserved[0] == uintptr(q.index) }
+	q.txMu.Lock()
 	if !m.txEnabled.Load() || m.removed.Load() {
-		// Checked under txMu: PauseEx takes txMu after clearing txEnabled,
-		// so no send is written after PauseEx returns.
-		m.txMu.Unlock()
+		// Checked under txMu: PauseEx takes every queue's txMu after
+		// clearing txEnabled, so no send is written after PauseEx returns.
+		q.txMu.Unlock()
 		st := ndisshim.StatusPaused
 		if m.removed.Load() {
 			st = ndisshim.StatusNotAccepted
 		}
 		n := 0
 		for nbl := nbls; nbl != nil; nbl = nbl.Next {
-			nbl.Status = st
-			n++
+			if mine(nbl) {
+				nbl.Status = st
+				n++
+			}
 		}
 		m.ctr.TxDropPaused.Add(int64(n))
-		m.a.SendNetBufferListsComplete(nbls, 0)
 		return
 	}
 	maxFrame := m.cfg.maxFrame()
-	bufs := m.txBufs[:0]
+	bufs := q.txBufs[:0]
 	frames, bytes := 0, 0
 	for nbl := nbls; nbl != nil; nbl = nbl.Next {
+		if !mine(nbl) {
+			continue
+		}
 		nbl.Status = ndisshim.StatusSuccess
 		limit := maxFrame
 		if m.vnet > 0 && nbl.Info.LSO.MSS > 0 {
@@ -233,22 +274,26 @@ func (m *Miniport) SendNetBufferLists(nbls *ndisshim.NetBufferList, port ndisshi
 		}
 	}
 	if len(bufs) > 0 {
-		w, err := m.dev.WriteBatch(bufs)
+		w, err := q.dev.WriteBatch(bufs)
 		frames = w
 		if err != nil {
 			m.ctr.TxErrors.Add(int64(len(bufs) - w))
 			for nbl := nbls; nbl != nil; nbl = nbl.Next {
-				nbl.Status = ndisshim.StatusFailure
+				if mine(nbl) {
+					nbl.Status = ndisshim.StatusFailure
+				}
 			}
 			m.deviceError(err)
 		}
 	}
+	n := len(bufs)
 	clear(bufs) // drop references into the protocol's buffers
-	m.txBufs = bufs[:0]
-	m.txMu.Unlock()
+	q.txBufs = bufs[:0]
+	q.txMu.Unlock()
 	m.ctr.TxFrames.Add(int64(frames))
-	if frames == len(bufs) {
+	q.txFrames.Add(int64(frames))
+	if frames == n {
 		m.ctr.TxBytes.Add(int64(bytes))
+		q.txBytes.Add(int64(bytes))
 	}
-	m.a.SendNetBufferListsComplete(nbls, 0)
 }

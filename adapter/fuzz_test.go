@@ -151,7 +151,7 @@ func newFuzzRig(f *testing.F, vnetHdr bool) *fuzzRig {
 	r.cfg = Config{
 		HardwareName: name, MTU: testMTU, MAC: append(net.HardwareAddr(nil), ourMAC...),
 		RxBuffers: 64, Batch: 16, StatsPeriod: time.Second, VnetHdr: vnetHdr,
-		Open: func(string) (Device, bool, error) { return r.hw, false, nil },
+		Open: func(string, int) (Device, bool, error) { return r.hw, false, nil },
 	}
 	if r.drv, err = ndisshim.RegisterMiniportDriver(Characteristics(), nil); err != nil {
 		f.Fatal(err)

@@ -42,37 +42,28 @@ type Miniport struct {
 
 	ctxBlock []byte // the adapter context, tagged memory "TMad"
 	reg      *ndisshim.DeviceRegistration
-	dev      Device
+	queues   []*queue // the hardware queues (RSS), queue 0 first
 	created  bool
+	// devClosed: teardown closed the queues' fds (written only by teardown)
+	devClosed bool
 	// configured: InitializeEx reached the configure step, so halt and
 	// shutdown have a link to put down (written only by InitializeEx).
 	configured bool
 	pool       *rxpool.Pool
 	leakPool   bool // halt could not drain the pool: it is never freed
-	intr       *ndisshim.Interrupt
 	stats      *ndisshim.Timer
 
-	vnet      int         // bytes of virtio-net header before each frame (0 or tapdev.VnetHdrLen)
-	rxEnabled atomic.Bool // indications on (Running)
-	txEnabled atomic.Bool // sends on (Running)
-	removed   atomic.Bool
-	nicDown   atomic.Bool // ShutdownEx or halt stopped the NIC
+	vnet       int         // bytes of virtio-net header before each frame (0 or tapdev.VnetHdrLen)
+	hwOffloads uint        // TUN_F_* offloads the hardware TAP took (with vnet)
+	rxEnabled  atomic.Bool // indications on (Running)
+	txEnabled  atomic.Bool // sends on (Running)
+	removed    atomic.Bool
+	nicDown    atomic.Bool // ShutdownEx or halt stopped the NIC
 
 	filter    atomic.Uint32 // NDIS packet filter
 	lookahead atomic.Uint32
 	mcMu      sync.Mutex
 	multicast [][6]byte
-
-	// receive DPC state: touched only by the interrupt goroutine
-	rxBatch     []*ndisshim.NetBufferList
-	rxBufs      [][]byte
-	rxSizes     []int
-	scratch     []byte
-	scratchBufs [][]byte
-
-	// send state
-	txMu   sync.Mutex
-	txBufs [][]byte
 
 	ctr Counters
 }
@@ -93,6 +84,9 @@ func InitializeEx(a *ndisshim.Adapter, p ndisshim.InitParameters) (mp ndisshim.M
 	}
 	if cfg.StatsPeriod <= 0 {
 		cfg.StatsPeriod = time.Second
+	}
+	if cfg.Queues == 0 {
+		cfg.Queues = 1
 	}
 	if cfg.LinkSpeedBps == 0 {
 		cfg.LinkSpeedBps = 10_000_000_000
@@ -144,8 +138,21 @@ func InitializeEx(a *ndisshim.Adapter, p ndisshim.InitParameters) (mp ndisshim.M
 	if cfg.Open == nil {
 		return nil, fmt.Errorf("adapter %s: no way to open hardware %s (Config.Open is nil)", p.Name, cfg.HardwareName)
 	}
-	if m.dev, m.created, err = cfg.Open(cfg.HardwareName); err != nil {
-		return nil, fmt.Errorf("adapter %s: open hardware TAP %s: %w", p.Name, cfg.HardwareName, err)
+	for i := 0; i < cfg.Queues; i++ {
+		dev, created, err := cfg.Open(cfg.HardwareName, i)
+		if err != nil {
+			if cfg.Queues > 1 {
+				return nil, fmt.Errorf("adapter %s: open hardware TAP %s queue %d of %d: %w", p.Name, cfg.HardwareName, i, cfg.Queues, err)
+			}
+			return nil, fmt.Errorf("adapter %s: open hardware TAP %s: %w", p.Name, cfg.HardwareName, err)
+		}
+		if i == 0 {
+			m.created = created
+		}
+		m.queues = append(m.queues, newQueue(m, i, dev))
+	}
+	if cfg.VnetHdr {
+		m.hwOffloads = deviceOffloads(m.queues[0].dev)
 	}
 	if err = step("configure"); err != nil {
 		return nil, err
@@ -171,17 +178,17 @@ func InitializeEx(a *ndisshim.Adapter, p ndisshim.InitParameters) (mp ndisshim.M
 	if err != nil {
 		return nil, fmt.Errorf("adapter %s: receive pool: %w", p.Name, err)
 	}
-	m.rxBatch = make([]*ndisshim.NetBufferList, cfg.Batch)
-	m.rxBufs = make([][]byte, cfg.Batch)
-	m.rxSizes = make([]int, cfg.Batch)
-	m.scratch = make([]byte, maxGSOFrame+tapdev.VnetHdrLen)
-	m.scratchBufs = [][]byte{m.scratch}
-	m.txBufs = make([][]byte, 0, 256)
 	if err = step("interrupt"); err != nil {
 		return nil, err
 	}
-	if m.intr, err = a.RegisterInterrupt(cfg.HardwareName+" rx", m.dev.Interrupt(), m.dpc, m.interruptError); err != nil {
-		return nil, err
+	for _, q := range m.queues {
+		name := cfg.HardwareName + " rx"
+		if len(m.queues) > 1 {
+			name = fmt.Sprintf("%s rx%d", cfg.HardwareName, q.index)
+		}
+		if q.intr, err = a.RegisterInterrupt(name, q.dev.Interrupt(), q.dpc, m.interruptError); err != nil {
+			return nil, err
+		}
 	}
 	if err = step("timer"); err != nil {
 		return nil, err
@@ -193,7 +200,7 @@ func InitializeEx(a *ndisshim.Adapter, p ndisshim.InitParameters) (mp ndisshim.M
 		return nil, err
 	}
 	m.log.Info("initialized", "hardware", cfg.HardwareName, "created", m.created, "mac", m.mac.String(), "mtu", cfg.MTU,
-		"rx_buffers", cfg.RxBuffers, "batch", cfg.Batch)
+		"rx_buffers", cfg.RxBuffers, "batch", cfg.Batch, "queues", cfg.Queues, "offloads", tapdev.OffloadNames(m.hwOffloads))
 	return m, nil
 }
 
@@ -227,17 +234,18 @@ func (m *Miniport) teardown(action ndisshim.HaltAction) {
 		m.stats.Free()
 		m.stats = nil
 	}
-	// 3. the interrupt: stop the reader and join it.
-	if m.intr != nil {
-		if err := m.intr.Deregister(); err != nil {
-			m.log.Warn("deregister interrupt", "err", err)
+	// 3. the interrupts: stop each queue's reader and join it.
+	for _, q := range m.queues {
+		if q.intr != nil {
+			if err := q.intr.Deregister(); err != nil {
+				m.log.Warn("deregister interrupt", "queue", q.index, "err", err)
+			}
+			q.intr = nil
 		}
-		m.intr = nil
 	}
 	// 4. queued sends: sends are written synchronously, none is queued;
-	// take the send lock so a send in progress finishes first.
-	m.txMu.Lock()
-	m.txMu.Unlock() //nolint:staticcheck // an empty critical section: wait for the sender
+	// take each send lock so a send in progress finishes first.
+	m.waitSends()
 	// 5. wait for every outstanding receive indication.
 	if m.pool != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -251,15 +259,17 @@ func (m *Miniport) teardown(action ndisshim.HaltAction) {
 		}
 	}
 	// 6. stop the NIC (unless ShutdownEx already did), 7. close the hardware.
-	if m.dev != nil {
+	if len(m.queues) > 0 && !m.devClosed {
+		m.devClosed = true // the queues stay listed: their counters are still read
 		m.stopNIC()
-		if err := m.dev.Close(); err != nil {
-			m.log.Warn("close hardware", "err", err)
+		for _, q := range m.queues {
+			if err := q.dev.Close(); err != nil {
+				m.log.Warn("close hardware", "queue", q.index, "err", err)
+			}
 		}
 		if m.created {
 			m.log.Info("hardware TAP deleted (it was created by this adapter)", "tap", m.cfg.HardwareName)
 		}
-		m.dev = nil
 	}
 	// 8. NBLs, then their pool, then the slab (rxpool frees in that order).
 	if m.pool != nil && !m.leakPool {
@@ -295,9 +305,17 @@ func (m *Miniport) stopNIC() {
 func (m *Miniport) PauseEx(ctx context.Context) error {
 	m.txEnabled.Store(false)
 	m.rxEnabled.Store(false)
-	m.txMu.Lock()
-	m.txMu.Unlock() //nolint:staticcheck // wait for a send in progress
+	m.waitSends()
 	return nil
+}
+
+// waitSends waits for the sends in progress on every queue: each checks
+// txEnabled under its queue's send lock.
+func (m *Miniport) waitSends() {
+	for _, q := range m.queues {
+		q.txMu.Lock()
+		q.txMu.Unlock() //nolint:staticcheck // an empty critical section: wait for the sender
+	}
 }
 
 // RestartEx is MiniportRestart.

@@ -52,9 +52,12 @@ func TestOffloadReceive(t *testing.T) {
 	if c.RxDropBadVnetHdr != 1 || c.RxDropOversize != 1 {
 		t.Errorf("bad-vnet-hdr drops %d, oversize %d; want 1 and 1", c.RxDropBadVnetHdr, c.RxDropOversize)
 	}
-	q, st := r.query(ndisshim.OIDTCPOffloadCurrentConfig, 16)
-	if st != ndisshim.StatusSuccess || q.AnswerUint32() != 1 {
-		t.Errorf("offload config: %v, checksum offload %d; want SUCCESS and 1", st, q.AnswerUint32())
+	// A device that does not say what it took is assumed to take
+	// Offloads: checksum and TSO, no USO.
+	q, st := r.query(ndisshim.OIDTCPOffloadCurrentConfig, ndisshim.OffloadCapsLen)
+	want := ndisshim.OffloadCaps{Checksum: 1, LSOv2IPv4: 65535, LSOv2IPv6: 65535, MinSegmentCount: 2}
+	if got := ndisshim.UnmarshalOffloadCaps(q.Answer()); st != ndisshim.StatusSuccess || got != want {
+		t.Errorf("offload config: %v, %+v; want SUCCESS and %+v", st, got, want)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/tapdev"
 )
 
 // supportedOIDs is the answer to OID_GEN_SUPPORTED_LIST.
@@ -173,26 +174,28 @@ func (m *Miniport) set(req *ndisshim.OIDRequest) ndisshim.Status {
 	return ndisshim.StatusNotSupported
 }
 
-// OffloadCaps is what OID_TCP_OFFLOAD_HARDWARE_CAPABILITIES and
-// OID_TCP_OFFLOAD_CURRENT_CONFIG answer: a reduced NDIS_OFFLOAD, four
-// little-endian ULONGs: checksum offload (1 = TCP/UDP over IPv4 and IPv6,
-// both directions), LSOv2 IPv4 maximum size, LSOv2 IPv6 maximum size,
-// LSOv2 minimum segment count. All zero without the virtio-net header.
-type OffloadCaps struct {
-	Checksum             uint32
-	LSOv2IPv4, LSOv2IPv6 uint32
-	MinSegmentCount      uint32
+// Caps is what the miniport offers, from what the hardware TAP took.
+func (m *Miniport) Caps() ndisshim.OffloadCaps {
+	var c ndisshim.OffloadCaps
+	if m.vnet == 0 {
+		return c
+	}
+	f := m.hwOffloads
+	size := func(bit uint) uint32 {
+		if f&bit != 0 {
+			return 65535
+		}
+		return 0
+	}
+	if f&tapdev.OffloadCsum != 0 {
+		c.Checksum = 1
+	}
+	c.LSOv2IPv4, c.LSOv2IPv6 = size(tapdev.OffloadTSO4), size(tapdev.OffloadTSO6)
+	c.USOIPv4, c.USOIPv6 = size(tapdev.OffloadUSO4), size(tapdev.OffloadUSO6)
+	if c.LSOv2IPv4|c.LSOv2IPv6|c.USOIPv4|c.USOIPv6 != 0 {
+		c.MinSegmentCount = 2
+	}
+	return c
 }
 
-func (m *Miniport) offloadCaps() []byte {
-	var c OffloadCaps
-	if m.vnet > 0 {
-		c = OffloadCaps{Checksum: 1, LSOv2IPv4: 65535, LSOv2IPv6: 65535, MinSegmentCount: 2}
-	}
-	b := make([]byte, 16)
-	binary.LittleEndian.PutUint32(b[0:], c.Checksum)
-	binary.LittleEndian.PutUint32(b[4:], c.LSOv2IPv4)
-	binary.LittleEndian.PutUint32(b[8:], c.LSOv2IPv6)
-	binary.LittleEndian.PutUint32(b[12:], c.MinSegmentCount)
-	return b
-}
+func (m *Miniport) offloadCaps() []byte { return m.Caps().Marshal() }

@@ -332,7 +332,7 @@ func baseConfig(r *rig, dev Device) Config {
 		RxBuffers:    64,
 		Batch:        16,
 		StatsPeriod:  5 * time.Millisecond,
-		Open: func(name string) (Device, bool, error) {
+		Open: func(name string, _ int) (Device, bool, error) {
 			r.opens.Add(1)
 			return dev, false, nil
 		},

@@ -50,6 +50,10 @@ type LSOInfo struct {
 type NBLInfo struct {
 	Checksum ChecksumInfo
 	LSO      LSOInfo
+	// HashValue is the RSS hash of the frame's flow
+	// (NET_BUFFER_LIST_HASH_VALUE), set by a miniport with several receive
+	// queues; a protocol keeps a flow on one processor by it.
+	HashValue uint32
 }
 
 // NetBufferList is an NDIS NET_BUFFER_LIST. It carries one or more NetBuffers

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -82,6 +83,7 @@ type Dev struct {
 
 	intr interruptSource
 
+	offloads  atomic.Uint64 // TUN_F_* flags SetOffload set
 	txDropped atomic.Uint64
 	txErrors  atomic.Uint64
 }
@@ -290,5 +292,41 @@ func (d *Dev) SetOffload(flags uint) error {
 	if err := unix.IoctlSetInt(d.fd, unix.TUNSETOFFLOAD, int(flags)); err != nil {
 		return fmt.Errorf("tapdev %s: TUNSETOFFLOAD 0x%x: %w", d.name, flags, err)
 	}
+	d.offloads.Store(uint64(flags))
 	return nil
+}
+
+// NegotiateOffload sets want, or, when the kernel refuses it (EINVAL: a
+// kernel before 6.2 does not know USO), want without the USO flags. It
+// returns what the TAP took.
+func (d *Dev) NegotiateOffload(want uint) (uint, error) {
+	err := d.SetOffload(want)
+	if err != nil && errors.Is(err, unix.EINVAL) && want&(OffloadUSO4|OffloadUSO6) != 0 {
+		want &^= OffloadUSO4 | OffloadUSO6
+		err = d.SetOffload(want)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return want, nil
+}
+
+// Offloads is what the last successful SetOffload set (0: none was set).
+func (d *Dev) Offloads() uint { return uint(d.offloads.Load()) }
+
+// OffloadNames spells offload flags as ethtool-like names, for logs.
+func OffloadNames(f uint) string {
+	if f == 0 {
+		return "none"
+	}
+	var out []string
+	for _, n := range []struct {
+		bit  uint
+		name string
+	}{{OffloadCsum, "csum"}, {OffloadTSO4, "tso4"}, {OffloadTSO6, "tso6"}, {OffloadUSO4, "uso4"}, {OffloadUSO6, "uso6"}} {
+		if f&n.bit != 0 {
+			out = append(out, n.name)
+		}
+	}
+	return strings.Join(out, ",")
 }

@@ -43,6 +43,15 @@ func (d *device) Name() string                        { return d.dev.Name() }
 func (d *device) Interrupt() ndisshim.InterruptSource { return d.dev.Interrupt() }
 func (d *device) Close() error                        { return d.dev.Close() }
 
+// Offloads is the wrapped device's (0 when it does not say), so the
+// miniport offers the same offloads with or without a capture.
+func (d *device) Offloads() uint {
+	if o, ok := d.dev.(interface{ Offloads() uint }); ok {
+		return o.Offloads()
+	}
+	return 0
+}
+
 // ReadBatch reads from the inner device, then records the n frames it
 // returned — also when it returns an error, since the frames before an
 // error are valid — and returns exactly what the inner device returned.

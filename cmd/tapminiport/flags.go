@@ -26,6 +26,8 @@ type options struct {
 	mtu                 int
 	mac                 net.HardwareAddr
 	rxBuffers, batch    int
+	queues              int
+	nicOffload          bool
 	returnDelay         time.Duration
 	checkHeld           bool
 	offload             bool
@@ -105,8 +107,8 @@ var flagGroups = []struct {
 	names []string
 }{
 	{"Topology (where the TAPs and the wire partner live)", []string{"hw-tap", "nic-tap", "nic-netns", "wire-netns", "no-wire", "nic-addr", "wire-addr", "bridge"}},
-	{"Adapter (the miniport's registry keywords)", []string{"mtu", "mac", "rx-buffers", "batch", "offload"}},
-	{"Stack (the protocol binding that plays tcpip.sys)", []string{"return-delay", "check-held"}},
+	{"Adapter (the miniport's registry keywords)", []string{"mtu", "mac", "rx-buffers", "batch", "queues", "offload"}},
+	{"Stack (the protocol binding that plays tcpip.sys)", []string{"nic-offload", "return-delay", "check-held"}},
 	{"Halt", []string{"halt-timeout", "watchdog"}},
 	{"Observability", []string{"stats", "metrics", "pcap", "pcap-max", "log-level", "version"}},
 	{"Testing", []string{"fail-at"}},
@@ -239,6 +241,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&o.rxBuffers, "rx-buffers", 1024, "receive `buffers` in the miniport's pool, 8..1048576")
 	fs.IntVar(&o.batch, "batch", 64, "`frames` per receive indication at most, 1..1024")
 	fs.DurationVar(&o.returnDelay, "return-delay", 0, "the stack holds each indicated buffer at least this `duration` before returning it (watch pause wait for the stack)")
+	fs.IntVar(&o.queues, "queues", 1, "receive `queues` (RSS): a multi-queue hardware TAP and NIC TAP, one reader and DPC per queue, 1..16")
+	fs.BoolVar(&o.nicOffload, "nic-offload", true, "offloads on the NIC TAP too; --nic-offload=false makes the stack segment and checksum in software what the wire hands over")
 	fs.BoolVar(&o.offload, "offload", true, "checksum and large send offload: both TAPs carry virtio-net headers (IFF_VNET_HDR, TUNSETOFFLOAD), 64 KiB TCP frames cross as one NBL; --offload=false for plain 1514-byte frames")
 	fs.BoolVar(&o.checkHeld, "check-held", false, "hash each held frame on receive and check it before use (proves halt never frees a held buffer)")
 	fs.DurationVar(&o.haltTimeout, "halt-timeout", 30*time.Second, "give up waiting for held buffers after this `duration`: report, shut down, exit 3 (never frees held memory)")
@@ -305,6 +309,8 @@ func (o *options) validate() error {
 		return fmt.Errorf("--rx-buffers %d: out of range 8..1048576", o.rxBuffers)
 	case o.batch < 1 || o.batch > 1024:
 		return fmt.Errorf("--batch %d: out of range 1..1024", o.batch)
+	case o.queues < 1 || o.queues > adapter.MaxQueues:
+		return fmt.Errorf("--queues %d: out of range 1..%d", o.queues, adapter.MaxQueues)
 	case o.returnDelay < 0:
 		return fmt.Errorf("--return-delay %s: must not be negative", o.returnDelay)
 	case o.haltTimeout <= 0:

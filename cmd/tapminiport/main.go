@@ -225,7 +225,7 @@ func (m *machine) start() error {
 	m.drv = drv
 	drv.OnFinding(func(f ndisshim.Finding) { m.log.Error("verifier", "finding", f.String()) })
 	cfg := adapter.Config{
-		HardwareName: o.hwTap, MTU: o.mtu, MAC: o.mac, Bridge: o.bridge, RxBuffers: o.rxBuffers, Batch: o.batch,
+		HardwareName: o.hwTap, MTU: o.mtu, MAC: o.mac, Bridge: o.bridge, RxBuffers: o.rxBuffers, Batch: o.batch, Queues: o.queues,
 		Open: m.openHardware, Configure: adapter.ConfigureTAP, VnetHdr: o.offload,
 		Unconfigure: func(name string) error { return tapdev.SetLinkUp(m.hwNetns, name, false) },
 		FailAt:      o.failAt,
@@ -259,7 +259,7 @@ func (m *machine) start() error {
 			return fmt.Errorf("configure wire partner %s in %s: %w", o.hwTap, o.wireNetns, err)
 		}
 	}
-	hcfg := hoststack.Config{NICName: o.nicTap, Netns: o.nicNetns, ReturnDelay: o.returnDelay, CheckHeld: o.checkHeld, VnetHdr: o.offload, Log: m.log}
+	hcfg := hoststack.Config{NICName: o.nicTap, Netns: o.nicNetns, ReturnDelay: o.returnDelay, CheckHeld: o.checkHeld, VnetHdr: o.nicOffload, Queues: o.queues, Log: m.log}
 	if !o.noWire {
 		hcfg.Addrs = o.nicAddrs
 	}
@@ -280,12 +280,12 @@ func (m *machine) start() error {
 
 // openHardware is the adapter's Opener: the hardware TAP, wrapped by the
 // sniffer when --pcap asks for a capture.
-func (m *machine) openHardware(name string) (adapter.Device, bool, error) {
-	open, prefix := adapter.OpenTAP, 0
+func (m *machine) openHardware(name string, queue int) (adapter.Device, bool, error) {
+	prefix := 0
 	if m.o.offload {
-		open, prefix = adapter.OpenTAPOffload, tapdev.VnetHdrLen
+		prefix = tapdev.VnetHdrLen
 	}
-	d, created, err := open(name)
+	d, created, err := adapter.TAPOpener(m.o.offload, m.o.queues)(name, queue)
 	if err != nil {
 		return nil, false, err
 	}

@@ -22,13 +22,13 @@ package hoststack
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,13 +56,23 @@ type Config struct {
 	// before writing it: a buffer freed or reused under the stack shows up
 	// as CorruptHeld (or a fault, since the slab is mmap'd).
 	CheckHeld bool
-	// VnetHdr asks for checksum and large-send offload on the NIC TAP
-	// (IFF_VNET_HDR + TUNSETOFFLOAD), used only when the miniport reports
-	// large send offload (OID_TCP_OFFLOAD_CURRENT_CONFIG), as tcpip.sys
-	// enables only what the NIC offers. Applies to the default Open.
+	// VnetHdr asks for checksum and segmentation offload on the NIC TAP
+	// (IFF_VNET_HDR + TUNSETOFFLOAD csum, TSO4, TSO6, and USO4, USO6 where
+	// the kernel takes them): large frames and partial checksums cross
+	// between the host's kernel and the binding. What the miniport does not
+	// offer (OID_TCP_OFFLOAD_CURRENT_CONFIG) the binding segments and
+	// checksums in software before sending, as tcpip.sys does for a NIC
+	// without LSO; without VnetHdr it does the same for what the miniport
+	// indicates (large receives, partial checksums), since a plain TAP can
+	// take neither.
 	VnetHdr bool
-	// Open opens the NIC TAP (default: tapdev, created when missing).
-	Open func(name string) (Device, bool, error)
+	// Queues is the NIC TAP's number of queues (a multi-queue TAP, one
+	// reader per queue); 0 means 1.
+	Queues int
+	// Open opens queue `queue` of the NIC TAP (default: tapdev, created
+	// when missing). A device that says nothing of its offloads
+	// (Offloads() uint) is taken to do checksum, TSO4 and TSO6.
+	Open func(name string, queue int) (Device, bool, error)
 	// Configure sets up the NIC TAP: namespace, MAC, MTU, addresses, up
 	// (default: tapdev/netlink). nil with Open set skips it.
 	Configure func(c Config, mac net.HardwareAddr, mtu int) error
@@ -76,6 +86,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("hoststack: NIC TAP name %q must be 1..15 characters", c.NICName)
 	case c.ReturnDelay < 0:
 		return fmt.Errorf("hoststack: return delay %s is negative", c.ReturnDelay)
+	case c.Queues < 0 || c.Queues > 16:
+		return fmt.Errorf("hoststack: queues %d out of range 1..16", c.Queues)
 	case c.QueueLen < 0 || c.SendNBLs < 0 || c.Batch < 0:
 		return errors.New("hoststack: queue length, send NBLs and batch must not be negative")
 	}
@@ -94,6 +106,11 @@ type Counters struct {
 	CorruptHeld               int64 // held frames whose bytes changed (CheckHeld)
 	WriteErrors               int64
 	DropBadVnetHdr            int64 // host frames with a malformed virtio-net header
+	// Software offload: frames the binding segmented or checksummed
+	// because the other side could not take them as they were.
+	SegmentedToHost, SegmentedToWire     int64 // large frames cut into segments
+	ChecksummedToHost, ChecksummedToWire int64 // partial checksums finished
+	DropSegment                          int64 // large frames that could not be cut (malformed, or no room)
 }
 
 type held struct {
@@ -107,15 +124,18 @@ type Stack struct {
 	cfg     Config
 	log     *slog.Logger
 	b       *ndisshim.Binding
-	dev     Device
+	queues  []*nicQueue // the NIC TAP's queues, queue 0 first
 	created bool
 	mtu     int
 	vnet    int // bytes of virtio-net header before each frame on the NIC TAP
+	// nicOffloads: TUN_F_* offloads the NIC TAP took (with vnet);
+	// caps: what the miniport offers (OID_TCP_OFFLOAD_CURRENT_CONFIG).
+	nicOffloads uint
+	caps        ndisshim.OffloadCaps
 
 	sendPool *ndisshim.NBLPool
 	sendSlab *ndisshim.SharedMemory
 	bufSize  int
-	intr     *ndisshim.Interrupt
 
 	q      chan held
 	stop   chan struct{}
@@ -124,19 +144,12 @@ type Stack struct {
 	closed bool
 	moved  bool // the default Configure moved the NIC TAP into cfg.Netns
 
-	// reader (interrupt goroutine) scratch
-	sBatch  []*ndisshim.NetBufferList
-	sBufs   [][]byte
-	sSizes  []int
-	scratch [][]byte
-	// writer scratch
-	wMu   sync.Mutex
-	wBufs [][]byte
-
 	toHostFrames, toHostBytes, toWireFrames, toWireBytes atomic.Int64
 	returnedEarly, dropPaused, dropNoSendBuffer          atomic.Int64
 	sendFailed, resourcesWrites, corruptHeld, writeErrs  atomic.Int64
 	dropBadVnetHdr                                       atomic.Int64
+	segToHost, segToWire, csumToHost, csumToWire         atomic.Int64
+	dropSegment                                          atomic.Int64
 }
 
 var _ ndisshim.Protocol = (*Stack)(nil)
@@ -158,13 +171,16 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 	if cfg.Batch == 0 {
 		cfg.Batch = 64
 	}
+	if cfg.Queues == 0 {
+		cfg.Queues = 1
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	movesLink := cfg.Open == nil && cfg.Configure == nil && cfg.Netns != ""
 	defaultOpen := cfg.Open == nil
 	if cfg.Open == nil {
-		cfg.Open = openTAP
+		cfg.Open = nicOpener(cfg.VnetHdr, cfg.Queues)
 		if cfg.Configure == nil {
 			cfg.Configure = configureTAP
 		}
@@ -185,23 +201,36 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 		return nil, err
 	}
 	s.mtu = mtu
-	if defaultOpen && cfg.VnetHdr && s.miniportOffloads() {
+	s.caps = s.miniportOffloads()
+	if cfg.VnetHdr {
 		s.vnet = tapdev.VnetHdrLen
-		cfg.Open = openTAPOffload
-		s.cfg.Open = openTAPOffload
 	}
-	if s.dev, s.created, err = cfg.Open(cfg.NICName); err != nil {
-		return nil, fmt.Errorf("hoststack: open NIC TAP %s: %w", cfg.NICName, err)
+	for i := 0; i < cfg.Queues; i++ {
+		dev, created, err := cfg.Open(cfg.NICName, i)
+		if err != nil {
+			if cfg.Queues > 1 {
+				return nil, fmt.Errorf("hoststack: open NIC TAP %s queue %d of %d: %w", cfg.NICName, i, cfg.Queues, err)
+			}
+			return nil, fmt.Errorf("hoststack: open NIC TAP %s: %w", cfg.NICName, err)
+		}
+		if i == 0 {
+			s.created = created
+		}
+		s.queues = append(s.queues, newNICQueue(s, i, dev))
 	}
+	if s.vnet > 0 {
+		s.nicOffloads = deviceOffloads(s.queues[0].dev)
+	}
+	_ = defaultOpen
 	if cfg.Configure != nil {
 		s.moved = movesLink
 		if err = cfg.Configure(cfg, mac, mtu); err != nil {
 			return nil, fmt.Errorf("hoststack: configure NIC TAP %s: %w", cfg.NICName, err)
 		}
 	}
-	s.bufSize = (mtu + 14 + 4 + 63) &^ 63
+	s.bufSize = (sendHeadroom + mtu + 14 + 4 + 63) &^ 63
 	if s.vnet > 0 {
-		s.bufSize = (s.vnet + 65535 + 14 + 4 + 63) &^ 63 // a large send: up to a 64 KiB IP packet
+		s.bufSize = (sendHeadroom + 65535 + 14 + 4 + 63) &^ 63 // a large send: up to a 64 KiB IP packet
 	}
 	if s.sendSlab, err = s.b.AllocateSharedMemory(s.bufSize * cfg.SendNBLs); err != nil {
 		return nil, err
@@ -212,17 +241,19 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 	for i := 0; i < cfg.SendNBLs; i++ {
 		s.sendPool.NBL(i).FirstNB.Data = s.sendSlab.Bytes[i*s.bufSize : (i+1)*s.bufSize : (i+1)*s.bufSize]
 	}
-	s.sBatch = make([]*ndisshim.NetBufferList, cfg.Batch)
-	s.sBufs = make([][]byte, cfg.Batch)
-	s.sSizes = make([]int, cfg.Batch)
-	s.scratch = [][]byte{make([]byte, 65535+14+4+tapdev.VnetHdrLen)}
-	s.wBufs = make([][]byte, 0, 256)
 	s.wg.Add(1)
 	go s.routineReturn()
-	if s.intr, err = s.b.RegisterInterrupt(cfg.NICName+" reader", s.dev.Interrupt(), s.readFromNIC, s.readerError); err != nil {
-		return nil, err
+	for _, q := range s.queues {
+		name := cfg.NICName + " reader"
+		if len(s.queues) > 1 {
+			name = fmt.Sprintf("%s reader%d", cfg.NICName, q.index)
+		}
+		if q.intr, err = s.b.RegisterInterrupt(name, q.dev.Interrupt(), q.readFromNIC, s.readerError); err != nil {
+			return nil, err
+		}
 	}
-	s.log.Info("bound", "adapter", a.Name(), "nic", cfg.NICName, "created", s.created, "mac", mac.String(), "mtu", mtu, "netns", cfg.Netns)
+	s.log.Info("bound", "adapter", a.Name(), "nic", cfg.NICName, "created", s.created, "mac", mac.String(), "mtu", mtu, "netns", cfg.Netns,
+		"queues", len(s.queues), "nic_offloads", tapdev.OffloadNames(s.nicOffloads), "miniport_offloads", capsString(s.caps))
 	return s, nil
 }
 
@@ -261,6 +292,8 @@ func (s *Stack) Counters() Counters {
 		ReturnedEarly: s.returnedEarly.Load(), DropPaused: s.dropPaused.Load(), DropNoSendBuffer: s.dropNoSendBuffer.Load(),
 		SendFailed: s.sendFailed.Load(), ResourcesWrites: s.resourcesWrites.Load(), CorruptHeld: s.corruptHeld.Load(),
 		WriteErrors: s.writeErrs.Load(), DropBadVnetHdr: s.dropBadVnetHdr.Load(),
+		SegmentedToHost: s.segToHost.Load(), SegmentedToWire: s.segToWire.Load(),
+		ChecksummedToHost: s.csumToHost.Load(), ChecksummedToWire: s.csumToWire.Load(), DropSegment: s.dropSegment.Load(),
 	}
 }
 
@@ -273,9 +306,9 @@ func (s *Stack) Counters() Counters {
 // gives each chain back when its ReturnDelay has passed (and checks its
 // bytes first with CheckHeld). A full queue returns the chain at once.
 func (s *Stack) ReceiveNetBufferLists(b *ndisshim.Binding, nbls *ndisshim.NetBufferList, port ndisshim.PortNumber, count int, flags ndisshim.ReceiveFlags) {
-	s.wMu.Lock()
-	n := s.writeChain(nbls)
-	s.wMu.Unlock()
+	w := s.writer(nbls)
+	n := w.writeChain(nbls)
+	w.mu.Unlock()
 	if flags.Has(ndisshim.ReceiveFlagResources) {
 		s.resourcesWrites.Add(int64(n))
 		return // ownership is back with the miniport when we return
@@ -340,124 +373,6 @@ func (s *Stack) routineReturn() {
 	}
 }
 
-// writeChain writes the chain's frames to the NIC TAP; the caller holds wMu.
-func (s *Stack) writeChain(head *ndisshim.NetBufferList) int {
-	bufs := s.wBufs[:0]
-	bytes := 0
-	for nbl := head; nbl != nil; nbl = nbl.Next {
-		for nb := nbl.FirstNB; nb != nil; nb = nb.Next {
-			if s.vnet == 0 {
-				bufs = append(bufs, nb.Bytes())
-			} else {
-				if nb.Offset < s.vnet { // no headroom for the header: cannot go out
-					s.writeErrs.Add(1)
-					continue
-				}
-				tapdev.VnetHdrFromNBLInfo(nbl.Info).Encode(nb.Data[nb.Offset-s.vnet : nb.Offset])
-				bufs = append(bufs, nb.Data[nb.Offset-s.vnet:nb.Offset+nb.Length])
-			}
-			bytes += nb.Length
-		}
-	}
-	n, err := s.dev.WriteBatch(bufs)
-	if err != nil {
-		s.writeErrs.Add(int64(len(bufs) - n))
-		if s.writeErrs.Load() == int64(len(bufs)-n) { // the first failure: say it once
-			s.log.Warn("write to NIC TAP failed (counted as write-errors from now on)", "nic", s.cfg.NICName, "err", err)
-		}
-	}
-	clear(bufs)
-	s.wBufs = bufs[:0]
-	s.toHostFrames.Add(int64(n))
-	if n == len(bufs) {
-		s.toHostBytes.Add(int64(bytes))
-	}
-	return n
-}
-
-// readFromNIC is the reader's DPC: host frames → one send chain per batch.
-func (s *Stack) readFromNIC() {
-	for round := 0; round < 16; round++ {
-		if s.paused.Load() {
-			n, err := s.dev.ReadBatch(s.scratch, s.sSizes[:1])
-			if err != nil || n == 0 {
-				return
-			}
-			s.dropPaused.Add(int64(n))
-			continue
-		}
-		k := s.sendPool.AllocateBatch(s.sBatch)
-		if k == 0 {
-			n, err := s.dev.ReadBatch(s.scratch, s.sSizes[:1])
-			if err != nil || n == 0 {
-				return
-			}
-			s.dropNoSendBuffer.Add(int64(n))
-			continue
-		}
-		for i := 0; i < k; i++ {
-			s.sBufs[i] = s.sBatch[i].FirstNB.Data
-		}
-		got, err := s.dev.ReadBatch(s.sBufs[:k], s.sSizes[:k])
-		if got < k {
-			s.sendPool.FreeChain(ndisshim.Chain(s.sBatch[got:k]...))
-		}
-		if got > 0 {
-			s.sendBatch(got)
-		}
-		if err != nil {
-			s.readerError(err)
-			return
-		}
-		if got < k {
-			return
-		}
-	}
-}
-
-// sendBatch sends the got frames the reader read into sBatch as one chain;
-// with the virtio-net header, each frame's header becomes its NBL's
-// checksum and large-send information, and a malformed one is dropped.
-func (s *Stack) sendBatch(got int) {
-	var head, tail, bad *ndisshim.NetBufferList
-	frames, bytes := 0, 0
-	for i := 0; i < got; i++ {
-		nbl, size := s.sBatch[i], s.sSizes[i]-s.vnet
-		nbl.Next = nil
-		if s.vnet > 0 {
-			h, err := tapdev.DecodeVnetHdr(nbl.FirstNB.Data[:s.vnet], size)
-			if err != nil || size < 14 {
-				s.dropBadVnetHdr.Add(1)
-				nbl.Next, bad = bad, nbl
-				continue
-			}
-			nbl.Info = h.NBLInfo()
-		}
-		nbl.FirstNB.SetBytes(s.vnet, size) // the header stays in front: headroom for the miniport
-		if head == nil {
-			head = nbl
-		} else {
-			tail.Next = nbl
-		}
-		tail = nbl
-		frames++
-		bytes += size
-	}
-	if bad != nil {
-		s.sendPool.FreeChain(bad)
-	}
-	if head == nil {
-		return
-	}
-	s.toWireFrames.Add(int64(frames))
-	s.toWireBytes.Add(int64(bytes))
-	s.b.SendNetBufferLists(head, ndisshim.DefaultPort, 0)
-}
-
-func (s *Stack) readerError(err error) {
-	s.log.Error("NIC TAP read failed", "nic", s.cfg.NICName, "err", err)
-}
-
 // SendNetBufferListsComplete is ProtocolSendNetBufferListsComplete: the
 // chain goes back to the send pool in one call.
 func (s *Stack) SendNetBufferListsComplete(b *ndisshim.Binding, nbls *ndisshim.NetBufferList, flags ndisshim.SendCompleteFlags) {
@@ -507,22 +422,26 @@ func (s *Stack) Close(ctx context.Context) error {
 
 func (s *Stack) undo() error {
 	var errs []error
-	if s.intr != nil {
-		if err := s.intr.Deregister(); err != nil {
-			errs = append(errs, err)
+	for _, q := range s.queues {
+		if q.intr != nil {
+			if err := q.intr.Deregister(); err != nil {
+				errs = append(errs, err)
+			}
+			q.intr = nil
 		}
-		s.intr = nil
 	}
 	if s.stop != nil {
 		close(s.stop)
 		s.wg.Wait()
 		s.stop = nil
 	}
-	if s.dev != nil {
-		if err := s.dev.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("hoststack: close NIC TAP %s: %w", s.cfg.NICName, err))
+	if len(s.queues) > 0 {
+		for _, q := range s.queues {
+			if err := q.dev.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("hoststack: close NIC TAP %s queue %d: %w", s.cfg.NICName, q.index, err))
+			}
 		}
-		s.dev = nil
+		s.queues = nil
 		if !s.created && s.moved && tapdev.LinkExists(s.cfg.Netns, s.cfg.NICName) {
 			// An attached TAP is the user's: put it back where it was.
 			if err := tapdev.MoveLink(s.cfg.NICName, s.cfg.Netns, ""); err != nil {
@@ -551,35 +470,59 @@ func (s *Stack) undo() error {
 	return errors.Join(errs...)
 }
 
-// miniportOffloads asks the miniport whether it does large send offload.
-func (s *Stack) miniportOffloads() bool {
-	q := ndisshim.NewQuery(ndisshim.OIDTCPOffloadCurrentConfig, 16)
-	if st := s.b.OIDRequest(q); st != ndisshim.StatusSuccess || q.BytesWritten < 8 {
-		return false
+// miniportOffloads asks the miniport what it offloads.
+func (s *Stack) miniportOffloads() ndisshim.OffloadCaps {
+	q := ndisshim.NewQuery(ndisshim.OIDTCPOffloadCurrentConfig, ndisshim.OffloadCapsLen)
+	if st := s.b.OIDRequest(q); st != ndisshim.StatusSuccess {
+		return ndisshim.OffloadCaps{}
 	}
-	return binary.LittleEndian.Uint32(q.Answer()[4:]) > 0 // LSOv2 IPv4 maximum size
+	return ndisshim.UnmarshalOffloadCaps(q.Answer())
 }
 
-// openTAPOffload opens the NIC TAP with the virtio-net header and tells
-// the host's kernel it may send checksum-less, unsegmented TCP.
-func openTAPOffload(name string) (Device, bool, error) {
-	d, created, err := tapdev.OpenTAP(name, tapdev.Options{VnetHdr: true})
-	if err != nil {
-		return nil, false, err
+func capsString(c ndisshim.OffloadCaps) string {
+	var out []string
+	for _, f := range []struct {
+		on   bool
+		name string
+	}{{c.Checksum > 0, "csum"}, {c.LSOv2IPv4 > 0, "tso4"}, {c.LSOv2IPv6 > 0, "tso6"}, {c.USOIPv4 > 0, "uso4"}, {c.USOIPv6 > 0, "uso6"}} {
+		if f.on {
+			out = append(out, f.name)
+		}
 	}
-	if err := d.SetOffload(tapdev.OffloadCsum | tapdev.OffloadTSO4 | tapdev.OffloadTSO6); err != nil {
-		d.Close()
-		return nil, false, err
+	if len(out) == 0 {
+		return "none"
 	}
-	return d, created, nil
+	return strings.Join(out, ",")
 }
 
-func openTAP(name string) (Device, bool, error) {
-	d, created, err := tapdev.OpenTAP(name, tapdev.Options{})
-	if err != nil {
-		return nil, false, err
+// nicOffloadsWanted is what the NIC TAP is offered with VnetHdr.
+const nicOffloadsWanted = tapdev.OffloadCsum | tapdev.OffloadTSO4 | tapdev.OffloadTSO6 | tapdev.OffloadUSO4 | tapdev.OffloadUSO6
+
+// nicOpener opens queue q of the NIC TAP (a multi-queue TAP when queues >
+// 1), with the virtio-net header and the offloads the kernel takes when
+// vnet is set.
+func nicOpener(vnet bool, queues int) func(name string, q int) (Device, bool, error) {
+	return func(name string, q int) (Device, bool, error) {
+		d, created, err := tapdev.OpenTAP(name, tapdev.Options{VnetHdr: vnet, MultiQueue: queues > 1})
+		if err != nil {
+			return nil, false, err
+		}
+		if vnet {
+			if _, err := d.NegotiateOffload(nicOffloadsWanted); err != nil {
+				d.Close()
+				return nil, false, err
+			}
+		}
+		return d, created, nil
 	}
-	return d, created, nil
+}
+
+// deviceOffloads is what dev says it took, else checksum, TSO4 and TSO6.
+func deviceOffloads(dev Device) uint {
+	if o, ok := dev.(interface{ Offloads() uint }); ok && o.Offloads() != 0 {
+		return o.Offloads()
+	}
+	return tapdev.OffloadCsum | tapdev.OffloadTSO4 | tapdev.OffloadTSO6
 }
 
 // configureTAP moves the NIC TAP into its namespace and gives it the NIC's

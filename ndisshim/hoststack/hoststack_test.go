@@ -61,7 +61,7 @@ func TestBindFailsCleanly(t *testing.T) {
 	nic := &fakeNIC{failOID: ndisshim.OID8023CurrentAddress}
 	drv, a := newAdapter(t, nic)
 	opened := false
-	_, err := Bind(a, Config{NICName: "tm-test", Open: func(string) (Device, bool, error) {
+	_, err := Bind(a, Config{NICName: "tm-test", Open: func(string, int) (Device, bool, error) {
 		opened = true
 		return nil, false, errors.New("must not be opened")
 	}})

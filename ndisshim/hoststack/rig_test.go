@@ -36,7 +36,7 @@ var (
 
 const (
 	testMTU    = 1500
-	nicBufSize = 2048
+	nicBufSize = 65536 + 128 // room for a 64 KiB large receive
 	nicNBLs    = 64
 )
 
@@ -101,6 +101,10 @@ type fakeNIC struct {
 	pool    *ndisshim.NBLPool
 	slab    *ndisshim.SharedMemory
 	failOID ndisshim.OID // answer this OID with StatusFailure
+	// caps answer OID_TCP_OFFLOAD_CURRENT_CONFIG (nil: not supported);
+	// info is every indicated NBL's out-of-band information.
+	caps *ndisshim.OffloadCaps
+	info ndisshim.NBLInfo
 
 	mu          sync.Mutex
 	oids        []ndisshim.OID
@@ -110,6 +114,7 @@ type fakeNIC struct {
 	returns     []returnCall
 	returned    int
 	sends       [][][]byte // frames of each SendNetBufferLists call
+	sendInfos   []ndisshim.NBLInfo
 }
 
 var _ ndisshim.Miniport = (*fakeNIC)(nil)
@@ -147,6 +152,7 @@ func (n *fakeNIC) indicate(t *testing.T, flags ndisshim.ReceiveFlags, frames ...
 		}
 		copy(nbl.FirstNB.Data, f)
 		nbl.FirstNB.SetBytes(0, len(f))
+		nbl.Info = n.info
 		nbls[i] = nbl
 	}
 	head := ndisshim.Chain(nbls...)
@@ -182,12 +188,15 @@ func (n *fakeNIC) ReturnNetBufferLists(nbls *ndisshim.NetBufferList, flags ndiss
 
 func (n *fakeNIC) SendNetBufferLists(nbls *ndisshim.NetBufferList, port ndisshim.PortNumber, flags ndisshim.SendFlags) {
 	var frames [][]byte
+	var infos []ndisshim.NBLInfo
 	for nbl := nbls; nbl != nil; nbl = nbl.Next {
 		frames = append(frames, bytes.Clone(nbl.Bytes()))
+		infos = append(infos, nbl.Info)
 		nbl.Status = ndisshim.StatusSuccess
 	}
 	n.mu.Lock()
 	n.sends = append(n.sends, frames)
+	n.sendInfos = append(n.sendInfos, infos...)
 	n.mu.Unlock()
 	n.a.SendNetBufferListsComplete(nbls, 0)
 }
@@ -204,6 +213,8 @@ func (n *fakeNIC) OIDRequest(req *ndisshim.OIDRequest) ndisshim.Status {
 		return req.WriteBytes(nicMAC)
 	case req.Type == ndisshim.OIDQuery && req.OID == ndisshim.OIDGenMaximumFrameSize:
 		return req.WriteUint32(testMTU)
+	case req.Type == ndisshim.OIDQuery && req.OID == ndisshim.OIDTCPOffloadCurrentConfig && n.caps != nil:
+		return req.WriteBytes(n.caps.Marshal())
 	case req.Type == ndisshim.OIDSet && req.OID == ndisshim.OIDGenCurrentPacketFilter:
 		v, st := req.Uint32()
 		if st != ndisshim.StatusSuccess {
@@ -336,7 +347,13 @@ func newAdapter(t *testing.T, nic *fakeNIC) (*ndisshim.Driver, *ndisshim.Adapter
 // newRig binds a Stack with cfg (NICName and Open are filled in).
 func newRig(t *testing.T, cfg Config) *rig {
 	t.Helper()
-	r := &rig{t: t, nic: &fakeNIC{}}
+	return newRigNIC(t, cfg, &fakeNIC{})
+}
+
+// newRigNIC is newRig over a fake miniport the test set up.
+func newRigNIC(t *testing.T, cfg Config, nic *fakeNIC) *rig {
+	t.Helper()
+	r := &rig{t: t, nic: nic}
 	var err error
 	if r.nicE, r.host, err = tapdev.Socketpair(); err != nil {
 		t.Fatal(err)
@@ -347,7 +364,7 @@ func newRig(t *testing.T, cfg Config) *rig {
 	if cfg.NICName == "" {
 		cfg.NICName = "tm-test"
 	}
-	cfg.Open = func(name string) (Device, bool, error) { return r.dev, false, nil }
+	cfg.Open = func(name string, _ int) (Device, bool, error) { return r.dev, false, nil }
 	if r.s, err = Bind(r.a, cfg); err != nil {
 		t.Fatalf("Bind: %v", err)
 	}

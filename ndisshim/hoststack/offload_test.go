@@ -1,0 +1,205 @@
+package hoststack
+
+import (
+	"bytes"
+	"encoding/binary"
+	"testing"
+
+	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/tapdev"
+)
+
+// tcp4Frame is an Ethernet/IPv4/TCP frame with payload bytes, its TCP
+// checksum left partial (the pseudo-header sum, as the kernel leaves it
+// for CHECKSUM_PARTIAL).
+func tcp4Frame(dst, src [4]byte, seq uint32, payload []byte) []byte {
+	f := make([]byte, 14+20+20+len(payload))
+	copy(f, nicMAC)
+	copy(f[6:], wireMAC)
+	binary.BigEndian.PutUint16(f[12:], 0x0800)
+	ip := f[14:34]
+	ip[0], ip[8], ip[9] = 0x45, 64, 6
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+20+len(payload)))
+	binary.BigEndian.PutUint16(ip[4:], 7)
+	copy(ip[12:], src[:])
+	copy(ip[16:], dst[:])
+	binary.BigEndian.PutUint16(ip[10:], ^fold(sum(ip, 0)))
+	tcp := f[34:]
+	binary.BigEndian.PutUint16(tcp[0:], 40000)
+	binary.BigEndian.PutUint16(tcp[2:], 5201)
+	binary.BigEndian.PutUint32(tcp[4:], seq)
+	tcp[12], tcp[13] = 5<<4, 0x18 // PSH|ACK
+	binary.BigEndian.PutUint16(tcp[14:], 512)
+	copy(tcp[20:], payload)
+	binary.BigEndian.PutUint16(tcp[16:], fold(pseudo4(ip, len(tcp))))
+	return f
+}
+
+func pseudo4(ip []byte, l4len int) uint64 {
+	acc := sum(ip[12:20], 0)
+	return acc + uint64(ip[9]) + uint64(l4len)
+}
+
+func sum(b []byte, acc uint64) uint64 {
+	for i := 0; i+1 < len(b); i += 2 {
+		acc += uint64(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		acc += uint64(b[len(b)-1]) << 8
+	}
+	return acc
+}
+
+func fold(acc uint64) uint16 {
+	for acc > 0xffff {
+		acc = acc>>16 + acc&0xffff
+	}
+	return uint16(acc)
+}
+
+// checkTCP4 checks a segment's IPv4 header checksum and full TCP checksum
+// and returns its sequence number and payload.
+func checkTCP4(t *testing.T, f []byte) (uint32, []byte) {
+	t.Helper()
+	if len(f) < 54 || binary.BigEndian.Uint16(f[12:]) != 0x0800 {
+		t.Fatalf("segment of %d bytes is not IPv4", len(f))
+	}
+	ip := f[14:34]
+	if int(binary.BigEndian.Uint16(ip[2:])) != len(f)-14 {
+		t.Fatalf("IP total length %d, frame carries %d", binary.BigEndian.Uint16(ip[2:]), len(f)-14)
+	}
+	if fold(sum(ip, 0)) != 0xffff {
+		t.Fatal("IPv4 header checksum does not verify")
+	}
+	tcp := f[34:]
+	if fold(sum(tcp, pseudo4(ip, len(tcp)))) != 0xffff {
+		t.Fatal("TCP checksum does not verify")
+	}
+	return binary.BigEndian.Uint32(tcp[4:]), tcp[20:]
+}
+
+func payloadOf(n int) []byte {
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = byte(i*7 + i/251)
+	}
+	return p
+}
+
+var lso = ndisshim.NBLInfo{
+	Checksum: ndisshim.ChecksumInfo{NeedsChecksum: true, CsumStart: 34, CsumOffset: 16},
+	LSO:      ndisshim.LSOInfo{MSS: 1000, HeaderLen: 54},
+}
+
+// A plain NIC TAP takes neither large frames nor partial checksums: a
+// large receive the miniport indicates reaches the host as MSS-sized
+// segments with every checksum right, and a frame with a partial checksum
+// arrives finished.
+func TestSoftwareOffloadToHost(t *testing.T) {
+	nic := &fakeNIC{info: lso}
+	r := newRigNIC(t, Config{}, nic)
+	r.restart()
+	a, b := [4]byte{198, 18, 0, 2}, [4]byte{198, 18, 0, 1}
+	payload := payloadOf(20500)
+	r.nic.indicate(t, 0, tcp4Frame(b, a, 1000, payload))
+	segs := r.hostReadN(21)
+	var got []byte
+	for i, f := range segs {
+		if len(f) > 14+testMTU {
+			t.Fatalf("segment %d is %d bytes, over the MTU", i, len(f))
+		}
+		seq, p := checkTCP4(t, f)
+		if seq != 1000+uint32(len(got)) {
+			t.Fatalf("segment %d seq %d, want %d", i, seq, 1000+len(got))
+		}
+		got = append(got, p...)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatal("the segments' payloads differ from the large receive's")
+	}
+	nic.info = ndisshim.NBLInfo{Checksum: lso.Checksum}
+	r.nic.indicate(t, 0, tcp4Frame(b, a, 5, payloadOf(333)))
+	one := r.hostReadN(1)[0]
+	if _, p := checkTCP4(t, one); !bytes.Equal(p, payloadOf(333)) {
+		t.Fatal("checksummed frame's payload changed")
+	}
+	c := r.s.Counters()
+	if c.SegmentedToHost != 1 || c.ChecksummedToHost != 1 || c.ToHostFrames != 22 || c.DropSegment != 0 {
+		t.Errorf("counters %+v: want 1 segmented, 1 checksummed, 22 frames written, 0 dropped", c)
+	}
+	// A large receive whose headers lie is dropped and counted, not written.
+	nic.info = lso
+	nic.info.LSO.HeaderLen = 60
+	r.nic.indicate(t, 0, tcp4Frame(b, a, 1, payloadOf(3000)))
+	waitFor(t, "the bad large receive counted", func() bool { return r.s.Counters().DropSegment == 1 })
+	if got := r.hostRead(4); len(got) != 0 {
+		t.Errorf("a malformed large receive wrote %d frames to the host", len(got))
+	}
+}
+
+// With offloads on the NIC TAP, a large send from the host goes down as it
+// is when the miniport offers LSO, and is cut into checksummed segments
+// (no out-of-band information left) when it does not.
+func TestSoftwareOffloadToWire(t *testing.T) {
+	a, b := [4]byte{198, 18, 0, 1}, [4]byte{198, 18, 0, 2}
+	payload := payloadOf(9000)
+	hdr := tapdev.VnetHdrFromNBLInfo(lso)
+	vnetFrame := func() []byte {
+		out := make([]byte, tapdev.VnetHdrLen)
+		hdr.Encode(out)
+		return append(out, tcp4Frame(b, a, 77, payload)...)
+	}
+	for _, tc := range []struct {
+		name string
+		caps ndisshim.OffloadCaps
+		want int // NBLs sent
+	}{
+		{"miniport offers LSO", ndisshim.OffloadCaps{Checksum: 1, LSOv2IPv4: 65535, LSOv2IPv6: 65535, MinSegmentCount: 2}, 1},
+		{"miniport offers nothing", ndisshim.OffloadCaps{}, 9},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			caps := tc.caps
+			r := newRigNIC(t, Config{VnetHdr: true}, &fakeNIC{caps: &caps})
+			r.restart()
+			r.hostSend(vnetFrame())
+			waitFor(t, "the send", func() bool { r.nic.mu.Lock(); defer r.nic.mu.Unlock(); return len(r.nic.sendInfos) >= tc.want })
+			r.nic.mu.Lock()
+			var frames [][]byte
+			for _, s := range r.nic.sends {
+				frames = append(frames, s...)
+			}
+			infos := append([]ndisshim.NBLInfo(nil), r.nic.sendInfos...)
+			r.nic.mu.Unlock()
+			if len(frames) != tc.want {
+				t.Fatalf("%d NBLs sent, want %d", len(frames), tc.want)
+			}
+			c := r.s.Counters()
+			if tc.want == 1 {
+				if infos[0].LSO.MSS != 1000 || !infos[0].Checksum.NeedsChecksum {
+					t.Errorf("large send went down with info %+v, want LSO MSS 1000 and a checksum request", infos[0])
+				}
+				if c.SegmentedToWire != 0 {
+					t.Errorf("segmented %d in software though the miniport offers LSO", c.SegmentedToWire)
+				}
+				return
+			}
+			var got []byte
+			for i, f := range frames {
+				if infos[i] != (ndisshim.NBLInfo{}) {
+					t.Errorf("segment %d carries info %+v, want none", i, infos[i])
+				}
+				seq, p := checkTCP4(t, f)
+				if seq != 77+uint32(len(got)) {
+					t.Errorf("segment %d seq %d, want %d", i, seq, 77+len(got))
+				}
+				got = append(got, p...)
+			}
+			if !bytes.Equal(got, payload) {
+				t.Error("segments' payloads differ from the large send's")
+			}
+			if c.SegmentedToWire != 1 || c.ToWireFrames != 9 {
+				t.Errorf("counters %+v: want 1 segmented, 9 frames to the wire", c)
+			}
+		})
+	}
+}

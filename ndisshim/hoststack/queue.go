@@ -1,0 +1,356 @@
+package hoststack
+
+// The NIC TAP's queues, and the data path through them.
+//
+// Each queue of the NIC TAP has a reader (an ndisshim interrupt on its fd:
+// host frames → send chains) and a writer (the scratch a receive
+// indication uses to write its chain to the TAP). With several queues the
+// miniport's DPCs indicate at once, each on its own goroutine; an
+// indication takes the writer its first NBL's RSS hash names, so a flow is
+// always written on one queue, and the host's kernel, which sends a flow's
+// replies on the queue that last wrote it (the TAP's flow table), hands
+// them to one reader: a flow is never split over two goroutines, so it is
+// never reordered.
+//
+// Software offload. With VnetHdr the NIC TAP takes and gives large frames
+// and partial checksums. What the miniport does not offer
+// (ndisshim.OffloadCaps.Takes) is cut into segments or checksummed here
+// before it is sent, as tcpip.sys does for a NIC without LSO. Without
+// VnetHdr the NIC TAP takes plain frames only, so large frames and partial
+// checksums the miniport indicates are cut and finished here before they
+// are written (as wireguard-go does for a TUN without offloads).
+
+import (
+	"sync"
+
+	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/tapdev"
+)
+
+// sendHeadroom is kept before every frame the binding sends: room for the
+// miniport's virtio-net header (NdisRetreatNetBufferDataStart).
+const sendHeadroom = tapdev.VnetHdrLen
+
+// maxSegments bounds the segments of one large frame cut in software (a
+// 64 KiB frame with an MSS of 88 bytes, the smallest IPv6 allows, makes 745).
+const maxSegments = 1024
+
+// segArena is the writer's room for frames it cuts or checksums: twice
+// the largest frame, and its headers.
+const segArena = 2*(65535+14+4) + 64*1024
+
+type nicQueue struct {
+	s     *Stack
+	index int
+	dev   Device
+	intr  *ndisshim.Interrupt
+
+	// reader scratch: this queue's interrupt goroutine only
+	sBatch   []*ndisshim.NetBufferList
+	sBufs    [][]byte
+	sSizes   []int
+	scratch  [][]byte
+	segNBLs  []*ndisshim.NetBufferList
+	segBufs  [][]byte
+	segSizes []int
+
+	w writer
+}
+
+// writer is one queue's write scratch for receive indications.
+type writer struct {
+	mu   sync.Mutex
+	s    *Stack
+	dev  Device
+	bufs [][]byte
+	// software offload (only without VnetHdr): segments and finished
+	// checksums are written into arena
+	arena    []byte
+	used     int
+	segBufs  [][]byte
+	segSizes []int
+}
+
+func newNICQueue(s *Stack, index int, dev Device) *nicQueue {
+	b := s.cfg.Batch
+	q := &nicQueue{
+		s: s, index: index, dev: dev,
+		sBatch:  make([]*ndisshim.NetBufferList, b),
+		sBufs:   make([][]byte, b),
+		sSizes:  make([]int, b),
+		scratch: [][]byte{make([]byte, 65535+14+4+tapdev.VnetHdrLen)},
+	}
+	q.w = writer{s: s, dev: dev, bufs: make([][]byte, 0, 256)}
+	if s.vnet > 0 {
+		// frames read from the NIC TAP may need cutting for the miniport
+		q.segNBLs = make([]*ndisshim.NetBufferList, maxSegments)
+		q.segBufs = make([][]byte, maxSegments)
+		q.segSizes = make([]int, maxSegments)
+	} else {
+		q.w.arena = make([]byte, segArena)
+		q.w.segBufs = make([][]byte, maxSegments)
+		q.w.segSizes = make([]int, maxSegments)
+	}
+	return q
+}
+
+// writer takes the writer for a chain: the one its first NBL's RSS hash
+// names (the only one with one queue), locked.
+func (s *Stack) writer(head *ndisshim.NetBufferList) *writer {
+	q := s.queues[0]
+	if n := len(s.queues); n > 1 {
+		q = s.queues[head.Info.HashValue%uint32(n)]
+	}
+	q.w.mu.Lock()
+	return &q.w
+}
+
+// writeChain writes the chain's frames to the NIC TAP and returns how many
+// frames it wrote; the caller holds w.mu.
+func (w *writer) writeChain(head *ndisshim.NetBufferList) int {
+	s := w.s
+	bufs := w.bufs[:0]
+	w.used = 0
+	written, bytes := 0, 0
+	for nbl := head; nbl != nil; nbl = nbl.Next {
+		for nb := nbl.FirstNB; nb != nil; nb = nb.Next {
+			switch {
+			case s.vnet > 0:
+				if nb.Offset < s.vnet { // no headroom for the header: cannot go out
+					s.writeErrs.Add(1)
+					continue
+				}
+				tapdev.VnetHdrFromNBLInfo(nbl.Info).Encode(nb.Data[nb.Offset-s.vnet : nb.Offset])
+				bufs = append(bufs, nb.Data[nb.Offset-s.vnet:nb.Offset+nb.Length])
+			case nbl.Info.LSO.MSS > 0 || nbl.Info.Checksum.NeedsChecksum:
+				// A plain TAP takes neither: cut and finish here.
+				h := tapdev.VnetHdrFromNBLInfo(nbl.Info)
+				k, segLen := tapdev.SegmentCount(nb.Length, h), nb.Length
+				if h.GSOType != tapdev.VnetGSONone {
+					segLen = int(h.HdrLen) + int(h.GSOSize)
+				}
+				if k < 1 || k > len(w.segBufs) || k*segLen > len(w.arena) {
+					s.dropSegment.Add(1)
+					continue
+				}
+				if w.used+k*segLen > len(w.arena) || len(bufs)+k > cap(bufs) {
+					written += w.flush(bufs)
+					bufs, w.used = bufs[:0], 0
+				}
+				for j := 0; j < k; j++ {
+					w.segBufs[j] = w.arena[w.used : w.used+segLen : w.used+segLen]
+					w.used += segLen
+				}
+				n, err := tapdev.GSOSplit(nb.Bytes(), h, w.segBufs[:k], w.segSizes[:k])
+				if err != nil {
+					s.dropSegment.Add(1)
+					continue
+				}
+				for j := 0; j < n; j++ {
+					bufs = append(bufs, w.segBufs[j][:w.segSizes[j]])
+				}
+				if h.GSOType != tapdev.VnetGSONone {
+					s.segToHost.Add(1)
+				} else {
+					s.csumToHost.Add(1)
+				}
+			default:
+				bufs = append(bufs, nb.Bytes())
+			}
+			bytes += nb.Length
+		}
+	}
+	written += w.flush(bufs)
+	clear(w.segBufs[:0:cap(w.segBufs)])
+	w.bufs = bufs[:0]
+	s.toHostBytes.Add(int64(bytes))
+	return written
+}
+
+// flush writes bufs to the NIC TAP and counts what it wrote.
+func (w *writer) flush(bufs [][]byte) int {
+	if len(bufs) == 0 {
+		return 0
+	}
+	s := w.s
+	n, err := w.dev.WriteBatch(bufs)
+	if err != nil {
+		s.writeErrs.Add(int64(len(bufs) - n))
+		if s.writeErrs.Load() == int64(len(bufs)-n) { // the first failure: say it once
+			s.log.Warn("write to NIC TAP failed (counted as write-errors from now on)", "nic", s.cfg.NICName, "err", err)
+		}
+	}
+	clear(bufs) // drop references into the miniport's buffers
+	s.toHostFrames.Add(int64(n))
+	return n
+}
+
+// readFromNIC is the reader's DPC: host frames → one send chain per batch.
+func (q *nicQueue) readFromNIC() {
+	s := q.s
+	for round := 0; round < 16; round++ {
+		if s.paused.Load() {
+			n, err := q.dev.ReadBatch(q.scratch, q.sSizes[:1])
+			if err != nil || n == 0 {
+				return
+			}
+			s.dropPaused.Add(int64(n))
+			continue
+		}
+		k := s.sendPool.AllocateBatch(q.sBatch)
+		if k == 0 {
+			n, err := q.dev.ReadBatch(q.scratch, q.sSizes[:1])
+			if err != nil || n == 0 {
+				return
+			}
+			s.dropNoSendBuffer.Add(int64(n))
+			continue
+		}
+		for i := 0; i < k; i++ {
+			q.sBufs[i] = q.sBatch[i].FirstNB.Data[sendHeadroom-s.vnet:]
+		}
+		got, err := q.dev.ReadBatch(q.sBufs[:k], q.sSizes[:k])
+		if got < k {
+			s.sendPool.FreeChain(ndisshim.Chain(q.sBatch[got:k]...))
+		}
+		if got > 0 {
+			q.sendBatch(got)
+		}
+		if err != nil {
+			s.readerError(err)
+			return
+		}
+		if got < k {
+			return
+		}
+	}
+}
+
+// chain is a send chain being built.
+type chain struct {
+	head, tail    *ndisshim.NetBufferList
+	frames, bytes int
+}
+
+func (c *chain) add(nbl *ndisshim.NetBufferList) {
+	nbl.Next = nil
+	if c.head == nil {
+		c.head = nbl
+	} else {
+		c.tail.Next = nbl
+	}
+	c.tail = nbl
+	c.frames++
+	c.bytes += nbl.FirstNB.Length
+}
+
+// send sends the chain built so far with one SendNetBufferLists.
+func (q *nicQueue) send(c *chain) {
+	if c.head == nil {
+		return
+	}
+	s := q.s
+	s.toWireFrames.Add(int64(c.frames))
+	s.toWireBytes.Add(int64(c.bytes))
+	s.b.SendNetBufferLists(c.head, ndisshim.DefaultPort, 0)
+	*c = chain{}
+}
+
+// sendBatch sends the got frames the reader read into sBatch as one chain;
+// with the virtio-net header, each frame's header becomes its NBL's
+// checksum and large-send information, and a malformed one is dropped.
+// A frame the miniport cannot take as it is gets cut or checksummed first.
+func (q *nicQueue) sendBatch(got int) {
+	s := q.s
+	var c chain
+	var bad *ndisshim.NetBufferList
+	for i := 0; i < got; i++ {
+		nbl, size := q.sBatch[i], q.sSizes[i]-s.vnet
+		nbl.Next = nil
+		nbl.Info = ndisshim.NBLInfo{}
+		if s.vnet > 0 {
+			h, err := tapdev.DecodeVnetHdr(nbl.FirstNB.Data[sendHeadroom-s.vnet:sendHeadroom], size)
+			if err != nil || size < 14 {
+				s.dropBadVnetHdr.Add(1)
+				nbl.Next, bad = bad, nbl
+				continue
+			}
+			nbl.Info = h.NBLInfo()
+		}
+		nbl.FirstNB.SetBytes(sendHeadroom, size) // the headroom stays in front for the miniport
+		if s.vnet > 0 && !s.caps.Takes(nbl.Info) {
+			if !q.softOffload(nbl, &c) {
+				nbl.Next, bad = bad, nbl
+			}
+			continue
+		}
+		c.add(nbl)
+	}
+	if bad != nil {
+		s.sendPool.FreeChain(bad)
+	}
+	q.send(&c)
+}
+
+// softOffload does for nbl what the miniport does not: it finishes a
+// partial checksum in place, or cuts a large frame into new NBLs, and adds
+// the result to c. It reports false when nbl is to be freed unsent.
+func (q *nicQueue) softOffload(nbl *ndisshim.NetBufferList, c *chain) bool {
+	s := q.s
+	h := tapdev.VnetHdrFromNBLInfo(nbl.Info)
+	frame := nbl.FirstNB.Bytes()
+	if h.GSOType == tapdev.VnetGSONone {
+		if err := tapdev.ChecksumFrame(frame, h); err != nil {
+			s.dropSegment.Add(1)
+			return false
+		}
+		nbl.Info.Checksum = ndisshim.ChecksumInfo{}
+		s.csumToWire.Add(1)
+		c.add(nbl)
+		return true
+	}
+	k := tapdev.SegmentCount(len(frame), h)
+	if k < 1 || k > len(q.segNBLs) {
+		s.dropSegment.Add(1)
+		return false
+	}
+	got := s.sendPool.AllocateBatch(q.segNBLs[:k])
+	if got < k {
+		// Send what is built: the completion gives its NBLs back.
+		s.sendPool.FreeChain(ndisshim.Chain(q.segNBLs[:got]...))
+		q.send(c)
+		if got = s.sendPool.AllocateBatch(q.segNBLs[:k]); got < k {
+			s.sendPool.FreeChain(ndisshim.Chain(q.segNBLs[:got]...))
+			s.dropNoSendBuffer.Add(1)
+			return false
+		}
+	}
+	for j := 0; j < k; j++ {
+		q.segBufs[j] = q.segNBLs[j].FirstNB.Data[sendHeadroom:]
+	}
+	n, err := tapdev.GSOSplit(frame, h, q.segBufs[:k], q.segSizes[:k])
+	if err != nil {
+		s.sendPool.FreeChain(ndisshim.Chain(q.segNBLs[:k]...))
+		s.dropSegment.Add(1)
+		return false
+	}
+	for j := 0; j < k; j++ {
+		seg := q.segNBLs[j]
+		if j >= n {
+			seg.Next = nil
+			s.sendPool.FreeChain(seg)
+			continue
+		}
+		seg.Info = ndisshim.NBLInfo{}
+		seg.FirstNB.SetBytes(sendHeadroom, q.segSizes[j])
+		c.add(seg)
+	}
+	clear(q.segBufs[:k])
+	s.segToWire.Add(1)
+	s.sendPool.FreeChain(nbl)
+	return true
+}
+
+func (s *Stack) readerError(err error) {
+	s.log.Error("NIC TAP read failed", "nic", s.cfg.NICName, "err", err)
+}
