@@ -28,6 +28,7 @@ type options struct {
 	rxBuffers, batch    int
 	queues              int
 	nicOffload          bool
+	udpCoalesce         bool
 	returnDelay         time.Duration
 	checkHeld           bool
 	offload             bool
@@ -108,7 +109,7 @@ var flagGroups = []struct {
 }{
 	{"Topology (where the TAPs and the wire partner live)", []string{"hw-tap", "nic-tap", "nic-netns", "wire-netns", "no-wire", "nic-addr", "wire-addr", "bridge"}},
 	{"Adapter (the miniport's registry keywords)", []string{"mtu", "mac", "rx-buffers", "batch", "queues", "offload"}},
-	{"Stack (the protocol binding that plays tcpip.sys)", []string{"nic-offload", "return-delay", "check-held"}},
+	{"Stack (the protocol binding that plays tcpip.sys)", []string{"nic-offload", "udp-coalesce", "return-delay", "check-held"}},
 	{"Halt", []string{"halt-timeout", "watchdog"}},
 	{"Observability", []string{"stats", "metrics", "pcap", "pcap-max", "log-level", "version"}},
 	{"Testing", []string{"fail-at"}},
@@ -243,6 +244,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.returnDelay, "return-delay", 0, "the stack holds each indicated buffer at least this `duration` before returning it (watch pause wait for the stack)")
 	fs.IntVar(&o.queues, "queues", 1, "receive `queues` (RSS): a multi-queue hardware TAP and NIC TAP, one reader and DPC per queue, 1..16")
 	fs.BoolVar(&o.nicOffload, "nic-offload", true, "offloads on the NIC TAP too; --nic-offload=false makes the stack segment and checksum in software what the wire hands over")
+	fs.BoolVar(&o.udpCoalesce, "udp-coalesce", true, "join consecutive same-size UDP datagrams of one flow from the host into one USO send when the miniport offers USO")
 	fs.BoolVar(&o.offload, "offload", true, "checksum and large send offload: both TAPs carry virtio-net headers (IFF_VNET_HDR, TUNSETOFFLOAD), 64 KiB TCP frames cross as one NBL; --offload=false for plain 1514-byte frames")
 	fs.BoolVar(&o.checkHeld, "check-held", false, "hash each held frame on receive and check it before use (proves halt never frees a held buffer)")
 	fs.DurationVar(&o.haltTimeout, "halt-timeout", 30*time.Second, "give up waiting for held buffers after this `duration`: report, shut down, exit 3 (never frees held memory)")

@@ -66,6 +66,10 @@ type Config struct {
 	// indicates (large receives, partial checksums), since a plain TAP can
 	// take neither.
 	VnetHdr bool
+	// CoalesceUDP joins consecutive same-size datagrams of one flow read
+	// from the NIC TAP into one USO send when the miniport offers USO and
+	// checksum offload (see coalesce.go).
+	CoalesceUDP bool
 	// Queues is the NIC TAP's number of queues (a multi-queue TAP, one
 	// reader per queue); 0 means 1.
 	Queues int
@@ -111,6 +115,7 @@ type Counters struct {
 	SegmentedToHost, SegmentedToWire     int64 // large frames cut into segments
 	ChecksummedToHost, ChecksummedToWire int64 // partial checksums finished
 	DropSegment                          int64 // large frames that could not be cut (malformed, or no room)
+	Coalesced                            int64 // host datagrams sent inside another's USO send
 }
 
 type held struct {
@@ -149,7 +154,7 @@ type Stack struct {
 	sendFailed, resourcesWrites, corruptHeld, writeErrs  atomic.Int64
 	dropBadVnetHdr                                       atomic.Int64
 	segToHost, segToWire, csumToHost, csumToWire         atomic.Int64
-	dropSegment                                          atomic.Int64
+	dropSegment, coalesced                               atomic.Int64
 }
 
 var _ ndisshim.Protocol = (*Stack)(nil)
@@ -294,6 +299,7 @@ func (s *Stack) Counters() Counters {
 		WriteErrors: s.writeErrs.Load(), DropBadVnetHdr: s.dropBadVnetHdr.Load(),
 		SegmentedToHost: s.segToHost.Load(), SegmentedToWire: s.segToWire.Load(),
 		ChecksummedToHost: s.csumToHost.Load(), ChecksummedToWire: s.csumToWire.Load(), DropSegment: s.dropSegment.Load(),
+		Coalesced: s.coalesced.Load(),
 	}
 }
 

@@ -203,3 +203,110 @@ func TestSoftwareOffloadToWire(t *testing.T) {
 		})
 	}
 }
+
+// udp4Frame is an Ethernet/IPv4/UDP datagram with a full checksum.
+func udp4Frame(src, dst [4]byte, sport uint16, payload []byte) []byte {
+	f := make([]byte, 14+20+8+len(payload))
+	copy(f, wireMAC)
+	copy(f[6:], nicMAC)
+	binary.BigEndian.PutUint16(f[12:], 0x0800)
+	ip := f[14:34]
+	ip[0], ip[8], ip[9] = 0x45, 64, 17
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(f)-14))
+	binary.BigEndian.PutUint16(ip[6:], 0x4000) // DF
+	copy(ip[12:], src[:])
+	copy(ip[16:], dst[:])
+	binary.BigEndian.PutUint16(ip[10:], ^fold(sum(ip, 0)))
+	udp := f[34:]
+	binary.BigEndian.PutUint16(udp[0:], sport)
+	binary.BigEndian.PutUint16(udp[2:], 5201)
+	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
+	copy(udp[8:], payload)
+	binary.BigEndian.PutUint16(udp[6:], ^fold(sum(udp, pseudo4(ip, len(udp)))))
+	return f
+}
+
+// With USO offered, consecutive same-size datagrams of one flow go down as
+// one USO send that cuts back into exactly those datagrams (checksums
+// right); another flow, a longer datagram, or a miniport without USO
+// starts a new send.
+func TestCoalesceUDP(t *testing.T) {
+	a, b := [4]byte{198, 18, 0, 1}, [4]byte{198, 18, 0, 2}
+	var host [][]byte
+	for i := 0; i < 10; i++ {
+		host = append(host, udp4Frame(a, b, 40000, payloadOf(64 + i)[i:])) // 64-byte payloads, different bytes
+	}
+	host = append(host, udp4Frame(a, b, 40000, payloadOf(20)))  // shorter: rides last
+	host = append(host, udp4Frame(a, b, 40000, payloadOf(64)))  // after a short one: new send
+	host = append(host, udp4Frame(a, b, 40001, payloadOf(64)))  // another flow: new send
+	host = append(host, udp4Frame(a, b, 40001, payloadOf(100))) // longer: new send
+	for _, tc := range []struct {
+		name  string
+		caps  ndisshim.OffloadCaps
+		sends int
+	}{
+		{"USO offered", ndisshim.OffloadCaps{Checksum: 1, LSOv2IPv4: 65535, USOIPv4: 65535, USOIPv6: 65535}, 4},
+		{"no USO", ndisshim.OffloadCaps{Checksum: 1, LSOv2IPv4: 65535}, len(host)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			caps := tc.caps
+			r := newRigNIC(t, Config{CoalesceUDP: true, Batch: 64}, &fakeNIC{caps: &caps})
+			r.restart()
+			// Hold the reader so that all datagrams are read in one batch.
+			parked := r.dev.reads.close()
+			r.hostSend(host...)
+			<-parked
+			r.dev.reads.open()
+			var frames [][]byte
+			var infos []ndisshim.NBLInfo
+			waitFor(t, "sends", func() bool {
+				r.nic.mu.Lock()
+				defer r.nic.mu.Unlock()
+				frames, infos = nil, append([]ndisshim.NBLInfo(nil), r.nic.sendInfos...)
+				for _, s := range r.nic.sends {
+					frames = append(frames, s...)
+				}
+				return len(frames) >= tc.sends
+			})
+			if len(frames) != tc.sends {
+				t.Fatalf("%d NBLs sent, want %d", len(frames), tc.sends)
+			}
+			// Cut every send as the wire's kernel would; the datagrams
+			// must come back as the host sent them.
+			var back [][]byte
+			for i, f := range frames {
+				if infos[i].LSO.MSS == 0 {
+					back = append(back, f)
+					continue
+				}
+				h := tapdev.VnetHdrFromNBLInfo(infos[i])
+				out := make([][]byte, tapdev.SegmentCount(len(f), h))
+				for j := range out {
+					out[j] = make([]byte, 0, int(h.HdrLen)+int(h.GSOSize))
+				}
+				n, err := tapdev.GSOSplit(f, h, out, make([]int, len(out)))
+				if err != nil {
+					t.Fatalf("send %d does not cut: %v (info %+v)", i, err, infos[i])
+				}
+				for j := 0; j < n; j++ {
+					back = append(back, out[j][:cap(out[j])][:len(host[len(back)])])
+				}
+			}
+			if len(back) != len(host) {
+				t.Fatalf("%d datagrams after cutting, want %d", len(back), len(host))
+			}
+			for i := range host {
+				udp := back[i][34:]
+				if fold(sum(udp, pseudo4(back[i][14:34], len(udp)))) != 0xffff {
+					t.Errorf("datagram %d: UDP checksum does not verify", i)
+				}
+				if !bytes.Equal(udp[8:], host[i][42:]) || !bytes.Equal(udp[:4], host[i][34:38]) {
+					t.Errorf("datagram %d differs from the host's", i)
+				}
+			}
+			if c := r.s.Counters(); c.ToWireFrames != int64(len(host)) {
+				t.Errorf("to-wire frames %d, want %d (every datagram)", c.ToWireFrames, len(host))
+			}
+		})
+	}
+}

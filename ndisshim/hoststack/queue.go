@@ -264,6 +264,10 @@ func (q *nicQueue) sendBatch(got int) {
 	s := q.s
 	var c chain
 	var bad *ndisshim.NetBufferList
+	var co coalescer
+	uso4 := s.caps.USOIPv4 > 0 && s.caps.Checksum > 0
+	uso6 := s.caps.USOIPv6 > 0 && s.caps.Checksum > 0
+	coalesce := s.cfg.CoalesceUDP && (uso4 || uso6) && got > 1
 	for i := 0; i < got; i++ {
 		nbl, size := q.sBatch[i], q.sSizes[i]-s.vnet
 		nbl.Next = nil
@@ -279,9 +283,17 @@ func (q *nicQueue) sendBatch(got int) {
 		}
 		nbl.FirstNB.SetBytes(sendHeadroom, size) // the headroom stays in front for the miniport
 		if s.vnet > 0 && !s.caps.Takes(nbl.Info) {
+			co.reset()
 			if !q.softOffload(nbl, &c) {
 				nbl.Next, bad = bad, nbl
 			}
+			continue
+		}
+		if coalesce && co.offer(nbl, uso4, uso6) {
+			c.frames++
+			c.bytes += size
+			nbl.Next, bad = bad, nbl // its payload rides in the open send
+			s.coalesced.Add(1)
 			continue
 		}
 		c.add(nbl)
