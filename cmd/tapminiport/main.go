@@ -167,6 +167,7 @@ type machine struct {
 	hwNetns     string // where the hardware TAP's link lives now
 	snap        adapter.Snapshot
 	stackSnap   hoststack.Counters
+	queueSnap   []adapter.QueueCounters
 	verdict     error
 	left        []string
 	removedCh   chan removal

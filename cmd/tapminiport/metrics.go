@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,7 +82,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.sample()
 	mp := s.mp
-	q := queueLabel
+	q := queueLabel(len(s.queues))
 	counter := func(d *prometheus.Desc, v int64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
@@ -89,10 +90,20 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
 	}
 	gauge(descInfo, 1, c.version, c.hw, c.nic)
-	counter(descRxPackets, mp.RxFrames, q)
-	counter(descRxBytes, mp.RxBytes, q)
-	counter(descTxPackets, mp.TxFrames, q)
-	counter(descTxBytes, mp.TxBytes, q)
+	if len(s.queues) > 1 {
+		for i, qc := range s.queues {
+			l := strconv.Itoa(i)
+			counter(descRxPackets, qc.RxFrames, l)
+			counter(descRxBytes, qc.RxBytes, l)
+			counter(descTxPackets, qc.TxFrames, l)
+			counter(descTxBytes, qc.TxBytes, l)
+		}
+	} else {
+		counter(descRxPackets, mp.RxFrames, q)
+		counter(descRxBytes, mp.RxBytes, q)
+		counter(descTxPackets, mp.TxFrames, q)
+		counter(descTxBytes, mp.TxBytes, q)
+	}
 	counter(descIndications, mp.Indications, q)
 	counter(descResources, mp.ResourcesIndications, q)
 

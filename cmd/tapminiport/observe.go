@@ -26,9 +26,15 @@ import (
 	"github.com/tapminiport/tapminiport/ndisshim/hoststack"
 )
 
-// queueLabel names the one receive queue there is today; with RSS there
-// will be one reader, one line and one label value per queue.
-const queueLabel = "0"
+// queueLabel is the queue label of the adapter-wide counters: "0" with one
+// queue, "all" with several (RSS), whose packets and bytes are also given
+// per queue (queue="0", "1", ...).
+func queueLabel(queues int) string {
+	if queues > 1 {
+		return "all"
+	}
+	return "0"
+}
 
 // sample is what an observer reads at one moment.
 type sample struct {
@@ -37,6 +43,7 @@ type sample struct {
 	shim     ndisshim.Stats
 	mp       adapter.Snapshot
 	stack    hoststack.Counters
+	queues   []adapter.QueueCounters
 	findings int
 	pcap     pcapStats
 }
@@ -54,8 +61,9 @@ func (m *machine) sample() sample {
 	if m.mpLive {
 		s.mp = m.mp.Counters()
 		s.stack = m.st.Counters()
+		s.queues = m.mp.QueueCounters()
 	} else {
-		s.mp, s.stack = m.snap, m.stackSnap
+		s.mp, s.stack, s.queues = m.snap, m.stackSnap, m.queueSnap
 	}
 	m.obs.RUnlock()
 	s.pcap = m.pcapStats()
@@ -69,6 +77,7 @@ func (m *machine) freezeMiniport() {
 	if m.mpLive {
 		m.snap = m.mp.Counters()
 		m.stackSnap = m.st.Counters()
+		m.queueSnap = m.mp.QueueCounters()
 		m.mpLive = false
 	}
 	m.obs.Unlock()
@@ -101,7 +110,7 @@ func statsLine(prev, cur sample, poolSize int) string {
 	c, p := cur.mp, prev.mp
 	var b strings.Builder
 	fmt.Fprintf(&b, "stats q=%s rx_pps=%d rx_mbps=%.1f tx_pps=%d tx_mbps=%.1f rx=%d tx=%d held=%d pool=%d/%d pool_hw=%d resources=%d",
-		queueLabel, rate(p.RxFrames, c.RxFrames), mbps(p.RxBytes, c.RxBytes), rate(p.TxFrames, c.TxFrames), mbps(p.TxBytes, c.TxBytes),
+		queueLabel(len(cur.queues)), rate(p.RxFrames, c.RxFrames), mbps(p.RxBytes, c.RxBytes), rate(p.TxFrames, c.TxFrames), mbps(p.TxBytes, c.TxBytes),
 		c.RxFrames, c.TxFrames, cur.shim.HeldNow, c.PoolInUse, poolSize, c.PoolHighWater, c.ResourcesIndications)
 	fmt.Fprintf(&b, " rx_drop=nobuf:%d,runt:%d,oversize:%d,filtered:%d,notready:%d tx_drop=paused:%d,oversize:%d,error:%d",
 		c.RxDropNoBuffer, c.RxDropRunt, c.RxDropOversize, c.RxDropFiltered, c.RxDropNotReady, c.TxDropPaused, c.TxDropOversize, c.TxErrors)
@@ -202,7 +211,12 @@ func (m *machine) dump() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "=== tapminiport state dump (SIGUSR1): pid %d, up %s, %s\n", os.Getpid(), time.Since(m.started).Round(time.Millisecond), d.At.Format(time.RFC3339Nano))
 	b.WriteString(d.String())
-	fmt.Fprintf(&b, "miniport queue %s:\n", queueLabel)
+	fmt.Fprintf(&b, "miniport queue %s:\n", queueLabel(len(s.queues)))
+	if len(s.queues) > 1 {
+		for i, q := range s.queues {
+			fmt.Fprintf(&b, "  queue %d: rx %d packets %d bytes, tx %d packets %d bytes\n", i, q.RxFrames, q.RxBytes, q.TxFrames, q.TxBytes)
+		}
+	}
 	fmt.Fprintf(&b, "  wire → host: %d packets, %d bytes in %d indications (%d with RESOURCES)\n", c.RxFrames, c.RxBytes, c.Indications, c.ResourcesIndications)
 	fmt.Fprintf(&b, "  host → wire: %d packets, %d bytes\n", c.TxFrames, c.TxBytes)
 	fmt.Fprintf(&b, "  receive drops: no-buffer=%d runt=%d oversize=%d filtered=%d not-ready=%d\n",

@@ -153,6 +153,15 @@ func (m *machine) report(code int, err error) {
 	fmt.Fprintf(w, "  send drops: paused=%d oversize=%d errors=%d\n", c.TxDropPaused, c.TxDropOversize, c.TxErrors)
 	fmt.Fprintf(w, "  stack drops: paused=%d no-send-buffer=%d send-failed=%d write-errors=%d; returned early (hold queue full): %d\n",
 		s.DropPaused, s.DropNoSendBuffer, s.SendFailed, s.WriteErrors, s.ReturnedEarly)
+	fmt.Fprintf(w, "  software offload: segmented to-host=%d to-wire=%d, checksummed to-host=%d to-wire=%d, coalesced udp=%d, dropped=%d\n",
+		s.SegmentedToHost, s.SegmentedToWire, s.ChecksummedToHost, s.ChecksummedToWire, s.Coalesced, s.DropSegment)
+	if len(m.queueSnap) > 1 {
+		var b strings.Builder
+		for i, q := range m.queueSnap {
+			fmt.Fprintf(&b, " q%d rx=%d tx=%d", i, q.RxFrames, q.TxFrames)
+		}
+		fmt.Fprintf(w, "  queues (packets):%s\n", b.String())
+	}
 	fmt.Fprintf(w, "  peak buffers held by the stack: %d of %d\n", st.PeakHeld, m.o.rxBuffers)
 	fmt.Fprintf(w, "  receive pool: high-water %d, exhaustions %d\n", c.PoolHighWater, c.PoolExhaustions)
 	fmt.Fprintf(w, "  NBLs drained during pause/halt: %d\n", st.DrainedNBLs)
