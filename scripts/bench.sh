@@ -65,14 +65,17 @@ record() { if [ -n "$3" ]; then echo "$1 $2 $3" >>"$OUT/results"; else echo "  $
 # measure NAME CLIENT_NS SERVER_NS SERVER_ADDR: appends "name metric value" lines
 measure() {
 	local name=$1 cns=$2 sns=$3 addr=$4 out srv
-	for dir in up down; do
+	for test in up down p4_up p4_down; do
 		timeout $((SECS + 15)) ip netns exec "$sns" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
 		srv=$!
 		listening "$sns"
-		local flag=""; [ $dir = down ] && flag=-R
-		out=$(timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -t "$SECS" $flag -f g 2>&1 | awk '/receiver/ {print $7}') || true
+		local flags=""
+		case $test in down) flags=-R ;; p4_up) flags="-P 4" ;; p4_down) flags="-P 4 -R" ;; esac
+		# one stream: its receiver line; -P 4: the [SUM] receiver line
+		out=$(timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -t "$SECS" $flags -f g 2>&1 |
+			awk -v p4="${flags#-R}" '/receiver/ && (p4 == "" || /SUM/) { for (i = 1; i <= NF; i++) if ($i == "Gbits/sec") v = $(i-1) } END { print v }') || true
 		wait "$srv" || true
-		record "$name" "tcp_$dir" "$out"
+		record "$name" "tcp_$test" "$out"
 	done
 	timeout $((SECS + 15)) ip netns exec "$sns" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
 	srv=$!
@@ -99,18 +102,27 @@ for r in $(seq "$ROUNDS"); do
 	start_fwd --offload
 	measure tapfwd-offload "$FA" "$FB" 198.18.2.2
 	stop_tm
-	echo "round $r/$ROUNDS: tapminiport --offload=false" >&2
-	start_tm --offload=false
+	echo "round $r/$ROUNDS: tapminiport --offload=false --nic-offload=false --udp-coalesce=false (plain frames both sides)" >&2
+	start_tm --offload=false --nic-offload=false --udp-coalesce=false
 	measure tapminiport-plain "$HOST" "$WIRE" 198.18.0.2
 	stop_tm
-	echo "round $r/$ROUNDS: tapminiport (offload)" >&2
+	echo "round $r/$ROUNDS: tapminiport --udp-coalesce=false" >&2
+	start_tm --udp-coalesce=false
+	measure tapminiport-nocoal "$HOST" "$WIRE" 198.18.0.2
+	stop_tm
+	echo "round $r/$ROUNDS: tapminiport (default flags)" >&2
 	start_tm
 	measure tapminiport "$HOST" "$WIRE" 198.18.0.2
+	stop_tm
+	echo "round $r/$ROUNDS: tapminiport --queues 2" >&2
+	start_tm --queues 2
+	measure tapminiport-q2 "$HOST" "$WIRE" 198.18.0.2
 	stop_tm
 done
 
 echo
 echo "Medians of $ROUNDS interleaved rounds, ${SECS}s each, $(nproc) CPUs, $(iperf3 --version | head -n1 | awk '{print $1, $2}')"
+echo "(TCP: iperf3 receiver Gbit/s, one stream and -P 4; UDP: 64-byte datagrams delivered per second at -b 0; ping: median of 200 at 2 ms)"
 awk '
 	{ k = $1 SUBSEP $2; n[k]++; v[k, n[k]] = $3 }
 	function median(k,   i, j, t, c, a) {
@@ -120,19 +132,20 @@ awk '
 	}
 	function ratio(x, y) { return (y + 0 == 0) ? "n/a" : sprintf("%.2f", x / y) }
 	END {
-		split("veth tapfwd tapfwd-offload tapminiport-plain tapminiport", order, " ")
-		split("tcp_up tcp_down udp64_kpps ping_ms", m, " ")
-		printf "| %-17s | %13s | %15s | %12s | %11s |\n", "datapath", "TCP up Gbit/s", "TCP down Gbit/s", "UDP 64B kpps", "ping RTT ms"
-		printf "|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---"
-		for (o = 1; o <= 5; o++) { d = order[o]
-			printf "| %-17s | %13.2f | %15.2f | %12.1f | %11.3f |\n", d, median(d SUBSEP m[1]), median(d SUBSEP m[2]), median(d SUBSEP m[3]), median(d SUBSEP m[4]) }
+		nd = split("veth tapfwd tapfwd-offload tapminiport-plain tapminiport-nocoal tapminiport tapminiport-q2", order, " ")
+		nm = split("tcp_up tcp_down tcp_p4_up tcp_p4_down udp64_kpps ping_ms", m, " ")
+		printf "| %-18s | %6s | %6s | %9s | %9s | %8s | %7s |\n", "datapath", "TCP up", "TCP dn", "TCP P4 up", "TCP P4 dn", "UDP kpps", "ping ms"
+		printf "|%s|%s|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---", "---", "---"
+		for (o = 1; o <= nd; o++) { d = order[o]
+			printf "| %-18s | %6.2f | %6.2f | %9.2f | %9.2f | %8.1f | %7.3f |\n", d, median(d SUBSEP m[1]), median(d SUBSEP m[2]),
+				median(d SUBSEP m[3]), median(d SUBSEP m[4]), median(d SUBSEP m[5]), median(d SUBSEP m[6]) }
 		print ""
-		# like for like: without offload against the plain forwarder, with offload against the offload forwarder
-		split("tapminiport-plain/tapfwd tapminiport/tapfwd-offload tapminiport/veth", pairs, " ")
-		printf "| %-32s | %7s | %9s | %7s | %8s |\n", "ratio", "TCP up", "TCP down", "UDP 64B", "ping RTT"
-		printf "|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---"
-		for (o = 1; o <= 3; o++) { split(pairs[o], ab, "/"); a = ab[1]; d = ab[2]
-			printf "| %-32s | %7s | %9s | %7s | %8s |\n", a " / " d,
-				ratio(median(a SUBSEP m[1]), median(d SUBSEP m[1])), ratio(median(a SUBSEP m[2]), median(d SUBSEP m[2])),
-				ratio(median(a SUBSEP m[3]), median(d SUBSEP m[3])), ratio(median(a SUBSEP m[4]), median(d SUBSEP m[4])) }
+		# like for like: plain frames against the plain forwarder, offloads against the offload forwarder
+		np = split("tapminiport-plain/tapfwd tapminiport-nocoal/tapfwd-offload tapminiport/tapfwd-offload tapminiport-q2/tapfwd-offload tapminiport/veth", pairs, " ")
+		printf "| %-36s | %6s | %6s | %9s | %9s | %8s | %7s |\n", "ratio (ping: lower is better)", "TCP up", "TCP dn", "TCP P4 up", "TCP P4 dn", "UDP", "ping"
+		printf "|%s|%s|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---", "---", "---"
+		for (o = 1; o <= np; o++) { split(pairs[o], ab, "/"); a = ab[1]; d = ab[2]
+			printf "| %-36s |", a " / " d
+			for (i = 1; i <= nm; i++) printf " %*s |", (i == 3 || i == 4) ? 9 : (i == 5 ? 8 : (i == 6 ? 7 : 6)), ratio(median(a SUBSEP m[i]), median(d SUBSEP m[i]))
+			printf "\n" }
 	}' "$OUT/results"
