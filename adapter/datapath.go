@@ -30,29 +30,7 @@ import (
 func (q *queue) dpc() {
 	m := q.m
 	for round := 0; round < 16; round++ { // bounded: let the shim see stop requests
-		n := m.pool.Get(q.rxBatch)
-		if n == 0 {
-			// No buffer: take one frame off the fd so it does not stay
-			// readable forever, and count it.
-			k, err := q.dev.ReadBatch(q.scratchBufs, q.rxSizes[:1])
-			if err != nil {
-				m.deviceError(err)
-				return
-			}
-			if k == 0 {
-				return
-			}
-			m.ctr.RxDropNoBuffer.Add(1)
-			continue
-		}
-		for i := 0; i < n; i++ {
-			nb := q.rxBatch[i].FirstNB
-			q.rxBufs[i] = nb.Data[headroom-m.vnet:] // a virtio-net header lands in the headroom
-		}
-		got, err := q.dev.ReadBatch(q.rxBufs[:n], q.rxSizes[:n])
-		if got < n {
-			m.pool.Recycle(ndisshim.Chain(q.rxBatch[got:n]...))
-		}
+		got, empty, err := q.fill()
 		if got > 0 {
 			q.indicate(got)
 		}
@@ -60,9 +38,49 @@ func (q *queue) dpc() {
 			m.deviceError(err)
 			return
 		}
-		if got < n {
-			return // the fd is empty
+		if empty {
+			return
 		}
+	}
+}
+
+// fill reads up to a batch of frames into blocks of the pool (q.rxBatch,
+// q.rxSizes) and reports how many it read and whether the fd is empty. A
+// wake-up usually finds one frame or a few (ping, ACKs): fill first takes
+// firstBatch blocks and takes the rest of the batch only when those fill
+// up, so a lone frame does not take and give back Batch blocks, and a
+// burst still goes up in one indication. With no block free it takes one
+// frame off the fd (so it does not stay readable forever) and counts it.
+func (q *queue) fill() (got int, empty bool, err error) {
+	m := q.m
+	want := min(firstBatch, len(q.rxBatch))
+	for {
+		n := m.pool.Get(q.rxBatch[got:want])
+		if n == 0 {
+			if got > 0 {
+				return got, false, nil // indicate what we have; the next round finds the pool
+			}
+			k, err := q.dev.ReadBatch(q.scratchBufs, q.rxSizes[:1])
+			if k > 0 {
+				m.ctr.RxDropNoBuffer.Add(1)
+			}
+			return 0, k == 0, err
+		}
+		for i := got; i < got+n; i++ {
+			q.rxBufs[i] = q.rxBatch[i].FirstNB.Data[headroom-m.vnet:] // a virtio-net header lands in the headroom
+		}
+		k, err := q.dev.ReadBatch(q.rxBufs[got:got+n], q.rxSizes[got:got+n])
+		if k < n {
+			m.pool.Recycle(ndisshim.Chain(q.rxBatch[got+k : got+n]...))
+		}
+		got += k
+		if err != nil || k < n {
+			return got, k < n, err
+		}
+		if got == len(q.rxBatch) {
+			return got, false, nil
+		}
+		want = len(q.rxBatch)
 	}
 }
 
@@ -162,6 +180,9 @@ func (q *queue) indicate(got int) {
 		m.pool.Recycle(head) // ownership came back when the call returned
 	}
 }
+
+// firstBatch is how many blocks the first read of a wake-up takes.
+const firstBatch = 8
 
 // maxGSOFrame is the largest large-send frame: a 64 KiB IP packet behind an
 // Ethernet header and a VLAN tag.

@@ -197,22 +197,7 @@ func (q *nicQueue) readFromNIC() {
 			s.dropPaused.Add(int64(n))
 			continue
 		}
-		k := s.sendPool.AllocateBatch(q.sBatch)
-		if k == 0 {
-			n, err := q.dev.ReadBatch(q.scratch, q.sSizes[:1])
-			if err != nil || n == 0 {
-				return
-			}
-			s.dropNoSendBuffer.Add(int64(n))
-			continue
-		}
-		for i := 0; i < k; i++ {
-			q.sBufs[i] = q.sBatch[i].FirstNB.Data[sendHeadroom-s.vnet:]
-		}
-		got, err := q.dev.ReadBatch(q.sBufs[:k], q.sSizes[:k])
-		if got < k {
-			s.sendPool.FreeChain(ndisshim.Chain(q.sBatch[got:k]...))
-		}
+		got, empty, err := q.fill()
 		if got > 0 {
 			q.sendBatch(got)
 		}
@@ -220,9 +205,50 @@ func (q *nicQueue) readFromNIC() {
 			s.readerError(err)
 			return
 		}
-		if got < k {
+		if empty {
 			return
 		}
+	}
+}
+
+// firstBatch is how many send NBLs the first read of a wake-up takes.
+const firstBatch = 8
+
+// fill reads up to a batch of host frames into send NBLs (q.sBatch,
+// q.sSizes): firstBatch NBLs first, the rest of the batch only when those
+// fill up (a wake-up often finds one frame; a burst still goes down as one
+// chain). With no NBL free it drops one frame (counted) so the fd does not
+// stay readable forever.
+func (q *nicQueue) fill() (got int, empty bool, err error) {
+	s := q.s
+	want := min(firstBatch, len(q.sBatch))
+	for {
+		n := s.sendPool.AllocateBatch(q.sBatch[got:want])
+		if n == 0 {
+			if got > 0 {
+				return got, false, nil
+			}
+			k, err := q.dev.ReadBatch(q.scratch, q.sSizes[:1])
+			if k > 0 {
+				s.dropNoSendBuffer.Add(int64(k))
+			}
+			return 0, k == 0, err
+		}
+		for i := got; i < got+n; i++ {
+			q.sBufs[i] = q.sBatch[i].FirstNB.Data[sendHeadroom-s.vnet:]
+		}
+		k, err := q.dev.ReadBatch(q.sBufs[got:got+n], q.sSizes[got:got+n])
+		if k < n {
+			s.sendPool.FreeChain(ndisshim.Chain(q.sBatch[got+k : got+n]...))
+		}
+		got += k
+		if err != nil || k < n {
+			return got, k < n, err
+		}
+		if got == len(q.sBatch) {
+			return got, false, nil
+		}
+		want = len(q.sBatch)
 	}
 }
 
