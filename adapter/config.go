@@ -7,6 +7,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/tapminiport/tapminiport/ndisshim"
 	"github.com/tapminiport/tapminiport/tapdev"
 )
 
@@ -33,7 +34,9 @@ type Config struct {
 	// Queues is the number of receive queues (RSS): one hardware queue (a
 	// multi-queue TAP's fd), one interrupt and one DPC goroutine each, all
 	// filling one receive pool. 0 means 1.
-	Queues       int
+	Queues int
+	// Moderation is the receive DPC's interrupt moderation (off: zero).
+	Moderation   ndisshim.Moderation
 	LowWater     int           // indicate with RESOURCES when this few blocks are left (0: RxBuffers/8)
 	StatsPeriod  time.Duration // the statistics timer's period (0: 1s)
 	LinkSpeedBps uint64        // reported link speed (0: 10 Gbit/s)

@@ -29,8 +29,11 @@ import (
 // goroutine.
 func (q *queue) dpc() {
 	m := q.m
+	frames := 0
+	defer func() { m.cfg.Moderation.After(frames) }()
 	for round := 0; round < 16; round++ { // bounded: let the shim see stop requests
 		got, empty, err := q.fill()
+		frames += got
 		if got > 0 {
 			q.indicate(got)
 		}

@@ -94,3 +94,25 @@ func (in *Interrupt) Deregister() error {
 // Err is why the interrupt loop ended on its own (nil if it did not).
 // Valid after Deregister.
 func (in *Interrupt) Err() error { return in.err }
+
+// Moderation is interrupt moderation (a NIC's *InterruptModeration
+// keyword): after a wake-up whose DPC handled at least Frames frames, the
+// DPC waits Delay before it returns, so the next wake-up finds a bigger
+// batch. Under load that means fewer wake-ups, fewer and bigger
+// indications and sends, and CPU left to the rest of the machine (on a
+// machine where the traffic's own endpoints share the cores); a quiet link
+// (a ping) never waits. The zero value is off.
+type Moderation struct {
+	Delay  time.Duration
+	Frames int
+}
+
+// After is called by a DPC at the end of a wake-up that handled frames.
+func (m Moderation) After(frames int) {
+	if m.Delay > 0 && frames >= max(m.Frames, 1) {
+		moderationSleep(m.Delay)
+	}
+}
+
+// moderationSleep is time.Sleep; tests record the calls instead.
+var moderationSleep = time.Sleep

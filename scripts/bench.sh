@@ -102,6 +102,10 @@ for r in $(seq "$ROUNDS"); do
 	start_fwd --offload
 	measure tapfwd-offload "$FA" "$FB" 198.18.2.2
 	stop_tm
+	echo "round $r/$ROUNDS: tapfwd --offload -pipeline (reader and writer goroutines per direction)" >&2
+	start_fwd --offload -pipeline
+	measure tapfwd-pipe "$FA" "$FB" 198.18.2.2
+	stop_tm
 	echo "round $r/$ROUNDS: tapminiport --offload=false --nic-offload=false --udp-coalesce=false (plain frames both sides)" >&2
 	start_tm --offload=false --nic-offload=false --udp-coalesce=false
 	measure tapminiport-plain "$HOST" "$WIRE" 198.18.0.2
@@ -118,6 +122,10 @@ for r in $(seq "$ROUNDS"); do
 	start_tm --queues 2
 	measure tapminiport-q2 "$HOST" "$WIRE" 198.18.0.2
 	stop_tm
+	echo "round $r/$ROUNDS: tapminiport --interrupt-moderation 100us" >&2
+	start_tm --interrupt-moderation 100us
+	measure tapminiport-mod "$HOST" "$WIRE" 198.18.0.2
+	stop_tm
 done
 
 echo
@@ -132,7 +140,7 @@ awk '
 	}
 	function ratio(x, y) { return (y + 0 == 0) ? "n/a" : sprintf("%.2f", x / y) }
 	END {
-		nd = split("veth tapfwd tapfwd-offload tapminiport-plain tapminiport-nocoal tapminiport tapminiport-q2", order, " ")
+		nd = split("veth tapfwd tapfwd-offload tapfwd-pipe tapminiport-plain tapminiport-nocoal tapminiport tapminiport-q2 tapminiport-mod", order, " ")
 		nm = split("tcp_up tcp_down tcp_p4_up tcp_p4_down udp64_kpps ping_ms", m, " ")
 		printf "| %-18s | %6s | %6s | %9s | %9s | %8s | %7s |\n", "datapath", "TCP up", "TCP dn", "TCP P4 up", "TCP P4 dn", "UDP kpps", "ping ms"
 		printf "|%s|%s|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---", "---", "---"
@@ -141,7 +149,7 @@ awk '
 				median(d SUBSEP m[3]), median(d SUBSEP m[4]), median(d SUBSEP m[5]), median(d SUBSEP m[6]) }
 		print ""
 		# like for like: plain frames against the plain forwarder, offloads against the offload forwarder
-		np = split("tapminiport-plain/tapfwd tapminiport-nocoal/tapfwd-offload tapminiport/tapfwd-offload tapminiport-q2/tapfwd-offload tapminiport/veth", pairs, " ")
+		np = split("tapfwd-pipe/tapfwd-offload tapminiport-plain/tapfwd tapminiport-nocoal/tapfwd-offload tapminiport/tapfwd-offload tapminiport-q2/tapfwd-offload tapminiport-mod/tapfwd-offload tapminiport/veth", pairs, " ")
 		printf "| %-36s | %6s | %6s | %9s | %9s | %8s | %7s |\n", "ratio (ping: lower is better)", "TCP up", "TCP dn", "TCP P4 up", "TCP P4 dn", "UDP", "ping"
 		printf "|%s|%s|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---", "---", "---"
 		for (o = 1; o <= np; o++) { split(pairs[o], ab, "/"); a = ab[1]; d = ab[2]

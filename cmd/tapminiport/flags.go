@@ -29,6 +29,7 @@ type options struct {
 	queues              int
 	nicOffload          bool
 	udpCoalesce         bool
+	moderation          time.Duration
 	returnDelay         time.Duration
 	checkHeld           bool
 	offload             bool
@@ -108,7 +109,7 @@ var flagGroups = []struct {
 	names []string
 }{
 	{"Topology (where the TAPs and the wire partner live)", []string{"hw-tap", "nic-tap", "nic-netns", "wire-netns", "no-wire", "nic-addr", "wire-addr", "bridge"}},
-	{"Adapter (the miniport's registry keywords)", []string{"mtu", "mac", "rx-buffers", "batch", "queues", "offload"}},
+	{"Adapter (the miniport's registry keywords)", []string{"mtu", "mac", "rx-buffers", "batch", "queues", "interrupt-moderation", "offload"}},
 	{"Stack (the protocol binding that plays tcpip.sys)", []string{"nic-offload", "udp-coalesce", "return-delay", "check-held"}},
 	{"Halt", []string{"halt-timeout", "watchdog"}},
 	{"Observability", []string{"stats", "metrics", "pcap", "pcap-max", "log-level", "version"}},
@@ -243,6 +244,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&o.batch, "batch", 64, "`frames` per receive indication at most, 1..1024")
 	fs.DurationVar(&o.returnDelay, "return-delay", 0, "the stack holds each indicated buffer at least this `duration` before returning it (watch pause wait for the stack)")
 	fs.IntVar(&o.queues, "queues", 1, "receive `queues` (RSS): a multi-queue hardware TAP and NIC TAP, one reader and DPC per queue, 1..16")
+	fs.DurationVar(&o.moderation, "interrupt-moderation", 0, "after a busy wake-up (8 frames or more) the receive DPC and the NIC TAP reader wait this `long` before the next, 0..10ms (0: off); a quiet link never waits")
 	fs.BoolVar(&o.nicOffload, "nic-offload", true, "offloads on the NIC TAP too; --nic-offload=false makes the stack segment and checksum in software what the wire hands over")
 	fs.BoolVar(&o.udpCoalesce, "udp-coalesce", true, "join consecutive same-size UDP datagrams of one flow from the host into one USO send when the miniport offers USO")
 	fs.BoolVar(&o.offload, "offload", true, "checksum and large send offload: both TAPs carry virtio-net headers (IFF_VNET_HDR, TUNSETOFFLOAD), 64 KiB TCP frames cross as one NBL; --offload=false for plain 1514-byte frames")
@@ -311,6 +313,8 @@ func (o *options) validate() error {
 		return fmt.Errorf("--rx-buffers %d: out of range 8..1048576", o.rxBuffers)
 	case o.batch < 1 || o.batch > 1024:
 		return fmt.Errorf("--batch %d: out of range 1..1024", o.batch)
+	case o.moderation < 0 || o.moderation > 10*time.Millisecond:
+		return fmt.Errorf("--interrupt-moderation %s: out of range 0..10ms", o.moderation)
 	case o.queues < 1 || o.queues > adapter.MaxQueues:
 		return fmt.Errorf("--queues %d: out of range 1..%d", o.queues, adapter.MaxQueues)
 	case o.returnDelay < 0:

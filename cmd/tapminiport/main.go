@@ -227,7 +227,8 @@ func (m *machine) start() error {
 	drv.OnFinding(func(f ndisshim.Finding) { m.log.Error("verifier", "finding", f.String()) })
 	cfg := adapter.Config{
 		HardwareName: o.hwTap, MTU: o.mtu, MAC: o.mac, Bridge: o.bridge, RxBuffers: o.rxBuffers, Batch: o.batch, Queues: o.queues,
-		Open: m.openHardware, Configure: adapter.ConfigureTAP, VnetHdr: o.offload,
+		Moderation: ndisshim.Moderation{Delay: o.moderation, Frames: 8},
+		Open:       m.openHardware, Configure: adapter.ConfigureTAP, VnetHdr: o.offload,
 		Unconfigure: func(name string) error { return tapdev.SetLinkUp(m.hwNetns, name, false) },
 		FailAt:      o.failAt,
 		Log:         m.log,
@@ -260,7 +261,8 @@ func (m *machine) start() error {
 			return fmt.Errorf("configure wire partner %s in %s: %w", o.hwTap, o.wireNetns, err)
 		}
 	}
-	hcfg := hoststack.Config{NICName: o.nicTap, Netns: o.nicNetns, ReturnDelay: o.returnDelay, CheckHeld: o.checkHeld, VnetHdr: o.nicOffload, Queues: o.queues, CoalesceUDP: o.udpCoalesce, Log: m.log}
+	hcfg := hoststack.Config{NICName: o.nicTap, Netns: o.nicNetns, ReturnDelay: o.returnDelay, CheckHeld: o.checkHeld, VnetHdr: o.nicOffload, Queues: o.queues, CoalesceUDP: o.udpCoalesce, Log: m.log,
+		Moderation: ndisshim.Moderation{Delay: o.moderation, Frames: 8}}
 	if !o.noWire {
 		hcfg.Addrs = o.nicAddrs
 	}

@@ -70,6 +70,8 @@ type Config struct {
 	// from the NIC TAP into one USO send when the miniport offers USO and
 	// checksum offload (see coalesce.go).
 	CoalesceUDP bool
+	// Moderation is the NIC TAP reader's interrupt moderation.
+	Moderation ndisshim.Moderation
 	// Queues is the NIC TAP's number of queues (a multi-queue TAP, one
 	// reader per queue); 0 means 1.
 	Queues int

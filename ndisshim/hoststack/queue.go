@@ -188,6 +188,8 @@ func (w *writer) flush(bufs [][]byte) int {
 // readFromNIC is the reader's DPC: host frames → one send chain per batch.
 func (q *nicQueue) readFromNIC() {
 	s := q.s
+	frames := 0
+	defer func() { s.cfg.Moderation.After(frames) }()
 	for round := 0; round < 16; round++ {
 		if s.paused.Load() {
 			n, err := q.dev.ReadBatch(q.scratch, q.sSizes[:1])
@@ -198,6 +200,7 @@ func (q *nicQueue) readFromNIC() {
 			continue
 		}
 		got, empty, err := q.fill()
+		frames += got
 		if got > 0 {
 			q.sendBatch(got)
 		}

@@ -1,0 +1,29 @@
+package ndisshim
+
+import (
+	"testing"
+	"time"
+)
+
+// Moderation waits only after a busy wake-up, and never when off.
+func TestModeration(t *testing.T) {
+	var slept []time.Duration
+	defer func(f func(time.Duration)) { moderationSleep = f }(moderationSleep)
+	moderationSleep = func(d time.Duration) { slept = append(slept, d) }
+	m := Moderation{Delay: 100 * time.Microsecond, Frames: 8}
+	for _, frames := range []int{0, 1, 7, 8, 64} {
+		m.After(frames)
+	}
+	Moderation{}.After(64)
+	Moderation{Delay: time.Millisecond}.After(1) // Frames 0 counts as 1
+	Moderation{Delay: time.Millisecond}.After(0)
+	want := []time.Duration{100 * time.Microsecond, 100 * time.Microsecond, time.Millisecond}
+	if len(slept) != len(want) {
+		t.Fatalf("slept %v, want %v", slept, want)
+	}
+	for i := range want {
+		if slept[i] != want[i] {
+			t.Fatalf("slept %v, want %v", slept, want)
+		}
+	}
+}
