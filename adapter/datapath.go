@@ -29,11 +29,14 @@ import (
 // goroutine.
 func (q *queue) dpc() {
 	m := q.m
-	frames := 0
-	defer func() { m.cfg.Moderation.After(frames) }()
+	frames, bytes := 0, 0
+	defer func() { m.cfg.Moderation.After(frames, bytes) }()
 	for round := 0; round < 16; round++ { // bounded: let the shim see stop requests
 		got, empty, err := q.fill()
 		frames += got
+		for _, n := range q.rxSizes[:got] {
+			bytes += n
+		}
 		if got > 0 {
 			q.indicate(got)
 		}

@@ -96,22 +96,29 @@ func (in *Interrupt) Deregister() error {
 func (in *Interrupt) Err() error { return in.err }
 
 // Moderation is interrupt moderation (a NIC's *InterruptModeration
-// keyword): after a wake-up whose DPC handled at least Frames frames, the
-// DPC waits Delay before it returns, so the next wake-up finds a bigger
-// batch. Under load that means fewer wake-ups, fewer and bigger
-// indications and sends, and CPU left to the rest of the machine (on a
-// machine where the traffic's own endpoints share the cores); a quiet link
-// (a ping) never waits. The zero value is off.
+// keyword, adaptive as NICs do it): after a wake-up whose DPC handled at
+// least Frames frames averaging at most SmallFrame bytes (a flood of small
+// frames, where every frame costs a syscall), the DPC waits Delay before
+// it returns, so that the next wake-up finds a bigger batch: fewer
+// wake-ups, fewer and bigger indications and sends, and CPU left to the
+// rest of the machine. Large frames (64 KiB TCP sends) and a quiet link (a
+// ping) never wait. The zero value is off.
 type Moderation struct {
-	Delay  time.Duration
-	Frames int
+	Delay      time.Duration
+	Frames     int
+	SmallFrame int // 0: any size
 }
 
-// After is called by a DPC at the end of a wake-up that handled frames.
-func (m Moderation) After(frames int) {
-	if m.Delay > 0 && frames >= max(m.Frames, 1) {
-		moderationSleep(m.Delay)
+// After is called by a DPC at the end of a wake-up that handled frames
+// frames of bytes bytes in all.
+func (m Moderation) After(frames, bytes int) {
+	if m.Delay <= 0 || frames < max(m.Frames, 1) {
+		return
 	}
+	if m.SmallFrame > 0 && bytes > frames*m.SmallFrame {
+		return
+	}
+	moderationSleep(m.Delay)
 }
 
 // moderationSleep is time.Sleep; tests record the calls instead.

@@ -15,9 +15,12 @@
 // at once (counted as ReturnedEarly).
 //
 // Send (host → wire): the reader goroutine (an ndisshim interrupt on tm0's
-// fd) reads frames the host sends straight into NBLs of the binding's own
-// send pool, chains a batch and sends it with one SendNetBufferLists; the
-// completion frees the chain back to the pool in one call.
+// fd, one per queue with Config.Queues) reads frames the host sends
+// straight into NBLs of the binding's own send pool, chains a batch and
+// sends it with one SendNetBufferLists; the completion frees the chain back
+// to the pool in one call. What the miniport does not offload, the binding
+// segments and checksums in software, and it joins a flow's small UDP
+// datagrams into one USO send (queue.go, coalesce.go).
 package hoststack
 
 import (
@@ -185,7 +188,6 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	movesLink := cfg.Open == nil && cfg.Configure == nil && cfg.Netns != ""
-	defaultOpen := cfg.Open == nil
 	if cfg.Open == nil {
 		cfg.Open = nicOpener(cfg.VnetHdr, cfg.Queues)
 		if cfg.Configure == nil {
@@ -228,7 +230,6 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 	if s.vnet > 0 {
 		s.nicOffloads = deviceOffloads(s.queues[0].dev)
 	}
-	_ = defaultOpen
 	if cfg.Configure != nil {
 		s.moved = movesLink
 		if err = cfg.Configure(cfg, mac, mtu); err != nil {

@@ -188,8 +188,8 @@ func (w *writer) flush(bufs [][]byte) int {
 // readFromNIC is the reader's DPC: host frames → one send chain per batch.
 func (q *nicQueue) readFromNIC() {
 	s := q.s
-	frames := 0
-	defer func() { s.cfg.Moderation.After(frames) }()
+	frames, bytes := 0, 0
+	defer func() { s.cfg.Moderation.After(frames, bytes) }()
 	for round := 0; round < 16; round++ {
 		if s.paused.Load() {
 			n, err := q.dev.ReadBatch(q.scratch, q.sSizes[:1])
@@ -201,6 +201,9 @@ func (q *nicQueue) readFromNIC() {
 		}
 		got, empty, err := q.fill()
 		frames += got
+		for _, n := range q.sSizes[:got] {
+			bytes += n
+		}
 		if got > 0 {
 			q.sendBatch(got)
 		}
