@@ -42,6 +42,7 @@ var (
 	descRxDropped     = desc("rx_dropped_total", "Received frames dropped by the miniport, by cause.", "queue", "cause")
 	descTxDropped     = desc("tx_dropped_total", "Frames to send dropped or failed by the miniport, by cause.", "queue", "cause")
 	descStackDropped  = desc("stack_dropped_total", "Frames dropped by the host-stack binding, by cause.", "cause")
+	descSoftOffload   = desc("stack_software_offload_total", "Frames the stack cut, checksummed or coalesced in software because the other side could not take them as they were.", "kind")
 	descReturnedEarly = desc("stack_returned_early_total", "Receive NBLs the stack returned at once because its hold queue was full.")
 	descPoolSize      = desc("pool_buffers", "Receive buffers in the miniport's pool.", "queue")
 	descPoolInUse     = desc("pool_buffers_in_use", "Receive buffers in use now (filling or held by the stack).", "queue")
@@ -72,7 +73,7 @@ var _ prometheus.Collector = (*collector)(nil)
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descRxPackets, descRxBytes, descTxPackets, descTxBytes, descIndications,
-		descResources, descIndFrames, descRxDropped, descTxDropped, descStackDropped, descReturnedEarly, descPoolSize, descPoolInUse,
+		descResources, descIndFrames, descRxDropped, descTxDropped, descStackDropped, descSoftOffload, descReturnedEarly, descPoolSize, descPoolInUse,
 		descPoolHighWater, descPoolExhaust, descHeld, descHeldPeak, descSendsNow, descDrained, descState, descFindings,
 		descPcapFrames, descPcapBytes, descPcapSkipped} {
 		ch <- d
@@ -137,6 +138,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}{{"paused", st.DropPaused}, {"no_send_buffer", st.DropNoSendBuffer},
 		{"send_failed", st.SendFailed}, {"write_error", st.WriteErrors}} {
 		counter(descStackDropped, d.v, d.cause)
+	}
+	for _, d := range []struct {
+		kind string
+		v    int64
+	}{{"segmented_to_host", st.SegmentedToHost}, {"segmented_to_wire", st.SegmentedToWire},
+		{"checksummed_to_host", st.ChecksummedToHost}, {"checksummed_to_wire", st.ChecksummedToWire},
+		{"coalesced_udp", st.Coalesced}, {"dropped", st.DropSegment}} {
+		counter(descSoftOffload, d.v, d.kind)
 	}
 	counter(descReturnedEarly, st.ReturnedEarly)
 	gauge(descPoolSize, int64(c.poolSize), q)
