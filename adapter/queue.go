@@ -11,8 +11,11 @@ package adapter
 // with its flow table), else by the flow's hash. Sends pick the queue by a
 // symmetric flow hash of each frame (sendQueue), so a flow always leaves
 // on one queue, and the kernel then delivers its replies on that queue too:
-// one flow is never indicated by two DPCs at once, so it is never
-// reordered.
+// once settled, a flow is indicated by one DPC only, in order. A flow the
+// wire starts can arrive on another queue until its first reply leaves;
+// while the kernel moves it, frames still waiting on the old queue may be
+// indicated after newer ones on the new queue (moderation widens that
+// window), as with RSS on real hardware when a flow's queue changes.
 
 import (
 	"encoding/binary"

@@ -92,10 +92,51 @@ type gsoLayout struct {
 	v6, udp        bool
 }
 
+// NormalizeGSO returns h with HdrLen set to where the frame's TCP header
+// (by its data offset) or UDP header ends. The kernel's hdr_len is only a
+// hint: virtio_net_hdr_from_skb sets it to skb_headlen, which for a GRO'd
+// packet on a forwarding path can be a whole segment (wireguard-go does
+// not trust it either). Call it before SegmentCount and GSOSplit on a
+// header that came from a kernel. A frame without GSO, or one that does
+// not parse, gives h back unchanged (GSOSplit then says what is wrong).
+func NormalizeGSO(frame []byte, h VnetHdr) VnetHdr {
+	if h.GSOType&^VnetGSOECN == VnetGSONone {
+		return h
+	}
+	l, err := parseGSOHeaders(frame, h)
+	if err != nil {
+		return h
+	}
+	h.HdrLen = uint16(l.hdrLen)
+	return h
+}
+
 // parseGSOFrame checks frame against h and finds its IP and TCP/UDP
 // headers. The L4 header start comes from the IP header; h.HdrLen must be
 // where the TCP header (data offset) or UDP header ends.
 func parseGSOFrame(frame []byte, h VnetHdr) (gsoLayout, error) {
+	l, err := parseGSOHeaders(frame, h)
+	if err != nil {
+		return l, err
+	}
+	if int(h.HdrLen) != l.hdrLen {
+		return l, fmt.Errorf("%w: header length %d, but the headers end at %d", ErrBadVnetHdr, h.HdrLen, l.hdrLen)
+	}
+	// The largest segment must fit the 16-bit IP and UDP length fields.
+	seg := min(int(h.GSOSize), len(frame)-l.hdrLen)
+	ipMax := l.hdrLen - l.l3 + seg
+	if l.v6 {
+		ipMax -= gsoIPv6HdrLen
+	}
+	if ipMax > gsoMaxIPLen {
+		return l, fmt.Errorf("%w: segment size %d makes %d-byte IP packets", ErrBadVnetHdr, h.GSOSize, ipMax)
+	}
+	return l, nil
+}
+
+// parseGSOHeaders finds the frame's IP and TCP/UDP headers and checks them
+// against h's GSO type and size (not its HdrLen).
+func parseGSOHeaders(frame []byte, h VnetHdr) (gsoLayout, error) {
 	var l gsoLayout
 	gsoType := h.GSOType &^ VnetGSOECN
 	switch gsoType {
@@ -180,18 +221,6 @@ func parseGSOFrame(frame []byte, h VnetHdr) (gsoLayout, error) {
 		}
 		l.udp = true
 		l.hdrLen = l.l4 + gsoUDPHdrLen
-	}
-	if int(h.HdrLen) != l.hdrLen {
-		return l, fmt.Errorf("%w: header length %d, but the headers end at %d", ErrBadVnetHdr, h.HdrLen, l.hdrLen)
-	}
-	// The largest segment must fit the 16-bit IP and UDP length fields.
-	seg := min(int(h.GSOSize), len(frame)-l.hdrLen)
-	ipMax := l.hdrLen - l.l3 + seg
-	if l.v6 {
-		ipMax -= gsoIPv6HdrLen
-	}
-	if ipMax > gsoMaxIPLen {
-		return l, fmt.Errorf("%w: segment size %d makes %d-byte IP packets", ErrBadVnetHdr, h.GSOSize, ipMax)
 	}
 	return l, nil
 }

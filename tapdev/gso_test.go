@@ -856,3 +856,47 @@ func FuzzGSOSplit(f *testing.F) {
 		}
 	})
 }
+
+// The kernel's hdr_len is a hint: whatever it says, NormalizeGSO finds the
+// real end of the headers, and the split is the one the true header gives.
+// Without GSO, or on a frame that does not parse, h comes back unchanged.
+func TestNormalizeGSO(t *testing.T) {
+	for _, s := range []gsoSpec{
+		{payload: 20000, mss: 1448, tcpOpts: 12},
+		{v6: true, payload: 9000, mss: 1000},
+		{udp: true, payload: 3000, mss: 1400},
+		{vlan: true, payload: 5000, mss: 700, ipOpts: 8},
+	} {
+		frame, h, _, _, _ := gsoBuild(s)
+		want, wantSizes := gsoOut(SegmentCount(len(frame), h), int(h.HdrLen)+int(h.GSOSize))
+		n, err := GSOSplit(frame, h, want, wantSizes)
+		if err != nil {
+			t.Fatalf("%+v: %v", s, err)
+		}
+		for _, hint := range []uint16{0, h.HdrLen - 1, h.HdrLen + 1, h.HdrLen + uint16(h.GSOSize), uint16(len(frame))} {
+			bad := h
+			bad.HdrLen = hint
+			fixed := NormalizeGSO(frame, bad)
+			if fixed != h {
+				t.Fatalf("%+v: NormalizeGSO with hdr_len %d = %+v, want %+v", s, hint, fixed, h)
+			}
+			out, sizes := gsoOut(SegmentCount(len(frame), fixed), int(fixed.HdrLen)+int(fixed.GSOSize))
+			if m, err := GSOSplit(frame, fixed, out, sizes); err != nil || m != n {
+				t.Fatalf("%+v: split after NormalizeGSO: %d, %v; want %d", s, m, err, n)
+			}
+			for i := 0; i < n; i++ {
+				if !bytes.Equal(out[i][:sizes[i]], want[i][:wantSizes[i]]) {
+					t.Fatalf("%+v hdr_len %d: segment %d differs", s, hint, i)
+				}
+			}
+		}
+	}
+	none := VnetHdr{Flags: VnetFlagNeedsCsum, HdrLen: 7, CsumStart: 34, CsumOffset: 16}
+	if got := NormalizeGSO(make([]byte, 80), none); got != none {
+		t.Errorf("no GSO: %+v, want it unchanged", got)
+	}
+	garbage := VnetHdr{GSOType: VnetGSOTCPv4, HdrLen: 9, GSOSize: 100}
+	if got := NormalizeGSO([]byte{1, 2, 3}, garbage); got != garbage {
+		t.Errorf("unparsable frame: %+v, want h unchanged", got)
+	}
+}

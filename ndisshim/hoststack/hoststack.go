@@ -105,6 +105,9 @@ func (c Config) Validate() error {
 
 // Counters are the binding's statistics.
 type Counters struct {
+	// Frames count what crosses the NIC TAP and the miniport as the far
+	// side sees it (segments of a frame cut in software, each datagram of a
+	// coalesced send); bytes count the frames as indicated or read.
 	ToHostFrames, ToHostBytes int64 // written to the NIC TAP
 	ToWireFrames, ToWireBytes int64 // read from the NIC TAP and sent down
 	ReturnedEarly             int64 // NBLs returned at once, not held: the hold queue was full
@@ -315,9 +318,7 @@ func (s *Stack) Counters() Counters {
 // gives each chain back when its ReturnDelay has passed (and checks its
 // bytes first with CheckHeld). A full queue returns the chain at once.
 func (s *Stack) ReceiveNetBufferLists(b *ndisshim.Binding, nbls *ndisshim.NetBufferList, port ndisshim.PortNumber, count int, flags ndisshim.ReceiveFlags) {
-	w := s.writer(nbls)
-	n := w.writeChain(nbls)
-	w.mu.Unlock()
+	n := s.writeIndicated(nbls)
 	if flags.Has(ndisshim.ReceiveFlagResources) {
 		s.resourcesWrites.Add(int64(n))
 		return // ownership is back with the miniport when we return

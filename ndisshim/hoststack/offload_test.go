@@ -127,10 +127,25 @@ func TestSoftwareOffloadToHost(t *testing.T) {
 	if c.SegmentedToHost != 1 || c.ChecksummedToHost != 1 || c.ToHostFrames != 22 || c.DropSegment != 0 {
 		t.Errorf("counters %+v: want 1 segmented, 1 checksummed, 22 frames written, 0 dropped", c)
 	}
-	// A large receive whose headers lie is dropped and counted, not written.
+	// The kernel's header length is only a hint (skb_headlen on a
+	// forwarding path): a wrong one still cuts right.
 	nic.info = lso
-	nic.info.LSO.HeaderLen = 60
+	nic.info.LSO.HeaderLen = 1514
 	r.nic.indicate(t, 0, tcp4Frame(b, a, 1, payloadOf(3000)))
+	var again []byte
+	for i, f := range r.hostReadN(3) {
+		seq, p := checkTCP4(t, f)
+		if seq != 1+uint32(len(again)) {
+			t.Fatalf("segment %d seq %d, want %d", i, seq, 1+len(again))
+		}
+		again = append(again, p...)
+	}
+	if !bytes.Equal(again, payloadOf(3000)) {
+		t.Fatal("segments cut with a wrong header-length hint differ from the large receive")
+	}
+	// A large receive that is not TCP at all is dropped and counted, not
+	// written.
+	r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 3000, 9))
 	waitFor(t, "the bad large receive counted", func() bool { return r.s.Counters().DropSegment == 1 })
 	if got := r.hostRead(4); len(got) != 0 {
 		t.Errorf("a malformed large receive wrote %d frames to the host", len(got))
@@ -309,4 +324,37 @@ func TestCoalesceUDP(t *testing.T) {
 			}
 		})
 	}
+}
+
+// With two NIC queues every NBL of an indication is written on the queue
+// its RSS hash names, in the chain's order on each queue, even when the
+// flows are interleaved in one chain.
+func TestQueuesWriterPerFlow(t *testing.T) {
+	nic2, host2, err := tapdev.Socketpair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { host2.Close() })
+	nic := &fakeNIC{hashes: []uint32{4, 7, 7, 2, 9, 6}} // queues 0 1 1 0 1 0
+	r := newRigNIC(t, Config{Queues: 2, Open: func(string, int) (Device, bool, error) { return nic2, false, nil }}, nic)
+	r.restart()
+	var frames [][]byte
+	for i := range nic.hashes {
+		frames = append(frames, frame(nicMAC, wireMAC, 100, i))
+	}
+	r.nic.indicate(t, 0, frames...)
+	equalFrames(t, "queue 0", r.hostReadN(3), [][]byte{frames[0], frames[3], frames[5]})
+	bufs, sizes := [][]byte{make([]byte, 2048), make([]byte, 2048), make([]byte, 2048)}, make([]int, 3)
+	var got [][]byte
+	waitFor(t, "queue 1's frames", func() bool {
+		k, err := host2.ReadBatch(bufs[:3-len(got)], sizes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < k; i++ {
+			got = append(got, bytes.Clone(bufs[i][:sizes[i]]))
+		}
+		return len(got) == 3
+	})
+	equalFrames(t, "queue 1", got, [][]byte{frames[1], frames[2], frames[4]})
 }

@@ -5,9 +5,10 @@ package hoststack
 // Each queue of the NIC TAP has a reader (an ndisshim interrupt on its fd:
 // host frames → send chains) and a writer (the scratch a receive
 // indication uses to write its chain to the TAP). With several queues the
-// miniport's DPCs indicate at once, each on its own goroutine; an
-// indication takes the writer its first NBL's RSS hash names, so a flow is
-// always written on one queue, and the host's kernel, which sends a flow's
+// miniport's DPCs indicate at once, each on its own goroutine; each NBL
+// of an indication is written by the writer its RSS hash names (a run of
+// NBLs with one writer in one batch), so a flow is always written on one
+// queue, and the host's kernel, which sends a flow's
 // replies on the queue that last wrote it (the TAP's flow table), hands
 // them to one reader: a flow is never split over two goroutines, so it is
 // never reordered.
@@ -94,25 +95,47 @@ func newNICQueue(s *Stack, index int, dev Device) *nicQueue {
 	return q
 }
 
-// writer takes the writer for a chain: the one its first NBL's RSS hash
-// names (the only one with one queue), locked.
-func (s *Stack) writer(head *ndisshim.NetBufferList) *writer {
-	q := s.queues[0]
+// writerIndex is the queue whose writer writes nbl: the one its RSS hash
+// names (0 with one queue).
+func (s *Stack) writerIndex(nbl *ndisshim.NetBufferList) int {
 	if n := len(s.queues); n > 1 {
-		q = s.queues[head.Info.HashValue%uint32(n)]
+		return int(nbl.Info.HashValue % uint32(n))
 	}
-	q.w.mu.Lock()
-	return &q.w
+	return 0
 }
 
-// writeChain writes the chain's frames to the NIC TAP and returns how many
-// frames it wrote; the caller holds w.mu.
-func (w *writer) writeChain(head *ndisshim.NetBufferList) int {
+// writeIndicated writes an indicated chain to the NIC TAP, each run of
+// NBLs with the same writer by that writer (so every flow is written on
+// one queue), and returns the frames written. The chain's links are left
+// as they are: it is returned whole.
+func (s *Stack) writeIndicated(head *ndisshim.NetBufferList) int {
+	n := 0
+	for run := head; run != nil; {
+		w := &s.queues[s.writerIndex(run)].w
+		w.mu.Lock()
+		k, next := w.writeChain(run)
+		w.mu.Unlock()
+		n += k
+		run = next
+	}
+	return n
+}
+
+// writeChain writes the frames of head and the NBLs after it that have the
+// same writer to the NIC TAP; it returns how many frames it wrote and the
+// first NBL it left (nil at the end of the chain). The caller holds w.mu.
+func (w *writer) writeChain(head *ndisshim.NetBufferList) (int, *ndisshim.NetBufferList) {
 	s := w.s
 	bufs := w.bufs[:0]
 	w.used = 0
 	written, bytes := 0, 0
+	idx := s.writerIndex(head)
+	var next *ndisshim.NetBufferList
 	for nbl := head; nbl != nil; nbl = nbl.Next {
+		if s.writerIndex(nbl) != idx {
+			next = nbl
+			break
+		}
 		for nb := nbl.FirstNB; nb != nil; nb = nb.Next {
 			switch {
 			case s.vnet > 0:
@@ -124,7 +147,8 @@ func (w *writer) writeChain(head *ndisshim.NetBufferList) int {
 				bufs = append(bufs, nb.Data[nb.Offset-s.vnet:nb.Offset+nb.Length])
 			case nbl.Info.LSO.MSS > 0 || nbl.Info.Checksum.NeedsChecksum:
 				// A plain TAP takes neither: cut and finish here.
-				h := tapdev.VnetHdrFromNBLInfo(nbl.Info)
+				// the kernel's header length is a hint: find the real one
+				h := tapdev.NormalizeGSO(nb.Bytes(), tapdev.VnetHdrFromNBLInfo(nbl.Info))
 				k, segLen := tapdev.SegmentCount(nb.Length, h), nb.Length
 				if h.GSOType != tapdev.VnetGSONone {
 					segLen = int(h.HdrLen) + int(h.GSOSize)
@@ -161,10 +185,9 @@ func (w *writer) writeChain(head *ndisshim.NetBufferList) int {
 		}
 	}
 	written += w.flush(bufs)
-	clear(w.segBufs[:0:cap(w.segBufs)])
 	w.bufs = bufs[:0]
 	s.toHostBytes.Add(int64(bytes))
-	return written
+	return written, next
 }
 
 // flush writes bufs to the NIC TAP and counts what it wrote.
@@ -341,8 +364,8 @@ func (q *nicQueue) sendBatch(got int) {
 // the result to c. It reports false when nbl is to be freed unsent.
 func (q *nicQueue) softOffload(nbl *ndisshim.NetBufferList, c *chain) bool {
 	s := q.s
-	h := tapdev.VnetHdrFromNBLInfo(nbl.Info)
 	frame := nbl.FirstNB.Bytes()
+	h := tapdev.NormalizeGSO(frame, tapdev.VnetHdrFromNBLInfo(nbl.Info)) // hdr_len is a hint
 	if h.GSOType == tapdev.VnetGSONone {
 		if err := tapdev.ChecksumFrame(frame, h); err != nil {
 			s.dropSegment.Add(1)

@@ -103,8 +103,9 @@ type fakeNIC struct {
 	failOID ndisshim.OID // answer this OID with StatusFailure
 	// caps answer OID_TCP_OFFLOAD_CURRENT_CONFIG (nil: not supported);
 	// info is every indicated NBL's out-of-band information.
-	caps *ndisshim.OffloadCaps
-	info ndisshim.NBLInfo
+	caps   *ndisshim.OffloadCaps
+	info   ndisshim.NBLInfo
+	hashes []uint32 // when set, the i-th indicated NBL's RSS hash
 
 	mu          sync.Mutex
 	oids        []ndisshim.OID
@@ -153,6 +154,9 @@ func (n *fakeNIC) indicate(t *testing.T, flags ndisshim.ReceiveFlags, frames ...
 		copy(nbl.FirstNB.Data, f)
 		nbl.FirstNB.SetBytes(0, len(f))
 		nbl.Info = n.info
+		if i < len(n.hashes) {
+			nbl.Info.HashValue = n.hashes[i]
+		}
 		nbls[i] = nbl
 	}
 	head := ndisshim.Chain(nbls...)
@@ -364,7 +368,13 @@ func newRigNIC(t *testing.T, cfg Config, nic *fakeNIC) *rig {
 	if cfg.NICName == "" {
 		cfg.NICName = "tm-test"
 	}
-	cfg.Open = func(name string, _ int) (Device, bool, error) { return r.dev, false, nil }
+	open := cfg.Open // queues after the first, when the test has several
+	cfg.Open = func(name string, q int) (Device, bool, error) {
+		if q > 0 && open != nil {
+			return open(name, q)
+		}
+		return r.dev, false, nil
+	}
 	if r.s, err = Bind(r.a, cfg); err != nil {
 		t.Fatalf("Bind: %v", err)
 	}
