@@ -381,6 +381,15 @@ func gsoSum(b []byte, acc uint64) uint64 {
 	return acc + c
 }
 
+// ChecksumAdd adds b to acc as big-endian 16-bit words: the Internet
+// checksum's one's-complement sum (RFC 1071), not yet folded. Start a
+// pseudo-header sum with acc = protocol + length.
+func ChecksumAdd(b []byte, acc uint64) uint64 { return gsoSum(b, acc) }
+
+// ChecksumFold folds a ChecksumAdd sum to 16 bits (not complemented: that
+// is the partial checksum a CHECKSUM_PARTIAL header carries).
+func ChecksumFold(acc uint64) uint16 { return gsoFold(acc) }
+
 // gsoFold folds a gsoSum accumulator to 16 bits.
 func gsoFold(acc uint64) uint16 {
 	acc = acc>>32 + acc&0xffffffff

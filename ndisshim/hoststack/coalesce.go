@@ -14,6 +14,7 @@ import (
 	"encoding/binary"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/tapdev"
 )
 
 // maxCoalesce bounds the datagrams in one coalesced send (the kernel's
@@ -117,34 +118,17 @@ func (c *coalescer) finish() {
 	var pseudo uint64
 	if c.v6 {
 		binary.BigEndian.PutUint16(f[18:], uint16(udpLen))
-		pseudo = sum16(f[22:54], 0) + 17 + uint64(udpLen)
+		pseudo = tapdev.ChecksumAdd(f[22:54], 17+uint64(udpLen))
 	} else {
 		binary.BigEndian.PutUint16(f[16:], uint16(len(f)-14))
 		binary.BigEndian.PutUint16(f[24:], 0)
-		binary.BigEndian.PutUint16(f[24:], ^fold16(sum16(f[14:34], 0)))
-		pseudo = sum16(f[26:34], 0) + 17 + uint64(udpLen)
+		binary.BigEndian.PutUint16(f[24:], ^tapdev.ChecksumFold(tapdev.ChecksumAdd(f[14:34], 0)))
+		pseudo = tapdev.ChecksumAdd(f[26:34], 17+uint64(udpLen))
 	}
 	binary.BigEndian.PutUint16(f[c.l4+4:], uint16(udpLen))
-	binary.BigEndian.PutUint16(f[c.l4+6:], fold16(pseudo))
+	binary.BigEndian.PutUint16(f[c.l4+6:], tapdev.ChecksumFold(pseudo))
 	c.head.Info = ndisshim.NBLInfo{
 		Checksum: ndisshim.ChecksumInfo{NeedsChecksum: true, CsumStart: uint16(c.l4), CsumOffset: 6},
 		LSO:      ndisshim.LSOInfo{MSS: uint16(c.mss), HeaderLen: uint16(c.l4 + 8), IPv6: c.v6, UDP: true},
 	}
-}
-
-func sum16(b []byte, acc uint64) uint64 {
-	for i := 0; i+1 < len(b); i += 2 {
-		acc += uint64(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		acc += uint64(b[len(b)-1]) << 8
-	}
-	return acc
-}
-
-func fold16(acc uint64) uint16 {
-	for acc > 0xffff {
-		acc = acc>>16 + acc&0xffff
-	}
-	return uint16(acc)
 }

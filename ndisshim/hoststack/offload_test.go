@@ -294,6 +294,14 @@ func TestCoalesceUDP(t *testing.T) {
 					back = append(back, f)
 					continue
 				}
+				// The kernel seeds each segment's checksum with the partial
+				// (pseudo-header, full UDP length) sum left in the field.
+				udp := f[34:]
+				if got, want := binary.BigEndian.Uint16(udp[6:]), fold(pseudo4(f[14:34], len(udp))); got != want ||
+					int(binary.BigEndian.Uint16(udp[4:])) != len(udp) || fold(sum(f[14:34], 0)) != 0xffff {
+					t.Fatalf("send %d: UDP check %#x (want partial %#x), UDP length %d of %d, or IPv4 header checksum wrong",
+						i, got, want, binary.BigEndian.Uint16(udp[4:]), len(udp))
+				}
 				h := tapdev.VnetHdrFromNBLInfo(infos[i])
 				out := make([][]byte, tapdev.SegmentCount(len(f), h))
 				for j := range out {
