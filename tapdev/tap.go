@@ -125,7 +125,11 @@ func probeTAP(ns, name string, o Options) (*tapState, error) {
 	}
 	mq := t.Flags&netlink.TUNTAP_MULTI_QUEUE != 0
 	if mq != o.MultiQueue {
-		return nil, fail("the tap has multi_queue=%v, opened with MultiQueue=%v: %w", mq, o.MultiQueue, unix.EINVAL)
+		hint := "recreate it with `ip tuntap add NAME mode tap multi_queue`, or use one queue (--queues 1)"
+		if mq {
+			hint = "it is a multi-queue tap: open it with several queues (--queues N), or recreate it without multi_queue"
+		}
+		return nil, fail("the tap has multi_queue=%v, opened with MultiQueue=%v (%s): %w", mq, o.MultiQueue, hint, unix.EINVAL)
 	}
 	// Queue counts are reported for multi-queue TAPs only; a single-queue
 	// TAP that is already attached fails in TUNSETIFF with EBUSY.

@@ -131,8 +131,8 @@ func TestOpenTAPRefusesWithoutLeaking(t *testing.T) {
 		t.Logf("busy: %v", err)
 	}
 	d.Close()
-	if _, _, err := OpenTAP(single, Options{MultiQueue: true}); !errors.Is(err, unix.EINVAL) {
-		t.Errorf("MultiQueue on a single-queue TAP: %v; want EINVAL", err)
+	if _, _, err := OpenTAP(single, Options{MultiQueue: true}); !errors.Is(err, unix.EINVAL) || !strings.Contains(err.Error(), "--queues 1") {
+		t.Errorf("MultiQueue on a single-queue TAP: %v; want EINVAL naming the fix (--queues 1)", err)
 	}
 	if !LinkExists("", single) {
 		t.Error("refused opens deleted the pre-created TAP")
