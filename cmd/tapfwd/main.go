@@ -96,6 +96,29 @@ func forward(src, dst *tapdev.Dev) {
 	for i := range bufs {
 		bufs[i] = make([]byte, 65536+tapdev.VnetHdrLen)
 	}
+	pump(src, batch, func() (int, bool) {
+		n, err := src.ReadBatch(bufs, sizes)
+		for i := 0; i < n; i++ {
+			out[i] = bufs[i][:sizes[i]]
+		}
+		if n > 0 {
+			if _, werr := dst.WriteBatch(out[:n]); werr != nil {
+				fmt.Fprintf(os.Stderr, "tapfwd: %s: %v\n", dst.Name(), werr)
+				return n, false
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "tapfwd: %s: %v\n", src.Name(), err)
+			return n, false
+		}
+		return n, true
+	})
+}
+
+// pump waits on src's interrupt and, per wake-up, calls step until it
+// reads fewer than batch frames (the fd is empty). It returns when the
+// interrupt stops or step says to stop.
+func pump(src *tapdev.Dev, batch int, step func() (n int, ok bool)) {
 	intr := src.Interrupt()
 	for {
 		if err := intr.Wait(); err != nil {
@@ -105,18 +128,8 @@ func forward(src, dst *tapdev.Dev) {
 			return
 		}
 		for {
-			n, err := src.ReadBatch(bufs, sizes)
-			for i := 0; i < n; i++ {
-				out[i] = bufs[i][:sizes[i]]
-			}
-			if n > 0 {
-				if _, werr := dst.WriteBatch(out[:n]); werr != nil {
-					fmt.Fprintf(os.Stderr, "tapfwd: %s: %v\n", dst.Name(), werr)
-					return
-				}
-			}
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "tapfwd: %s: %v\n", src.Name(), err)
+			n, ok := step()
+			if !ok {
 				return
 			}
 			if n < batch {
@@ -163,30 +176,19 @@ func forwardPipelined(src, dst *tapdev.Dev) {
 		}
 	}()
 	defer func() { close(full); <-done }()
-	intr := src.Interrupt()
-	for {
-		if err := intr.Wait(); err != nil {
-			if !errors.Is(err, ndisshim.ErrInterruptStopped) {
-				fmt.Fprintf(os.Stderr, "tapfwd: %s: %v\n", src.Name(), err)
-			}
-			return
+	pump(src, batch, func() (int, bool) {
+		s := <-free
+		n, err := src.ReadBatch(s.bufs, s.sizes)
+		s.n = n
+		if n > 0 {
+			full <- s
+		} else {
+			free <- s
 		}
-		for {
-			s := <-free
-			n, err := src.ReadBatch(s.bufs, s.sizes)
-			s.n = n
-			if n > 0 {
-				full <- s
-			} else {
-				free <- s
-			}
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "tapfwd: %s: %v\n", src.Name(), err)
-				return
-			}
-			if n < batch {
-				break
-			}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "tapfwd: %s: %v\n", src.Name(), err)
+			return n, false
 		}
-	}
+		return n, true
+	})
 }

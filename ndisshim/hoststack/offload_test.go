@@ -78,6 +78,24 @@ func checkTCP4(t *testing.T, f []byte) (uint32, []byte) {
 	return binary.BigEndian.Uint32(tcp[4:]), tcp[20:]
 }
 
+// joinSegments checks every segment (checksums, consecutive sequence
+// numbers from seq, at most the MTU) and returns their payloads joined.
+func joinSegments(t *testing.T, segs [][]byte, seq uint32) []byte {
+	t.Helper()
+	var got []byte
+	for i, f := range segs {
+		if len(f) > 14+testMTU {
+			t.Fatalf("segment %d is %d bytes, over the MTU", i, len(f))
+		}
+		s, p := checkTCP4(t, f)
+		if s != seq+uint32(len(got)) {
+			t.Fatalf("segment %d seq %d, want %d", i, s, seq+uint32(len(got)))
+		}
+		got = append(got, p...)
+	}
+	return got
+}
+
 func payloadOf(n int) []byte {
 	p := make([]byte, n)
 	for i := range p {
@@ -102,19 +120,7 @@ func TestSoftwareOffloadToHost(t *testing.T) {
 	a, b := [4]byte{198, 18, 0, 2}, [4]byte{198, 18, 0, 1}
 	payload := payloadOf(20500)
 	r.nic.indicate(t, 0, tcp4Frame(b, a, 1000, payload))
-	segs := r.hostReadN(21)
-	var got []byte
-	for i, f := range segs {
-		if len(f) > 14+testMTU {
-			t.Fatalf("segment %d is %d bytes, over the MTU", i, len(f))
-		}
-		seq, p := checkTCP4(t, f)
-		if seq != 1000+uint32(len(got)) {
-			t.Fatalf("segment %d seq %d, want %d", i, seq, 1000+len(got))
-		}
-		got = append(got, p...)
-	}
-	if !bytes.Equal(got, payload) {
+	if got := joinSegments(t, r.hostReadN(21), 1000); !bytes.Equal(got, payload) {
 		t.Fatal("the segments' payloads differ from the large receive's")
 	}
 	nic.info = ndisshim.NBLInfo{Checksum: lso.Checksum}
@@ -132,15 +138,7 @@ func TestSoftwareOffloadToHost(t *testing.T) {
 	nic.info = lso
 	nic.info.LSO.HeaderLen = 1514
 	r.nic.indicate(t, 0, tcp4Frame(b, a, 1, payloadOf(3000)))
-	var again []byte
-	for i, f := range r.hostReadN(3) {
-		seq, p := checkTCP4(t, f)
-		if seq != 1+uint32(len(again)) {
-			t.Fatalf("segment %d seq %d, want %d", i, seq, 1+len(again))
-		}
-		again = append(again, p...)
-	}
-	if !bytes.Equal(again, payloadOf(3000)) {
+	if again := joinSegments(t, r.hostReadN(3), 1); !bytes.Equal(again, payloadOf(3000)) {
 		t.Fatal("segments cut with a wrong header-length hint differ from the large receive")
 	}
 	// A large receive that is not TCP at all is dropped and counted, not
@@ -198,18 +196,12 @@ func TestSoftwareOffloadToWire(t *testing.T) {
 				}
 				return
 			}
-			var got []byte
-			for i, f := range frames {
+			for i := range frames {
 				if infos[i] != (ndisshim.NBLInfo{}) {
 					t.Errorf("segment %d carries info %+v, want none", i, infos[i])
 				}
-				seq, p := checkTCP4(t, f)
-				if seq != 77+uint32(len(got)) {
-					t.Errorf("segment %d seq %d, want %d", i, seq, 77+len(got))
-				}
-				got = append(got, p...)
 			}
-			if !bytes.Equal(got, payload) {
+			if got := joinSegments(t, frames, 77); !bytes.Equal(got, payload) {
 				t.Error("segments' payloads differ from the large send's")
 			}
 			if c.SegmentedToWire != 1 || c.ToWireFrames != 9 {
