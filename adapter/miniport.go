@@ -152,7 +152,7 @@ func InitializeEx(a *ndisshim.Adapter, p ndisshim.InitParameters) (mp ndisshim.M
 		m.queues = append(m.queues, newQueue(m, i, dev))
 	}
 	if cfg.VnetHdr {
-		m.hwOffloads = deviceOffloads(m.queues[0].dev)
+		m.hwOffloads = tapdev.DeviceOffloads(m.queues[0].dev)
 	}
 	if err = step("configure"); err != nil {
 		return nil, err

@@ -311,6 +311,23 @@ func (d *Dev) NegotiateOffload(want uint) (uint, error) {
 	return want, nil
 }
 
+// BaseOffloads is what a TAP with IFF_VNET_HDR takes on any kernel:
+// checksum, TSO4, TSO6. AllOffloads adds UDP segmentation (Linux 6.2+).
+const (
+	BaseOffloads = OffloadCsum | OffloadTSO4 | OffloadTSO6
+	AllOffloads  = BaseOffloads | OffloadUSO4 | OffloadUSO6
+)
+
+// DeviceOffloads is what dev says it took (a Dev, or a wrapper with an
+// Offloads method), else BaseOffloads: a device that does not say (a
+// socketpair in unit tests) is taken to do what any TAP does.
+func DeviceOffloads(dev FrameDevice) uint {
+	if o, ok := dev.(interface{ Offloads() uint }); ok && o.Offloads() != 0 {
+		return o.Offloads()
+	}
+	return BaseOffloads
+}
+
 // Offloads is what the last successful SetOffload set (0: none was set).
 func (d *Dev) Offloads() uint { return uint(d.offloads.Load()) }
 

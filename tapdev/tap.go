@@ -38,6 +38,24 @@ func OpenTAP(name string, o Options) (d *Dev, created bool, err error) {
 	return OpenTAPAt("", name, o)
 }
 
+// OpenQueue opens one queue of the TAP name, created when missing: a queue
+// of a multi-queue TAP when queues > 1; with vnet, with the virtio-net
+// header and NegotiateOffload(AllOffloads). It is the opener both the
+// miniport's hardware TAP and the binding's NIC TAP use.
+func OpenQueue(name string, vnet bool, queues int) (*Dev, bool, error) {
+	d, created, err := OpenTAP(name, Options{VnetHdr: vnet, MultiQueue: queues > 1})
+	if err != nil {
+		return nil, false, err
+	}
+	if vnet {
+		if _, err := d.NegotiateOffload(AllOffloads); err != nil {
+			d.Close()
+			return nil, false, fmt.Errorf("offloads on %s: %w", name, err)
+		}
+	}
+	return d, created, nil
+}
+
 // OpenTAPAt is OpenTAP in namespace ns ("" = current): the queue is opened
 // on a throwaway thread inside ns, so the TAP is found or created there.
 // The open queue keeps ns alive (the kernel holds the opener's namespace)

@@ -55,7 +55,7 @@ func run(an, bn string, offload, up bool) error {
 	defer db.Close()
 	if offload {
 		for _, d := range []*tapdev.Dev{da, db} {
-			if err := d.SetOffload(tapdev.OffloadCsum | tapdev.OffloadTSO4 | tapdev.OffloadTSO6); err != nil {
+			if err := d.SetOffload(tapdev.BaseOffloads); err != nil {
 				return err
 			}
 		}

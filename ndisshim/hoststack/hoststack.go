@@ -192,7 +192,14 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 	}
 	movesLink := cfg.Open == nil && cfg.Configure == nil && cfg.Netns != ""
 	if cfg.Open == nil {
-		cfg.Open = nicOpener(cfg.VnetHdr, cfg.Queues)
+		vnet, queues := cfg.VnetHdr, cfg.Queues
+		cfg.Open = func(name string, _ int) (Device, bool, error) {
+			d, created, err := tapdev.OpenQueue(name, vnet, queues)
+			if err != nil {
+				return nil, false, err
+			}
+			return d, created, nil
+		}
 		if cfg.Configure == nil {
 			cfg.Configure = configureTAP
 		}
@@ -231,7 +238,7 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 		s.queues = append(s.queues, newNICQueue(s, i, dev))
 	}
 	if s.vnet > 0 {
-		s.nicOffloads = deviceOffloads(s.queues[0].dev)
+		s.nicOffloads = tapdev.DeviceOffloads(s.queues[0].dev)
 	}
 	if cfg.Configure != nil {
 		s.moved = movesLink
@@ -503,36 +510,6 @@ func capsString(c ndisshim.OffloadCaps) string {
 		return "none"
 	}
 	return strings.Join(out, ",")
-}
-
-// nicOffloadsWanted is what the NIC TAP is offered with VnetHdr.
-const nicOffloadsWanted = tapdev.OffloadCsum | tapdev.OffloadTSO4 | tapdev.OffloadTSO6 | tapdev.OffloadUSO4 | tapdev.OffloadUSO6
-
-// nicOpener opens queue q of the NIC TAP (a multi-queue TAP when queues >
-// 1), with the virtio-net header and the offloads the kernel takes when
-// vnet is set.
-func nicOpener(vnet bool, queues int) func(name string, q int) (Device, bool, error) {
-	return func(name string, q int) (Device, bool, error) {
-		d, created, err := tapdev.OpenTAP(name, tapdev.Options{VnetHdr: vnet, MultiQueue: queues > 1})
-		if err != nil {
-			return nil, false, err
-		}
-		if vnet {
-			if _, err := d.NegotiateOffload(nicOffloadsWanted); err != nil {
-				d.Close()
-				return nil, false, err
-			}
-		}
-		return d, created, nil
-	}
-}
-
-// deviceOffloads is what dev says it took, else checksum, TSO4 and TSO6.
-func deviceOffloads(dev Device) uint {
-	if o, ok := dev.(interface{ Offloads() uint }); ok && o.Offloads() != 0 {
-		return o.Offloads()
-	}
-	return tapdev.OffloadCsum | tapdev.OffloadTSO4 | tapdev.OffloadTSO6
 }
 
 // configureTAP moves the NIC TAP into its namespace and gives it the NIC's
