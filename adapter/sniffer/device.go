@@ -3,6 +3,7 @@ package sniffer
 import (
 	"github.com/tapminiport/tapminiport/adapter"
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/tapdev"
 )
 
 // device is an adapter.Device that records what crosses it into a Writer.
@@ -42,6 +43,9 @@ func Unwrap(dev adapter.Device) adapter.Device {
 func (d *device) Name() string                        { return d.dev.Name() }
 func (d *device) Interrupt() ndisshim.InterruptSource { return d.dev.Interrupt() }
 func (d *device) Close() error                        { return d.dev.Close() }
+
+// ReadPath is the wrapped device's (how its ReadBatch reads).
+func (d *device) ReadPath() string { return tapdev.ReadPathOf(d.dev) }
 
 // Offloads is the wrapped device's (0 when it does not say), so the
 // miniport offers the same offloads with or without a capture.

@@ -1,0 +1,253 @@
+package tapdev
+
+// Batched reads through io_uring: one io_uring_enter(2) reads up to
+// uringEntries frames (one IORING_OP_READ per buffer, RWF_NOWAIT), where
+// read(2) costs one system call per frame. A TAP has no batch read (no
+// recvmmsg on a character device), and with speculative-execution
+// mitigations the system call entry and exit are a large part of moving a
+// small frame. A read that finds the queue empty costs about as much in
+// the ring as read(2) does, so ReadBatch reads the first ringAfter frames
+// of a call with read(2) and only a queue still deep after them goes
+// through the ring (measured: BenchmarkReadBatch, and in the UDP 64-byte
+// flood of scripts/bench.sh).
+//
+// The ring is private to one Dev's reader (ReadBatch has one caller at a
+// time), so it needs no lock. Every read completes inline: RWF_NOWAIT
+// makes an empty queue answer -EAGAIN at once instead of arming a poll, so
+// when io_uring_enter returns no read is in flight and the caller owns its
+// buffers again, as with read(2). Where io_uring is missing or refused
+// (ENOSYS, EPERM from kernel.io_uring_disabled or a seccomp filter), or
+// TAPDEV_IO_URING=0 is in the environment, the Dev reads with read(2).
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The io_uring ABI (include/uapi/linux/io_uring.h): what x/sys/unix lacks.
+const (
+	sysIOURingSetup = 425
+	sysIOURingEnter = 426
+
+	ioringOpRead           = 22
+	ioringEnterGetevents   = 1 << 0
+	ioringSetupSubmitAll   = 1 << 7
+	ioringSetupCoopTaskrun = 1 << 8
+	ioringFeatSingleMmap   = 1 << 0
+	ioringOffSQRing        = 0
+	ioringOffCQRing        = 0x8000000
+	ioringOffSQEs          = 0x10000000
+	rwfNowait              = 0x8
+)
+
+type ioSQRingOffsets struct {
+	head, tail, ringMask, ringEntries, flags, dropped, array, resv1 uint32
+	userAddr                                                        uint64
+}
+
+type ioCQRingOffsets struct {
+	head, tail, ringMask, ringEntries, overflow, cqes, flags, resv1 uint32
+	userAddr                                                        uint64
+}
+
+type ioURingParams struct {
+	sqEntries, cqEntries, flags, sqThreadCPU, sqThreadIdle, features, wqFd uint32
+	resv                                                                   [3]uint32
+	sqOff                                                                  ioSQRingOffsets
+	cqOff                                                                  ioCQRingOffsets
+}
+
+type ioURingSQE struct {
+	opcode      uint8
+	flags       uint8
+	ioprio      uint16
+	fd          int32
+	off         uint64
+	addr        uint64
+	len         uint32
+	rwFlags     uint32
+	userData    uint64
+	bufIndex    uint16
+	personality uint16
+	spliceFdIn  int32
+	addr3       uint64
+	pad2        uint64
+}
+
+type ioURingCQE struct {
+	userData uint64
+	res      int32
+	flags    uint32
+}
+
+// uringEntries is the most reads one io_uring_enter submits (the largest
+// batch tapminiport's --batch allows is read in chunks of it).
+const uringEntries = 64
+
+var errURingOff = errors.New("io_uring turned off")
+
+// uring is one io_uring instance sized for a batch of reads.
+type uring struct {
+	fd      int
+	entries uint32
+	rings   []byte // the SQ and CQ rings (one mapping: IORING_FEAT_SINGLE_MMAP)
+	sqeMem  []byte
+
+	sqHead, sqTail, cqHead, cqTail *uint32
+	sqMask, cqMask                 uint32
+	sqArray                        []uint32
+	sqes                           []ioURingSQE
+	cqes                           []ioURingCQE
+}
+
+// useURing can be turned off (tapminiport --io-uring=false, benchmarks) before
+// devices are opened; a Dev opened while it is off reads with read(2).
+var useURing atomic.Bool
+
+func init() { useURing.Store(os.Getenv("TAPDEV_IO_URING") != "0") }
+
+// SetIOURing chooses whether Devs opened from now on batch their reads
+// through io_uring (the default) or read with read(2).
+func SetIOURing(on bool) { useURing.Store(on) }
+
+// newURing sets up a ring for batches of up to n reads.
+func newURing(n int) (*uring, error) {
+	var p ioURingParams
+	p.flags = ioringSetupSubmitAll | ioringSetupCoopTaskrun
+	fd, _, errno := unix.Syscall(sysIOURingSetup, uintptr(n), uintptr(unsafe.Pointer(&p)), 0)
+	if errno == unix.EINVAL { // a kernel older than 5.19 refuses the setup flags
+		p = ioURingParams{}
+		fd, _, errno = unix.Syscall(sysIOURingSetup, uintptr(n), uintptr(unsafe.Pointer(&p)), 0)
+	}
+	if errno != 0 {
+		return nil, fmt.Errorf("io_uring_setup: %w", errno)
+	}
+	r := &uring{fd: int(fd), entries: p.sqEntries}
+	unix.CloseOnExec(r.fd) // io_uring fds are close-on-exec since 5.x; make sure
+	fail := func(op string, err error) (*uring, error) {
+		r.close()
+		return nil, fmt.Errorf("io_uring %s: %w", op, err)
+	}
+	if p.features&ioringFeatSingleMmap == 0 {
+		return fail("setup", fmt.Errorf("kernel without IORING_FEAT_SINGLE_MMAP (older than 5.4)"))
+	}
+	size := max(int(p.sqOff.array)+int(p.sqEntries)*4, int(p.cqOff.cqes)+int(p.cqEntries)*int(unsafe.Sizeof(ioURingCQE{})))
+	var err error
+	r.rings, err = unix.Mmap(r.fd, ioringOffSQRing, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		return fail("mmap rings", err)
+	}
+	r.sqeMem, err = unix.Mmap(r.fd, ioringOffSQEs, int(p.sqEntries)*int(unsafe.Sizeof(ioURingSQE{})), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		return fail("mmap sqes", err)
+	}
+	base := unsafe.Pointer(&r.rings[0])
+	u32 := func(off uint32) *uint32 { return (*uint32)(unsafe.Add(base, off)) }
+	r.sqHead, r.sqTail = u32(p.sqOff.head), u32(p.sqOff.tail)
+	r.cqHead, r.cqTail = u32(p.cqOff.head), u32(p.cqOff.tail)
+	r.sqMask, r.cqMask = *u32(p.sqOff.ringMask), *u32(p.cqOff.ringMask)
+	r.sqArray = unsafe.Slice(u32(p.sqOff.array), p.sqEntries)
+	r.sqes = unsafe.Slice((*ioURingSQE)(unsafe.Pointer(&r.sqeMem[0])), p.sqEntries)
+	r.cqes = unsafe.Slice((*ioURingCQE)(unsafe.Add(base, p.cqOff.cqes)), p.cqEntries)
+	return r, nil
+}
+
+// readBatch reads into bufs[:k] with k = min(len(bufs), entries) reads in
+// one io_uring_enter: frames land in bufs in order, sizes[i] for bufs[i].
+// It returns how many frames were read and, for the first read that
+// failed with something other than EAGAIN, its errno (and whether it was
+// EOF). Reads after an EAGAIN that found a frame (one arrived meanwhile)
+// are kept: their frame is moved down so bufs[:n] has no hole, which is
+// why every buffer of the batch must be as long as the first.
+func (r *uring) readBatch(fd int, bufs [][]byte, sizes []int) (n int, eof bool, errno unix.Errno) {
+	k := min(len(bufs), int(r.entries))
+	tail := atomic.LoadUint32(r.sqTail)
+	for i := 0; i < k; i++ {
+		idx := (tail + uint32(i)) & r.sqMask
+		sqe := &r.sqes[idx]
+		*sqe = ioURingSQE{opcode: ioringOpRead, fd: int32(fd), len: uint32(len(bufs[i])), rwFlags: rwfNowait, userData: uint64(i)}
+
+		if len(bufs[i]) > 0 {
+			sqe.addr = uint64(uintptr(unsafe.Pointer(&bufs[i][0])))
+		}
+		r.sqArray[idx] = idx
+	}
+	atomic.StoreUint32(r.sqTail, tail+uint32(k))
+	for {
+		// min_complete k: the kernel returns once all k reads have
+		// completed, which they do inline. io_uring_enter fails only when
+		// it submitted nothing in this call (EINTR: a signal during the
+		// wait, so retry what is not yet submitted and wait again).
+		pending := atomic.LoadUint32(r.sqTail) - atomic.LoadUint32(r.sqHead)
+		_, _, e := unix.Syscall6(sysIOURingEnter, uintptr(r.fd), uintptr(pending), uintptr(k), ioringEnterGetevents, 0, 0)
+		if e == 0 {
+			break
+		}
+		if e != unix.EINTR {
+			if atomic.LoadUint32(r.sqHead) == tail { // nothing taken: take the entries back
+				atomic.StoreUint32(r.sqTail, tail)
+				return 0, false, e
+			}
+			// Some reads were taken before the failure: reap what completed.
+			errno = e
+			break
+		}
+	}
+	runtime.KeepAlive(bufs)
+	// Every read completes inline (RWF_NOWAIT), so all k completions are
+	// posted: sizes by read index first, then compacted in order.
+	for i := range k {
+		sizes[i] = -1
+	}
+	head := atomic.LoadUint32(r.cqHead)
+	ctail := atomic.LoadUint32(r.cqTail)
+	for ; head != ctail; head++ {
+		c := &r.cqes[head&r.cqMask]
+
+		i := int(c.userData)
+		if i >= k {
+			continue
+		}
+		switch {
+		case c.res > 0:
+			sizes[i] = int(c.res)
+		case c.res == 0:
+			sizes[i] = 0
+		default:
+			sizes[i] = -1
+			if e := unix.Errno(-c.res); e != unix.EAGAIN && e != unix.EINTR && errno == 0 {
+				errno = e
+			}
+		}
+	}
+	atomic.StoreUint32(r.cqHead, head)
+	for i := range k {
+		switch s := sizes[i]; {
+		case s > 0:
+			if i != n {
+				copy(bufs[n], bufs[i][:s])
+			}
+			sizes[n] = s
+			n++
+		case s == 0:
+			eof = true
+		}
+	}
+	return n, eof, errno
+}
+
+func (r *uring) close() {
+	if r.sqeMem != nil {
+		unix.Munmap(r.sqeMem)
+	}
+	if r.rings != nil {
+		unix.Munmap(r.rings)
+	}
+	unix.Close(r.fd)
+}
