@@ -30,7 +30,7 @@ import (
 func (q *queue) dpc() {
 	m := q.m
 	frames, bytes := 0, 0
-	defer func() { m.cfg.Moderation.After(frames, bytes) }()
+	defer func() { q.mod.After(frames, bytes) }()
 	for round := 0; round < 16; round++ { // bounded: let the shim see stop requests
 		got, empty, err := q.fill()
 		frames += got

@@ -200,7 +200,8 @@ func InitializeEx(a *ndisshim.Adapter, p ndisshim.InitParameters) (mp ndisshim.M
 		return nil, err
 	}
 	m.log.Info("initialized", "hardware", cfg.HardwareName, "created", m.created, "mac", m.mac.String(), "mtu", cfg.MTU,
-		"rx_buffers", cfg.RxBuffers, "batch", cfg.Batch, "queues", cfg.Queues, "offloads", tapdev.OffloadNames(m.hwOffloads))
+		"rx_buffers", cfg.RxBuffers, "batch", cfg.Batch, "queues", cfg.Queues, "offloads", tapdev.OffloadNames(m.hwOffloads),
+		"reads", tapdev.ReadPathOf(m.queues[0].dev))
 	return m, nil
 }
 

@@ -38,6 +38,7 @@ type queue struct {
 	rxBufs      [][]byte
 	rxSizes     []int
 	scratchBufs [][]byte
+	mod         *ndisshim.Moderator // the DPC's interrupt moderation; the opposite direction is the adapter's sends
 
 	// send state: txMu serializes writes to this queue's fd
 	txMu   sync.Mutex
@@ -75,6 +76,7 @@ func newQueue(m *Miniport, index int, dev Device) *queue {
 		rxSizes:     make([]int, batch),
 		scratchBufs: [][]byte{scratch},
 		txBufs:      make([][]byte, 0, 256),
+		mod:         m.cfg.Moderation.NewModerator(m.ctr.TxFrames.Load, &m.ctr.ModerationWaits),
 	}
 }
 

@@ -44,6 +44,7 @@ type Counters struct {
 	TxDropPaused         atomic.Int64 // sends refused while paused or removed
 	TxDropOversize       atomic.Int64 // send larger than the MTU allows
 	TxErrors             atomic.Int64 // write failed
+	ModerationWaits      atomic.Int64 // receive DPC waits for interrupt moderation
 	// FramesPerIndication counts indications by their number of frames
 	// (the buckets of IndicationBuckets): one atomic add per indication.
 	FramesPerIndication            [NumIndicationBuckets]atomic.Int64
@@ -63,6 +64,7 @@ type Snapshot struct {
 	TxDropPaused, TxDropOversize, TxErrors     int64
 	RxFramesPerSec, TxFramesPerSec             int64
 	PoolInUse, PoolHighWater, PoolExhaustions  int64
+	ModerationWaits                            int64 // receive DPC waits for interrupt moderation (all queues)
 	// FramesPerIndication[i] counts indications whose frame count falls
 	// in bucket i (IndicationBuckets); their sum is the indications
 	// counted so far and the frames in them sum to RxFrames.
@@ -82,6 +84,7 @@ func (c *Counters) snapshot() Snapshot {
 		RxDropFiltered: c.RxDropFiltered.Load(), RxDropNotReady: c.RxDropNotReady.Load(),
 		TxDropPaused: c.TxDropPaused.Load(), TxDropOversize: c.TxDropOversize.Load(), TxErrors: c.TxErrors.Load(),
 		RxFramesPerSec: c.RxFramesPerSec.Load(), TxFramesPerSec: c.TxFramesPerSec.Load(),
+		ModerationWaits:     c.ModerationWaits.Load(),
 		FramesPerIndication: c.framesPerIndication(),
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -103,20 +104,64 @@ func (in *Interrupt) Err() error { return in.err }
 // wake-ups, fewer and bigger indications and sends, and CPU left to the
 // rest of the machine. Large frames (64 KiB TCP sends) and a quiet link (a
 // ping) never wait. The zero value is off.
+//
+// With OneWay the DPC waits only while the opposite direction is quiet (it
+// moved fewer than one frame per ReverseRatio of this wake-up's since the
+// DPC's previous wake-up): a one-way flood of small frames (UDP streaming)
+// is moderated, but not the ACKs of a TCP transfer or any other traffic
+// whose sender waits for what comes back, where a wait costs throughput.
 type Moderation struct {
 	Delay      time.Duration
 	Frames     int
 	SmallFrame int // 0: any size
+	OneWay     bool
 }
 
-// After is called by a DPC at the end of a wake-up that handled frames
-// frames of bytes bytes in all.
-func (m Moderation) After(frames, bytes int) {
+// ReverseRatio is how many frames of a wake-up one frame of the opposite
+// direction may come with for the link to count as one-way.
+const ReverseRatio = 16
+
+// Moderator is one DPC's moderation: the settings and what the opposite
+// direction had moved at the DPC's previous wake-up. Only its DPC uses it.
+type Moderator struct {
+	m           Moderation
+	reverse     func() int64
+	lastReverse int64
+	waits       *atomic.Int64
+}
+
+// NewModerator returns the moderation of one DPC; reverse counts the frames
+// the opposite direction has moved (it is read once per busy wake-up, and
+// only with OneWay), and waits, if not nil, counts the DPC's waits (DPCs
+// may share one counter).
+func (m Moderation) NewModerator(reverse func() int64, waits *atomic.Int64) *Moderator {
+	d := &Moderator{m: m, reverse: reverse, waits: waits}
+	if m.OneWay && reverse != nil {
+		d.lastReverse = reverse()
+	}
+	return d
+}
+
+// After is called by the DPC at the end of a wake-up that handled frames
+// frames of bytes bytes in all; it waits when the wake-up calls for it.
+func (d *Moderator) After(frames, bytes int) {
+	m := d.m
 	if m.Delay <= 0 || frames < max(m.Frames, 1) {
 		return
 	}
 	if m.SmallFrame > 0 && bytes > frames*m.SmallFrame {
 		return
+	}
+	if m.OneWay && d.reverse != nil {
+		r := d.reverse()
+		moved := r - d.lastReverse
+		d.lastReverse = r
+		if moved*ReverseRatio >= int64(frames) {
+			return
+		}
+	}
+	if d.waits != nil {
+		d.waits.Add(1)
 	}
 	moderationSleep(m.Delay)
 }

@@ -1,26 +1,23 @@
 package ndisshim
 
 import (
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// Moderation waits only after a wake-up busy with small frames, and never
-// when off.
-func TestModeration(t *testing.T) {
+// recordSleeps replaces moderationSleep for the test and returns the
+// delays it was asked for.
+func recordSleeps(t *testing.T) *[]time.Duration {
 	var slept []time.Duration
-	defer func(f func(time.Duration)) { moderationSleep = f }(moderationSleep)
+	old := moderationSleep
+	t.Cleanup(func() { moderationSleep = old })
 	moderationSleep = func(d time.Duration) { slept = append(slept, d) }
-	m := Moderation{Delay: 100 * time.Microsecond, Frames: 8, SmallFrame: 512}
-	for _, frames := range []int{0, 1, 7, 8, 64} {
-		m.After(frames, frames*100)
-	}
-	m.After(8, 8*65536) // large frames: no wait
-	m.After(8, 8*512)   // at the limit: waits
-	Moderation{}.After(64, 64)
-	Moderation{Delay: time.Millisecond}.After(1, 65536) // Frames 0 counts as 1, SmallFrame 0 any size
-	Moderation{Delay: time.Millisecond}.After(0, 0)
-	want := []time.Duration{100 * time.Microsecond, 100 * time.Microsecond, 100 * time.Microsecond, time.Millisecond}
+	return &slept
+}
+
+func checkSlept(t *testing.T, slept, want []time.Duration) {
+	t.Helper()
 	if len(slept) != len(want) {
 		t.Fatalf("slept %v, want %v", slept, want)
 	}
@@ -29,4 +26,47 @@ func TestModeration(t *testing.T) {
 			t.Fatalf("slept %v, want %v", slept, want)
 		}
 	}
+}
+
+// Moderation waits only after a wake-up busy with small frames, and never
+// when off.
+func TestModeration(t *testing.T) {
+	slept := recordSleeps(t)
+	var waits atomic.Int64
+	m := Moderation{Delay: 100 * time.Microsecond, Frames: 8, SmallFrame: 512}.NewModerator(nil, &waits)
+	for _, frames := range []int{0, 1, 7, 8, 64} {
+		m.After(frames, frames*100)
+	}
+	m.After(8, 8*65536) // large frames: no wait
+	m.After(8, 8*512)   // at the limit: waits
+	Moderation{}.NewModerator(nil, nil).After(64, 64)
+	Moderation{Delay: time.Millisecond}.NewModerator(nil, nil).After(1, 65536) // Frames 0 counts as 1, SmallFrame 0 any size
+	Moderation{Delay: time.Millisecond}.NewModerator(nil, nil).After(0, 0)
+	checkSlept(t, *slept, []time.Duration{100 * time.Microsecond, 100 * time.Microsecond, 100 * time.Microsecond, time.Millisecond})
+	if waits.Load() != 3 {
+		t.Errorf("waits counted %d, want 3", waits.Load())
+	}
+}
+
+// OneWay moderation waits only while the opposite direction is quiet: a
+// one-way flood waits; the same wake-ups with ACKs coming back (one frame
+// back for every few sent) do not.
+func TestModerationOneWay(t *testing.T) {
+	slept := recordSleeps(t)
+	var reverse atomic.Int64
+	reverse.Store(1000) // counted before the moderator starts: not "moved"
+	m := Moderation{Delay: 50 * time.Microsecond, Frames: 8, SmallFrame: 512, OneWay: true}.NewModerator(reverse.Load, nil)
+
+	m.After(64, 64*100) // nothing came back: waits
+	reverse.Add(3)      // 3 back for 64 (under 1 per ReverseRatio): still one-way
+	m.After(64, 64*100)
+	reverse.Add(8) // 8 back for 64 (ACKs): no wait
+	m.After(64, 64*100)
+	m.After(64, 64*100) // quiet again since the last busy wake-up: waits
+	reverse.Add(1)      // one back for 8: no wait
+	m.After(8, 8*100)
+	reverse.Add(500) // whatever comes back, a quiet wake-up never waits
+	m.After(1, 100)
+	m.After(16, 16*100) // the 500 moved since the last busy wake-up: no wait
+	checkSlept(t, *slept, []time.Duration{50 * time.Microsecond, 50 * time.Microsecond, 50 * time.Microsecond})
 }

@@ -244,7 +244,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&o.batch, "batch", 64, "`frames` per receive indication at most, 1..1024")
 	fs.DurationVar(&o.returnDelay, "return-delay", 0, "the stack holds each indicated buffer at least this `duration` before returning it (watch pause wait for the stack)")
 	fs.IntVar(&o.queues, "queues", 1, "receive `queues` (RSS): a multi-queue hardware TAP and NIC TAP, one reader and DPC per queue, 1..16")
-	fs.DurationVar(&o.moderation, "interrupt-moderation", 0, "after a busy wake-up (8 frames or more) the receive DPC and the NIC TAP reader wait this `long` before the next, 0..10ms (0: off); a quiet link never waits")
+	fs.DurationVar(&o.moderation, "interrupt-moderation", 50*time.Microsecond, "after a wake-up busy with small frames (8 or more) while nothing comes back the other way (a one-way flood), the receive DPC and the NIC TAP reader wait this `long` before the next, 0..10ms (0: off); a quiet link, large frames and TCP (ACKs coming back) never wait")
 	fs.BoolVar(&o.nicOffload, "nic-offload", true, "offloads on the NIC TAP too; --nic-offload=false makes the stack segment and checksum in software what the wire hands over")
 	fs.BoolVar(&o.udpCoalesce, "udp-coalesce", true, "join consecutive same-size UDP datagrams of one flow from the host into one USO send when the miniport offers USO")
 	fs.BoolVar(&o.offload, "offload", true, "checksum and large send offload: both TAPs carry virtio-net headers (IFF_VNET_HDR, TUNSETOFFLOAD), 64 KiB TCP frames cross as one NBL; --offload=false for plain 1514-byte frames")

@@ -227,7 +227,7 @@ func (m *machine) start() error {
 	drv.OnFinding(func(f ndisshim.Finding) { m.log.Error("verifier", "finding", f.String()) })
 	cfg := adapter.Config{
 		HardwareName: o.hwTap, MTU: o.mtu, MAC: o.mac, Bridge: o.bridge, RxBuffers: o.rxBuffers, Batch: o.batch, Queues: o.queues,
-		Moderation: ndisshim.Moderation{Delay: o.moderation, Frames: 8, SmallFrame: 512},
+		Moderation: ndisshim.Moderation{Delay: o.moderation, Frames: 8, SmallFrame: 512, OneWay: true},
 		Open:       m.openHardware, Configure: adapter.ConfigureTAP, VnetHdr: o.offload,
 		Unconfigure: func(name string) error { return tapdev.SetLinkUp(m.hwNetns, name, false) },
 		FailAt:      o.failAt,
@@ -262,7 +262,7 @@ func (m *machine) start() error {
 		}
 	}
 	hcfg := hoststack.Config{NICName: o.nicTap, Netns: o.nicNetns, ReturnDelay: o.returnDelay, CheckHeld: o.checkHeld, VnetHdr: o.nicOffload, Queues: o.queues, CoalesceUDP: o.udpCoalesce, Log: m.log,
-		Moderation: ndisshim.Moderation{Delay: o.moderation, Frames: 8, SmallFrame: 512}}
+		Moderation: ndisshim.Moderation{Delay: o.moderation, Frames: 8, SmallFrame: 512, OneWay: true}}
 	if !o.noWire {
 		hcfg.Addrs = o.nicAddrs
 	}

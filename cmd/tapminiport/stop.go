@@ -155,6 +155,9 @@ func (m *machine) report(code int, err error) {
 		s.DropPaused, s.DropNoSendBuffer, s.SendFailed, s.WriteErrors, s.ReturnedEarly)
 	fmt.Fprintf(w, "  software offload: segmented to-host=%d to-wire=%d, checksummed to-host=%d to-wire=%d, coalesced udp=%d, dropped=%d\n",
 		s.SegmentedToHost, s.SegmentedToWire, s.ChecksummedToHost, s.ChecksummedToWire, s.Coalesced, s.DropSegment)
+	if m.o.moderation > 0 {
+		fmt.Fprintf(w, "  interrupt moderation (%s after a busy one-way wake-up): waits receive-dpc=%d nic-reader=%d\n", m.o.moderation, c.ModerationWaits, s.ModerationWaits)
+	}
 	if len(m.queueSnap) > 1 {
 		var b strings.Builder
 		for i, q := range m.queueSnap {

@@ -124,6 +124,7 @@ type Counters struct {
 	ChecksummedToHost, ChecksummedToWire int64 // partial checksums finished
 	DropSegment                          int64 // large frames that could not be cut (malformed, or no room)
 	Coalesced                            int64 // host datagrams sent inside another's USO send
+	ModerationWaits                      int64 // NIC TAP reader waits for interrupt moderation (all queues)
 }
 
 type held struct {
@@ -158,6 +159,7 @@ type Stack struct {
 	moved  bool // the default Configure moved the NIC TAP into cfg.Netns
 
 	toHostFrames, toHostBytes, toWireFrames, toWireBytes atomic.Int64
+	modWaits                                             atomic.Int64 // the readers' moderation waits
 	returnedEarly, dropPaused, dropNoSendBuffer          atomic.Int64
 	sendFailed, resourcesWrites, corruptHeld, writeErrs  atomic.Int64
 	dropBadVnetHdr                                       atomic.Int64
@@ -271,7 +273,8 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 		}
 	}
 	s.log.Info("bound", "adapter", a.Name(), "nic", cfg.NICName, "created", s.created, "mac", mac.String(), "mtu", mtu, "netns", cfg.Netns,
-		"queues", len(s.queues), "nic_offloads", tapdev.OffloadNames(s.nicOffloads), "miniport_offloads", capsString(s.caps))
+		"queues", len(s.queues), "nic_offloads", tapdev.OffloadNames(s.nicOffloads), "miniport_offloads", capsString(s.caps),
+		"reads", tapdev.ReadPathOf(s.queues[0].dev))
 	return s, nil
 }
 
@@ -312,7 +315,7 @@ func (s *Stack) Counters() Counters {
 		WriteErrors: s.writeErrs.Load(), DropBadVnetHdr: s.dropBadVnetHdr.Load(),
 		SegmentedToHost: s.segToHost.Load(), SegmentedToWire: s.segToWire.Load(),
 		ChecksummedToHost: s.csumToHost.Load(), ChecksummedToWire: s.csumToWire.Load(), DropSegment: s.dropSegment.Load(),
-		Coalesced: s.coalesced.Load(),
+		Coalesced: s.coalesced.Load(), ModerationWaits: s.modWaits.Load(),
 	}
 }
 

@@ -54,6 +54,7 @@ type nicQueue struct {
 	segNBLs  []*ndisshim.NetBufferList
 	segBufs  [][]byte
 	segSizes []int
+	mod      *ndisshim.Moderator // the reader's interrupt moderation; the opposite direction is the frames written to the NIC TAP
 
 	w writer
 }
@@ -80,6 +81,7 @@ func newNICQueue(s *Stack, index int, dev Device) *nicQueue {
 		sBufs:   make([][]byte, b),
 		sSizes:  make([]int, b),
 		scratch: [][]byte{make([]byte, 65535+14+4+tapdev.VnetHdrLen)},
+		mod:     s.cfg.Moderation.NewModerator(s.toHostFrames.Load, &s.modWaits),
 	}
 	q.w = writer{s: s, dev: dev, bufs: make([][]byte, 0, 256)}
 	if s.vnet > 0 {
@@ -212,7 +214,7 @@ func (w *writer) flush(bufs [][]byte) int {
 func (q *nicQueue) readFromNIC() {
 	s := q.s
 	frames, bytes := 0, 0
-	defer func() { s.cfg.Moderation.After(frames, bytes) }()
+	defer func() { q.mod.After(frames, bytes) }()
 	for round := 0; round < 16; round++ {
 		if s.paused.Load() {
 			n, err := q.dev.ReadBatch(q.scratch, q.sSizes[:1])
