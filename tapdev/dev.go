@@ -87,6 +87,10 @@ type Dev struct {
 	// says why there is none.
 	ring    *uring
 	ringErr error
+	// ringRefused: the device refused a read through the ring
+	// (EOPNOTSUPP: a kernel whose TAP does not take RWF_NOWAIT); the
+	// reader uses read(2) from then on. Only the reader touches it.
+	ringRefused bool
 
 	offloads  atomic.Uint64 // TUN_F_* flags SetOffload set
 	txDropped atomic.Uint64
@@ -166,9 +170,12 @@ func (d *Dev) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
 	// ringAfter reads is drained through the ring.
 	n := 0
 	for n < len(bufs) {
-		if n == ringAfter && d.ring != nil && sameLen(bufs[n:]) {
+		if n == ringAfter && d.ring != nil && !d.ringRefused && sameLen(bufs[n:]) {
 			m, err := d.readRing(bufs[n:], sizes[n:])
-			return n + m, err
+			if !d.ringRefused {
+				return n + m, err
+			}
+			n += m // refused: go on with read(2)
 		}
 		m, err := unix.Read(d.fd, bufs[n])
 		switch {
@@ -202,6 +209,9 @@ func (d *Dev) readRing(bufs [][]byte, sizes []int) (int, error) {
 		switch {
 		case eof:
 			return n, fmt.Errorf("tapdev %s: read: %w (peer closed)", d.name, ErrDeviceGone)
+		case errno == unix.EOPNOTSUPP && got == 0:
+			d.ringRefused = true
+			return n, nil
 		case errno != 0:
 			return n, d.opError("read", errno)
 		case got < k:

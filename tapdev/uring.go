@@ -106,8 +106,9 @@ type uring struct {
 	cqes                           []ioURingCQE
 }
 
-// useURing can be turned off (tapminiport --io-uring=false, benchmarks) before
-// devices are opened; a Dev opened while it is off reads with read(2).
+// useURing is on unless TAPDEV_IO_URING=0 (bench.sh's tapminiport-read) or
+// SetIOURing(false) (tests); a Dev opened while it is off reads with
+// read(2).
 var useURing atomic.Bool
 
 func init() { useURing.Store(os.Getenv("TAPDEV_IO_URING") != "0") }
@@ -129,7 +130,7 @@ func newURing(n int) (*uring, error) {
 		return nil, fmt.Errorf("io_uring_setup: %w", errno)
 	}
 	r := &uring{fd: int(fd), entries: p.sqEntries}
-	unix.CloseOnExec(r.fd) // io_uring fds are close-on-exec since 5.x; make sure
+	// io_uring_setup's fd is O_CLOEXEC already (io_uring_install_fd).
 	fail := func(op string, err error) (*uring, error) {
 		r.close()
 		return nil, fmt.Errorf("io_uring %s: %w", op, err)
