@@ -36,7 +36,12 @@ type Config struct {
 	// filling one receive pool. 0 means 1.
 	Queues int
 	// Moderation is the receive DPC's interrupt moderation (off: zero).
-	Moderation   ndisshim.Moderation
+	Moderation ndisshim.Moderation
+	// PollOnSend: a small send (at most 2 frames of at most 256 bytes)
+	// runs the receive DPC of its queue once on the sender's goroutine
+	// after it is written, when that DPC is idle: the reply to a ping
+	// goes up without waiting for the interrupt goroutine to wake.
+	PollOnSend   bool
 	LowWater     int           // indicate with RESOURCES when this few blocks are left (0: RxBuffers/8)
 	StatsPeriod  time.Duration // the statistics timer's period (0: 1s)
 	LinkSpeedBps uint64        // reported link speed (0: 10 Gbit/s)

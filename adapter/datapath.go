@@ -25,13 +25,27 @@ import (
 	"github.com/tapminiport/tapminiport/tapdev"
 )
 
-// dpc is the receive DPC of queue q; it runs only on q's interrupt
-// goroutine.
+// dpc is the receive DPC of queue q; it runs on q's interrupt goroutine
+// (or, through poll, on a sender's) under the interrupt's DPC exclusion.
 func (q *queue) dpc() {
+	frames, bytes := q.receive(16) // bounded: let the shim see stop requests
+	q.mod.After(frames, bytes)
+}
+
+// poll is the DPC body a small send runs on its own goroutine
+// (ndisshim.Interrupt.TryRunDPC): one batch at most, no moderation (the
+// sender must not wait), counted.
+func (q *queue) poll() {
+	frames, _ := q.receive(1)
+	q.m.ctr.RxPolls.Add(1)
+	q.m.ctr.RxPollFrames.Add(int64(frames))
+}
+
+// receive reads and indicates up to rounds batches, until the fd is empty;
+// it returns the frames and bytes it read.
+func (q *queue) receive(rounds int) (frames, bytes int) {
 	m := q.m
-	frames, bytes := 0, 0
-	defer func() { q.mod.After(frames, bytes) }()
-	for round := 0; round < 16; round++ { // bounded: let the shim see stop requests
+	for round := 0; round < rounds; round++ {
 		got, empty, err := q.fill()
 		frames += got
 		for _, n := range q.rxSizes[:got] {
@@ -42,12 +56,13 @@ func (q *queue) dpc() {
 		}
 		if err != nil {
 			m.deviceError(err)
-			return
+			return frames, bytes
 		}
 		if empty {
-			return
+			return frames, bytes
 		}
 	}
+	return frames, bytes
 }
 
 // fill reads up to a batch of frames into blocks of the pool (q.rxBatch,
@@ -235,16 +250,41 @@ func (m *Miniport) SendNetBufferLists(nbls *ndisshim.NetBufferList, port ndisshi
 			used |= 1 << q
 		}
 	}
+	small := m.cfg.PollOnSend
+	count := 0
+	for nbl := nbls; nbl != nil && small; nbl = nbl.Next {
+		count++
+		small = count <= pollMaxNBLs && nbl.FirstNB != nil && nbl.FirstNB.Length <= pollMaxFrame
+	}
+	var wrote uint32 // bit i: queue i wrote some frame
 	for i, q := range m.queues {
-		if used&(1<<i) != 0 {
-			q.send(nbls)
+		if used&(1<<i) != 0 && q.send(nbls) > 0 {
+			wrote |= 1 << i
 		}
 	}
 	m.a.SendNetBufferListsComplete(nbls, 0)
+	if small {
+		for i, q := range m.queues {
+			if in := q.pollIntr.Load(); wrote&(1<<i) != 0 && in != nil {
+				in.TryRunDPC(q.pollFn)
+			}
+		}
+	}
 }
 
-// send writes the frames of the chain's NBLs that leave on q.
-func (q *queue) send(nbls *ndisshim.NetBufferList) {
+// A send of at most pollMaxNBLs frames of at most pollMaxFrame bytes (a
+// ping, an ACK, a DNS query: the kind of send whose reply someone waits
+// for) polls the receive ring of the queue it left on once it is written
+// (Config.PollOnSend): a TAP write runs the wire's stack in the writer's
+// context, so a reply it provokes is usually in the ring by then.
+const (
+	pollMaxNBLs  = 2
+	pollMaxFrame = 256
+)
+
+// send writes the frames of the chain's NBLs that leave on q and returns
+// how many it wrote.
+func (q *queue) send(nbls *ndisshim.NetBufferList) int {
 	m := q.m
 	mine := func(nbl *ndisshim.NetBufferList) bool { return nbl.MiniportReserved[0] == uintptr(q.index) }
 	q.txMu.Lock()
@@ -264,7 +304,7 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) {
 			}
 		}
 		m.ctr.TxDropPaused.Add(int64(n))
-		return
+		return 0
 	}
 	maxFrame := m.cfg.maxFrame()
 	bufs := q.txBufs[:0]
@@ -323,4 +363,5 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) {
 		m.ctr.TxBytes.Add(int64(bytes))
 		q.txBytes.Add(int64(bytes))
 	}
+	return frames
 }

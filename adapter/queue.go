@@ -32,6 +32,11 @@ type queue struct {
 	index int
 	dev   Device
 	intr  *ndisshim.Interrupt
+	// pollIntr is intr while sends may poll the receive ring (set after
+	// registration, cleared before deregistration); pollFn is q.poll,
+	// bound once so a poll allocates nothing.
+	pollIntr atomic.Pointer[ndisshim.Interrupt]
+	pollFn   func()
 
 	// receive DPC state: touched only by this queue's interrupt goroutine
 	rxBatch     []*ndisshim.NetBufferList
@@ -69,7 +74,7 @@ func (m *Miniport) Queues() int { return len(m.queues) }
 func newQueue(m *Miniport, index int, dev Device) *queue {
 	batch := m.cfg.Batch
 	scratch := make([]byte, maxGSOFrame+headroom)
-	return &queue{
+	q := &queue{
 		m: m, index: index, dev: dev,
 		rxBatch:     make([]*ndisshim.NetBufferList, batch),
 		rxBufs:      make([][]byte, batch),
@@ -78,6 +83,8 @@ func newQueue(m *Miniport, index int, dev Device) *queue {
 		txBufs:      make([][]byte, 0, 256),
 		mod:         m.cfg.Moderation.NewModerator(m.ctr.TxFrames.Load, &m.ctr.ModerationWaits),
 	}
+	q.pollFn = q.poll
+	return q
 }
 
 // flowHash is a symmetric hash of a frame's IPv4/IPv6 addresses and TCP/UDP

@@ -297,10 +297,25 @@ func (g *gatedDev) openGate() {
 	}
 }
 
+// silentDev is the socketpair end with an interrupt line that never fires
+// (until stopped): frames come up only when something polls.
+type silentDev struct {
+	*tapdev.Dev
+	src silentSource
+}
+
+type silentSource struct{ stop chan struct{} }
+
+func (s *silentSource) Wait() error { <-s.stop; return ndisshim.ErrInterruptStopped }
+func (s *silentSource) Stop()       { close(s.stop) }
+
+func (d *silentDev) Interrupt() ndisshim.InterruptSource { return &d.src }
+
 type rigOptions struct {
-	cfg   func(*Config)
-	gated bool // the hardware is a gatedDev
-	hold  bool // the protocol holds NBLs
+	cfg    func(*Config)
+	gated  bool // the hardware is a gatedDev
+	silent bool // the hardware is a silentDev
+	hold   bool // the protocol holds NBLs
 	// onHeld receives the shim's pause/halt reports.
 	onHeld func(ndisshim.HeldReport)
 }
@@ -359,6 +374,9 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	if o.gated {
 		r.gate = &gatedDev{Dev: r.hw}
 		dev = r.gate
+	}
+	if o.silent {
+		dev = &silentDev{Dev: r.hw, src: silentSource{stop: make(chan struct{})}}
 	}
 	r.cfg = baseConfig(r, dev)
 	if o.cfg != nil {

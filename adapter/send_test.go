@@ -1,6 +1,7 @@
 package adapter
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
@@ -104,4 +105,45 @@ func TestSendWhilePaused(t *testing.T) {
 		t.Errorf("TxFrames = %d while paused", c.TxFrames)
 	}
 	r.halt()
+}
+
+// With PollOnSend a small send brings up what waits in the receive ring
+// (the reply to a ping) on the sender's goroutine, even with the interrupt
+// line silent; a large send or a chain of three does not poll, and
+// without PollOnSend nothing does.
+func TestPollOnSend(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprintf("PollOnSend=%v", on), func(t *testing.T) {
+			r := newRig(t, rigOptions{silent: true, cfg: func(c *Config) { c.PollOnSend = on }})
+			r.restart()
+			r.setFilter(ndisshim.PacketTypeDirected)
+			reply := frame(ourMAC, 98, 1)
+			r.wire(reply)
+			r.p.send(t, r.b, frame(peerMAC, 1000, 2)) // large: no poll
+			r.p.send(t, r.b, frame(peerMAC, 60, 3), frame(peerMAC, 60, 4), frame(peerMAC, 60, 5))
+			if c := r.counters(); c.RxPolls != 0 || r.p.frameCount() != 0 {
+				t.Fatalf("a large send and a chain of 3 polled %d times, %d frames up", c.RxPolls, r.p.frameCount())
+			}
+			r.p.send(t, r.b, frame(peerMAC, 98, 6)) // the ping
+			c := r.counters()
+			if !on {
+				if c.RxPolls != 0 || r.p.frameCount() != 0 {
+					t.Fatalf("PollOnSend off: %d polls, %d frames up", c.RxPolls, r.p.frameCount())
+				}
+				r.readPeer(5)
+				r.halt()
+				return
+			}
+			if c.RxPolls != 1 || c.RxPollFrames != 1 {
+				t.Fatalf("after a small send: %d polls found %d frames, want 1 and 1", c.RxPolls, c.RxPollFrames)
+			}
+			equalFrames(t, "indicated", r.p.allFrames(), [][]byte{reply})
+			r.p.send(t, r.b, frame(peerMAC, 98, 7)) // nothing waiting: a poll that finds nothing
+			if c := r.counters(); c.RxPolls != 2 || c.RxPollFrames != 1 {
+				t.Fatalf("second small send: %d polls found %d frames, want 2 and 1", c.RxPolls, c.RxPollFrames)
+			}
+			r.readPeer(6)
+			r.halt()
+		})
+	}
 }

@@ -45,6 +45,8 @@ type Counters struct {
 	TxDropOversize       atomic.Int64 // send larger than the MTU allows
 	TxErrors             atomic.Int64 // write failed
 	ModerationWaits      atomic.Int64 // receive DPC waits for interrupt moderation
+	RxPolls              atomic.Int64 // receive DPCs run by a small send (Config.PollOnSend)
+	RxPollFrames         atomic.Int64 // frames those runs indicated
 	// FramesPerIndication counts indications by their number of frames
 	// (the buckets of IndicationBuckets): one atomic add per indication.
 	FramesPerIndication            [NumIndicationBuckets]atomic.Int64
@@ -65,6 +67,7 @@ type Snapshot struct {
 	RxFramesPerSec, TxFramesPerSec             int64
 	PoolInUse, PoolHighWater, PoolExhaustions  int64
 	ModerationWaits                            int64 // receive DPC waits for interrupt moderation (all queues)
+	RxPolls, RxPollFrames                      int64 // receive DPCs run by small sends, and the frames they indicated
 	// FramesPerIndication[i] counts indications whose frame count falls
 	// in bucket i (IndicationBuckets); their sum is the indications
 	// counted so far and the frames in them sum to RxFrames.
@@ -84,7 +87,7 @@ func (c *Counters) snapshot() Snapshot {
 		RxDropFiltered: c.RxDropFiltered.Load(), RxDropNotReady: c.RxDropNotReady.Load(),
 		TxDropPaused: c.TxDropPaused.Load(), TxDropOversize: c.TxDropOversize.Load(), TxErrors: c.TxErrors.Load(),
 		RxFramesPerSec: c.RxFramesPerSec.Load(), TxFramesPerSec: c.TxFramesPerSec.Load(),
-		ModerationWaits:     c.ModerationWaits.Load(),
+		ModerationWaits: c.ModerationWaits.Load(), RxPolls: c.RxPolls.Load(), RxPollFrames: c.RxPollFrames.Load(),
 		FramesPerIndication: c.framesPerIndication(),
 	}
 }

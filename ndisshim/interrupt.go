@@ -35,6 +35,11 @@ type Interrupt struct {
 	err   error // why the loop ended, when not by Deregister
 
 	once sync.Once
+
+	// dpcMu is held while the DPC runs, on the interrupt goroutine or
+	// through TryRunDPC; dead (under dpcMu) once Deregister has joined.
+	dpcMu sync.Mutex
+	dead  bool
 }
 
 // RegisterInterrupt starts the interrupt's goroutine (NdisMRegisterInterruptEx):
@@ -71,16 +76,45 @@ func (in *Interrupt) routine(dpc func(), onError func(error)) {
 			}
 			return
 		}
+		in.dpcMu.Lock()
 		dpc()
+		in.dpcMu.Unlock()
 	}
 }
 
+// TryRunDPC runs dpc (a DPC body of this interrupt's device) now, on the
+// caller's goroutine, under the interrupt's DPC exclusion: never at the
+// same time as the interrupt's own DPC or another TryRunDPC. It does not
+// wait: when the DPC is running, or the interrupt is deregistered, it
+// returns false without running dpc. It must not be called from a DPC.
+//
+// This is how a miniport polls its receive ring from its send path (as a
+// NIC whose one interrupt serves both send completion and receive does
+// its receive work in the send-complete DPC): the reply to a small send is
+// often in the ring before the send returns, and polling for it saves the
+// interrupt goroutine's wake-up.
+func (in *Interrupt) TryRunDPC(dpc func()) bool {
+	if !in.dpcMu.TryLock() {
+		return false
+	}
+	defer in.dpcMu.Unlock()
+	if in.dead {
+		return false
+	}
+	dpc()
+	return true
+}
+
 // Deregister stops the source and joins the goroutine
-// (NdisMDeregisterInterruptEx): after it returns the DPC never runs again.
+// (NdisMDeregisterInterruptEx), then waits for a TryRunDPC in progress:
+// after it returns the DPC never runs again.
 // It must not be called from the DPC itself.
 func (in *Interrupt) Deregister() error {
 	in.once.Do(in.src.Stop)
 	<-in.done
+	in.dpcMu.Lock()
+	in.dead = true
+	in.dpcMu.Unlock()
 	r := in.owner
 	r.mu.Lock()
 	_, ok := r.interrupts[in]

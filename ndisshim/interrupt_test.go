@@ -105,3 +105,54 @@ func TestInterruptSourceError(t *testing.T) {
 		t.Errorf("Err: %v", r.m.intr.Err())
 	}
 }
+
+// TestTryRunDPC: TryRunDPC runs a DPC body on the caller's goroutine when
+// the interrupt's DPC is idle, refuses (without waiting) while it runs,
+// never overlaps it, and never runs after Deregister.
+func TestTryRunDPC(t *testing.T) {
+	r := newRig(t, nil, ndisshim.AdapterOptions{})
+	src := newFakeSource()
+	var inside atomic.Int32
+	var overlap atomic.Bool
+	entered := make(chan struct{}, 1)
+	gate := make(chan struct{}, 1)
+	in, err := r.a.RegisterInterrupt("test-intr", src, func() {
+		if inside.Add(1) > 1 {
+			overlap.Store(true)
+		}
+		entered <- struct{}{}
+		<-gate
+		inside.Add(-1)
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var polls atomic.Int32
+	poll := func() {
+		if inside.Add(1) > 1 {
+			overlap.Store(true)
+		}
+		polls.Add(1)
+		inside.Add(-1)
+	}
+	if !in.TryRunDPC(poll) || polls.Load() != 1 {
+		t.Fatalf("TryRunDPC with the DPC idle: ran %d times, want 1", polls.Load())
+	}
+	src.kick()
+	<-entered // the interrupt's DPC is running, blocked on the gate
+	if in.TryRunDPC(poll) {
+		t.Fatal("TryRunDPC ran while the interrupt's DPC was running")
+	}
+	gate <- struct{}{}
+	eventually(t, "the DPC to finish", func() bool { return in.TryRunDPC(poll) })
+	if err := in.Deregister(); err != nil {
+		t.Fatal(err)
+	}
+	before := polls.Load()
+	if in.TryRunDPC(poll) || polls.Load() != before {
+		t.Fatal("TryRunDPC ran after Deregister")
+	}
+	if overlap.Load() {
+		t.Fatal("TryRunDPC overlapped the interrupt's DPC")
+	}
+}

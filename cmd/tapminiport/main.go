@@ -228,6 +228,7 @@ func (m *machine) start() error {
 	cfg := adapter.Config{
 		HardwareName: o.hwTap, MTU: o.mtu, MAC: o.mac, Bridge: o.bridge, RxBuffers: o.rxBuffers, Batch: o.batch, Queues: o.queues,
 		Moderation: ndisshim.Moderation{Delay: o.moderation, Frames: 8, SmallFrame: 512, OneWay: true},
+		PollOnSend: o.pollOnSend,
 		Open:       m.openHardware, Configure: adapter.ConfigureTAP, VnetHdr: o.offload,
 		Unconfigure: func(name string) error { return tapdev.SetLinkUp(m.hwNetns, name, false) },
 		FailAt:      o.failAt,

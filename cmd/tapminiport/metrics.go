@@ -44,6 +44,8 @@ var (
 	descStackDropped  = desc("stack_dropped_total", "Frames dropped by the host-stack binding, by cause.", "cause")
 	descSoftOffload   = desc("stack_software_offload_total", "Frames the stack cut, checksummed or coalesced in software because the other side could not take them as they were.", "kind")
 	descReturnedEarly = desc("stack_returned_early_total", "Receive NBLs the stack returned at once because its hold queue was full.")
+	descPolls         = desc("rx_send_polls_total", "Receive DPCs a small send ran on its own goroutine (--rx-poll-on-send).")
+	descPollFrames    = desc("rx_send_poll_frames_total", "Frames the receive DPCs run by small sends indicated.")
 	descModWaits      = desc("interrupt_moderation_waits_total", "Times a receive DPC (receive_dpc) or the NIC TAP reader (nic_reader) waited for interrupt moderation after a busy one-way wake-up.", "dpc")
 	descPoolSize      = desc("pool_buffers", "Receive buffers in the miniport's pool.", "queue")
 	descPoolInUse     = desc("pool_buffers_in_use", "Receive buffers in use now (filling or held by the stack).", "queue")
@@ -74,7 +76,7 @@ var _ prometheus.Collector = (*collector)(nil)
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descRxPackets, descRxBytes, descTxPackets, descTxBytes, descIndications,
-		descResources, descIndFrames, descRxDropped, descTxDropped, descStackDropped, descSoftOffload, descReturnedEarly, descModWaits, descPoolSize, descPoolInUse,
+		descResources, descIndFrames, descRxDropped, descTxDropped, descStackDropped, descSoftOffload, descReturnedEarly, descPolls, descPollFrames, descModWaits, descPoolSize, descPoolInUse,
 		descPoolHighWater, descPoolExhaust, descHeld, descHeldPeak, descSendsNow, descDrained, descState, descFindings,
 		descPcapFrames, descPcapBytes, descPcapSkipped} {
 		ch <- d
@@ -149,6 +151,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descSoftOffload, d.v, d.kind)
 	}
 	counter(descReturnedEarly, st.ReturnedEarly)
+	counter(descPolls, mp.RxPolls)
+	counter(descPollFrames, mp.RxPollFrames)
 	counter(descModWaits, mp.ModerationWaits, "receive_dpc")
 	counter(descModWaits, st.ModerationWaits, "nic_reader")
 	gauge(descPoolSize, int64(c.poolSize), q)

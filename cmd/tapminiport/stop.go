@@ -158,6 +158,9 @@ func (m *machine) report(code int, err error) {
 	if m.o.moderation > 0 {
 		fmt.Fprintf(w, "  interrupt moderation (%s after a busy one-way wake-up): waits receive-dpc=%d nic-reader=%d\n", m.o.moderation, c.ModerationWaits, s.ModerationWaits)
 	}
+	if m.o.pollOnSend {
+		fmt.Fprintf(w, "  receive polls after small sends: %d runs found %d frames\n", c.RxPolls, c.RxPollFrames)
+	}
 	if len(m.queueSnap) > 1 {
 		var b strings.Builder
 		for i, q := range m.queueSnap {

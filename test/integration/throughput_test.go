@@ -9,6 +9,7 @@ package integration
 // assertion is on speed.
 
 import (
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
@@ -274,4 +275,43 @@ func TestInterruptModeration(t *testing.T) {
 		}
 		r.assertGone()
 	})
+}
+
+// pollRe is the exit report's line on receive polls after small sends.
+var pollRe = regexp.MustCompile(`receive polls after small sends: (\d+) runs found (\d+) frames`)
+
+// TestRxPollOnSend: a ping's request is a small send, so the miniport
+// polls its receive ring after writing it and finds the echo reply there
+// (the wire's stack ran in the write): the exit report counts polls that
+// found frames, and every ping is answered. --rx-poll-on-send=false
+// removes the line and the pings still get through (the interrupt
+// goroutine brings the replies up).
+func TestRxPollOnSend(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprintf("rx-poll-on-send=%v", on), func(t *testing.T) {
+			r := start(t, fmt.Sprintf("--rx-poll-on-send=%v", on))
+			if tx, rx, out := ping(t, r.host, "-c", "20", "-i", "0.01", "-W", "2", "198.18.0.2"); tx != 20 || rx != tx {
+				t.Errorf("host → wire: %d of %d replies:\n%s", rx, tx, out)
+			}
+			rep := stopAndReport(t, r)
+			m := pollRe.FindStringSubmatch(rep)
+			if !on {
+				if m != nil {
+					t.Errorf("--rx-poll-on-send=false still reports polls: %s", m[0])
+				}
+				r.assertGone()
+				return
+			}
+			if m == nil {
+				t.Fatalf("exit report has no receive-poll line:\n%s", rep)
+			}
+			runs, _ := strconv.Atoi(m[1])
+			found, _ := strconv.Atoi(m[2])
+			t.Logf("%s", m[0])
+			if runs < 10 || found < 10 {
+				t.Errorf("20 pings: %d polls found %d frames; want most requests to poll and most replies found by a poll", runs, found)
+			}
+			r.assertGone()
+		})
+	}
 }
