@@ -126,6 +126,10 @@ for r in $(seq "$ROUNDS"); do
 	start_tm --interrupt-moderation 0
 	measure tapminiport-nomod "$HOST" "$WIRE" 198.18.0.2
 	stop_tm
+	echo "round $r/$ROUNDS: tapminiport --rx-poll-on-send=false (replies wait for the interrupt goroutine)" >&2
+	start_tm --rx-poll-on-send=false
+	measure tapminiport-nopoll "$HOST" "$WIRE" 198.18.0.2
+	stop_tm
 	echo "round $r/$ROUNDS: tapminiport with TAPDEV_IO_URING=0 (read(2) per frame, no io_uring)" >&2
 	TAPDEV_IO_URING=0 start_tm
 	measure tapminiport-read "$HOST" "$WIRE" 198.18.0.2
@@ -144,7 +148,7 @@ awk '
 	}
 	function ratio(x, y) { return (y + 0 == 0) ? "n/a" : sprintf("%.2f", x / y) }
 	END {
-		nd = split("veth tapfwd tapfwd-offload tapfwd-pipe tapminiport-plain tapminiport-nocoal tapminiport tapminiport-q2 tapminiport-nomod tapminiport-read", order, " ")
+		nd = split("veth tapfwd tapfwd-offload tapfwd-pipe tapminiport-plain tapminiport-nocoal tapminiport tapminiport-q2 tapminiport-nomod tapminiport-nopoll tapminiport-read", order, " ")
 		nm = split("tcp_up tcp_down tcp_p4_up tcp_p4_down udp64_kpps ping_ms", m, " ")
 		printf "| %-18s | %6s | %6s | %9s | %9s | %8s | %7s |\n", "datapath", "TCP up", "TCP dn", "TCP P4 up", "TCP P4 dn", "UDP kpps", "ping ms"
 		printf "|%s|%s|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---", "---", "---"
@@ -153,7 +157,7 @@ awk '
 				median(d SUBSEP m[3]), median(d SUBSEP m[4]), median(d SUBSEP m[5]), median(d SUBSEP m[6]) }
 		print ""
 		# like for like: plain frames against the plain forwarder, offloads against the offload forwarder
-		np = split("tapfwd-pipe/tapfwd-offload tapminiport-plain/tapfwd tapminiport-nocoal/tapfwd-offload tapminiport/tapfwd-offload tapminiport-q2/tapfwd-offload tapminiport-nomod/tapfwd-offload tapminiport-read/tapfwd-offload tapminiport/veth", pairs, " ")
+		np = split("tapfwd-pipe/tapfwd-offload tapminiport-plain/tapfwd tapminiport-nocoal/tapfwd-offload tapminiport/tapfwd-offload tapminiport-q2/tapfwd-offload tapminiport-nomod/tapfwd-offload tapminiport-nopoll/tapfwd-offload tapminiport-read/tapfwd-offload tapminiport/veth", pairs, " ")
 		printf "| %-36s | %6s | %6s | %9s | %9s | %8s | %7s |\n", "ratio (ping: lower is better)", "TCP up", "TCP dn", "TCP P4 up", "TCP P4 dn", "UDP", "ping"
 		printf "|%s|%s|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---", "---", "---"
 		for (o = 1; o <= np; o++) { split(pairs[o], ab, "/"); a = ab[1]; d = ab[2]
