@@ -10,6 +10,33 @@ import (
 	"github.com/tapminiport/tapminiport/ndisshim"
 )
 
+// gatedDPC is a DPC that says when it runs (entered) and waits for the
+// test (gate) before it returns, and records whether two runs overlapped.
+type gatedDPC struct {
+	runs, inside atomic.Int32
+	overlap      atomic.Bool
+	entered      chan struct{}
+	gate         chan struct{}
+}
+
+func newGatedDPC(gateRoom int) *gatedDPC {
+	return &gatedDPC{entered: make(chan struct{}, 1), gate: make(chan struct{}, gateRoom)}
+}
+
+func (d *gatedDPC) enter() {
+	if d.inside.Add(1) > 1 {
+		d.overlap.Store(true)
+	}
+}
+
+func (d *gatedDPC) run() {
+	d.enter()
+	d.runs.Add(1)
+	d.entered <- struct{}{}
+	<-d.gate
+	d.inside.Add(-1)
+}
+
 // TestInterruptDeregisterStopsAndJoins: each raise of the line runs the
 // DPC once, never concurrently with itself; Deregister stops the source
 // once and does not return while a DPC is running; after it returns the
@@ -17,19 +44,9 @@ import (
 func TestInterruptDeregisterStopsAndJoins(t *testing.T) {
 	r := newRig(t, nil, ndisshim.AdapterOptions{})
 	src := newFakeSource()
-	var runs, inside atomic.Int32
-	var overlap atomic.Bool
-	entered := make(chan struct{}, 1)
-	gate := make(chan struct{}, 100)
-	in, err := r.a.RegisterInterrupt("test-intr", src, func() {
-		if inside.Add(1) > 1 {
-			overlap.Store(true)
-		}
-		runs.Add(1)
-		entered <- struct{}{}
-		<-gate
-		inside.Add(-1)
-	}, nil)
+	d := newGatedDPC(100)
+	runs, overlap, entered, gate := &d.runs, &d.overlap, d.entered, d.gate
+	in, err := r.a.RegisterInterrupt("test-intr", src, d.run, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,28 +129,17 @@ func TestInterruptSourceError(t *testing.T) {
 func TestTryRunDPC(t *testing.T) {
 	r := newRig(t, nil, ndisshim.AdapterOptions{})
 	src := newFakeSource()
-	var inside atomic.Int32
-	var overlap atomic.Bool
-	entered := make(chan struct{}, 1)
-	gate := make(chan struct{}, 1)
-	in, err := r.a.RegisterInterrupt("test-intr", src, func() {
-		if inside.Add(1) > 1 {
-			overlap.Store(true)
-		}
-		entered <- struct{}{}
-		<-gate
-		inside.Add(-1)
-	}, nil)
+	d := newGatedDPC(1)
+	entered, gate := d.entered, d.gate
+	in, err := r.a.RegisterInterrupt("test-intr", src, d.run, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var polls atomic.Int32
 	poll := func() {
-		if inside.Add(1) > 1 {
-			overlap.Store(true)
-		}
+		d.enter()
 		polls.Add(1)
-		inside.Add(-1)
+		d.inside.Add(-1)
 	}
 	if !in.TryRunDPC(poll) || polls.Load() != 1 {
 		t.Fatalf("TryRunDPC with the DPC idle: ran %d times, want 1", polls.Load())
@@ -152,7 +158,7 @@ func TestTryRunDPC(t *testing.T) {
 	if in.TryRunDPC(poll) || polls.Load() != before {
 		t.Fatal("TryRunDPC ran after Deregister")
 	}
-	if overlap.Load() {
+	if d.overlap.Load() {
 		t.Fatal("TryRunDPC overlapped the interrupt's DPC")
 	}
 }
