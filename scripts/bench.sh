@@ -60,7 +60,7 @@ stop_tm() { kill -TERM "$PID"; wait "$PID" || { echo "process $PID exited non-ze
 listening() { for _ in $(seq 50); do ip netns exec "$1" ss -ltn 2>/dev/null | grep -q ':5201 ' && return 0; sleep 0.1; done; return 0; }
 
 # record NAME METRIC VALUE: a missing value is reported, not counted as 0.
-record() { if [ -n "$3" ]; then echo "$1 $2 $3" >>"$OUT/results"; else echo "  $1 $2: measurement failed (left out of the medians)" >&2; fi; }
+record() { if [ -n "$3" ]; then echo "$1 $2 $3 $r" >>"$OUT/results"; else echo "  $1 $2: measurement failed (left out of the medians)" >&2; fi; }
 
 # measure NAME CLIENT_NS SERVER_NS SERVER_ADDR: appends "name metric value" lines
 measure() {
@@ -140,7 +140,7 @@ echo
 echo "Medians of $ROUNDS interleaved rounds, ${SECS}s each, $(nproc) CPUs, $(iperf3 --version | head -n1 | awk '{print $1, $2}')"
 echo "(TCP: iperf3 receiver Gbit/s, one stream and -P 4; UDP: 64-byte datagrams delivered per second at -b 0; ping: median of 200 at 2 ms)"
 awk '
-	{ k = $1 SUBSEP $2; n[k]++; v[k, n[k]] = $3 }
+	{ k = $1 SUBSEP $2; n[k]++; v[k, n[k]] = $3; byround[$1, $2, $4] = $3; if ($4 > rounds) rounds = $4 }
 	function median(k,   i, j, t, c, a) {
 		c = n[k]; if (c == 0) return 0; for (i = 1; i <= c; i++) a[i] = v[k, i]
 		for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
@@ -163,5 +163,18 @@ awk '
 		for (o = 1; o <= np; o++) { split(pairs[o], ab, "/"); a = ab[1]; d = ab[2]
 			printf "| %-36s |", a " / " d
 			for (i = 1; i <= nm; i++) printf " %*s |", (i == 3 || i == 4) ? 9 : (i == 5 ? 8 : (i == 6 ? 7 : 6)), ratio(median(a SUBSEP m[i]), median(d SUBSEP m[i]))
+			printf "\n" }
+		# paired: the ratio within each round (the two ran minutes apart),
+		# then the median over rounds; drift between rounds cancels
+		print ""
+		printf "| %-36s | %6s | %6s | %9s | %9s | %8s | %7s |\n", "median of per-round ratios", "TCP up", "TCP dn", "TCP P4 up", "TCP P4 dn", "UDP", "ping"
+		printf "|%s|%s|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---", "---", "---"
+		for (o = 1; o <= np; o++) { split(pairs[o], ab, "/"); a = ab[1]; d = ab[2]
+			printf "| %-36s |", a " / " d
+			for (i = 1; i <= nm; i++) {
+				k = "pair" SUBSEP a SUBSEP d SUBSEP m[i]; n[k] = 0
+				for (rr = 1; rr <= rounds; rr++) if ((a, m[i], rr) in byround && (d, m[i], rr) in byround && byround[d, m[i], rr] + 0 != 0) { n[k]++; v[k, n[k]] = byround[a, m[i], rr] / byround[d, m[i], rr] }
+				printf " %*s |", (i == 3 || i == 4) ? 9 : (i == 5 ? 8 : (i == 6 ? 7 : 6)), n[k] ? sprintf("%.2f", median(k)) : "n/a"
+			}
 			printf "\n" }
 	}' "$OUT/results"
