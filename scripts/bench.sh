@@ -5,12 +5,23 @@
 # script creates, on 198.18.0.0/15, bounded in time; everything is removed
 # at the end.
 #
-#   bash scripts/bench.sh [-r ROUNDS] [-t SECONDS]
+#   bash scripts/bench.sh [-r ROUNDS] [-t SECONDS] [-c CONTENDER,...]
+#
+# -c runs only the contenders named (default: all, in the order below), e.g.
+# -c tapfwd-offload,tapminiport for a head-to-head with more rounds in the
+# same time. Even rounds run the contenders in reverse order, so that a
+# drift of the machine within a round favours neither of two neighbours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ROUNDS=3 SECS=5
-while getopts "r:t:" o; do case $o in r) ROUNDS=$OPTARG ;; t) SECS=$OPTARG ;; *) echo "usage: $0 [-r rounds] [-t seconds]" >&2; exit 2 ;; esac; done
+ALL="veth tapfwd tapfwd-offload tapminiport tapfwd-pipe tapminiport-plain tapminiport-nocoal tapminiport-q2 tapminiport-nomod tapminiport-nopoll tapminiport-read"
+ROUNDS=3 SECS=5 CONTENDERS=$ALL
+usage() { echo "usage: $0 [-r rounds] [-t seconds] [-c contender,...]; contenders: ${ALL// /, }" >&2; exit 2; }
+while getopts "r:t:c:" o; do case $o in r) ROUNDS=$OPTARG ;; t) SECS=$OPTARG ;; c) CONTENDERS=${OPTARG//,/ } ;; *) usage ;; esac; done
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "-r $ROUNDS: rounds must be a whole number ≥ 1" >&2; usage; }
+[[ $SECS =~ ^[1-9][0-9]*$ ]] || { echo "-t $SECS: seconds must be a whole number ≥ 1" >&2; usage; }
+for c in $CONTENDERS; do [[ " $ALL " == *" $c "* ]] || { echo "-c: no contender named \"$c\"" >&2; usage; }; done
+[ -n "${CONTENDERS// /}" ] || { echo "-c: no contender named" >&2; usage; }
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh needs root: run it with sudo" >&2; exit 1; }
 ensure_tools
 
@@ -91,56 +102,52 @@ measure() {
 	record "$name" ping_ms "$out"
 }
 
+# contender NAME: starts what NAME names, measures it, stops it.
+contender() {
+	case $1 in
+	veth)
+		echo "round $r/$ROUNDS: veth" >&2
+		measure veth "$VA" "$VB" 198.18.1.2
+		return ;;
+	tapfwd) echo "round $r/$ROUNDS: tapfwd (bare forwarder)" >&2; start_fwd ;;
+	tapfwd-offload) echo "round $r/$ROUNDS: tapfwd --offload" >&2; start_fwd --offload ;;
+	tapfwd-pipe)
+		echo "round $r/$ROUNDS: tapfwd --offload -pipeline (reader and writer goroutines per direction)" >&2
+		start_fwd --offload -pipeline ;;
+	tapminiport-plain)
+		echo "round $r/$ROUNDS: tapminiport --offload=false --nic-offload=false --udp-coalesce=false (plain frames both sides)" >&2
+		start_tm --offload=false --nic-offload=false --udp-coalesce=false ;;
+	tapminiport-nocoal) echo "round $r/$ROUNDS: tapminiport --udp-coalesce=false" >&2; start_tm --udp-coalesce=false ;;
+	tapminiport) echo "round $r/$ROUNDS: tapminiport (default flags)" >&2; start_tm ;;
+	tapminiport-q2) echo "round $r/$ROUNDS: tapminiport --queues 2" >&2; start_tm --queues 2 ;;
+	tapminiport-nomod)
+		echo "round $r/$ROUNDS: tapminiport --interrupt-moderation 0 (no interrupt moderation)" >&2
+		start_tm --interrupt-moderation 0 ;;
+	tapminiport-nopoll)
+		echo "round $r/$ROUNDS: tapminiport --rx-poll-on-send=false (replies wait for the interrupt goroutine)" >&2
+		start_tm --rx-poll-on-send=false ;;
+	tapminiport-read)
+		echo "round $r/$ROUNDS: tapminiport with TAPDEV_IO_URING=0 (read(2) per frame, no io_uring)" >&2
+		TAPDEV_IO_URING=0 start_tm ;;
+	esac
+	case $1 in
+	tapfwd*) measure "$1" "$FA" "$FB" 198.18.2.2 ;;
+	*) measure "$1" "$HOST" "$WIRE" 198.18.0.2 ;;
+	esac
+	stop_tm
+}
+
 for r in $(seq "$ROUNDS"); do
-	echo "round $r/$ROUNDS: veth" >&2
-	measure veth "$VA" "$VB" 198.18.1.2
-	echo "round $r/$ROUNDS: tapfwd (bare forwarder)" >&2
-	start_fwd
-	measure tapfwd "$FA" "$FB" 198.18.2.2
-	stop_tm
-	echo "round $r/$ROUNDS: tapfwd --offload" >&2
-	start_fwd --offload
-	measure tapfwd-offload "$FA" "$FB" 198.18.2.2
-	stop_tm
-	echo "round $r/$ROUNDS: tapfwd --offload -pipeline (reader and writer goroutines per direction)" >&2
-	start_fwd --offload -pipeline
-	measure tapfwd-pipe "$FA" "$FB" 198.18.2.2
-	stop_tm
-	echo "round $r/$ROUNDS: tapminiport --offload=false --nic-offload=false --udp-coalesce=false (plain frames both sides)" >&2
-	start_tm --offload=false --nic-offload=false --udp-coalesce=false
-	measure tapminiport-plain "$HOST" "$WIRE" 198.18.0.2
-	stop_tm
-	echo "round $r/$ROUNDS: tapminiport --udp-coalesce=false" >&2
-	start_tm --udp-coalesce=false
-	measure tapminiport-nocoal "$HOST" "$WIRE" 198.18.0.2
-	stop_tm
-	echo "round $r/$ROUNDS: tapminiport (default flags)" >&2
-	start_tm
-	measure tapminiport "$HOST" "$WIRE" 198.18.0.2
-	stop_tm
-	echo "round $r/$ROUNDS: tapminiport --queues 2" >&2
-	start_tm --queues 2
-	measure tapminiport-q2 "$HOST" "$WIRE" 198.18.0.2
-	stop_tm
-	echo "round $r/$ROUNDS: tapminiport --interrupt-moderation 0 (no interrupt moderation)" >&2
-	start_tm --interrupt-moderation 0
-	measure tapminiport-nomod "$HOST" "$WIRE" 198.18.0.2
-	stop_tm
-	echo "round $r/$ROUNDS: tapminiport --rx-poll-on-send=false (replies wait for the interrupt goroutine)" >&2
-	start_tm --rx-poll-on-send=false
-	measure tapminiport-nopoll "$HOST" "$WIRE" 198.18.0.2
-	stop_tm
-	echo "round $r/$ROUNDS: tapminiport with TAPDEV_IO_URING=0 (read(2) per frame, no io_uring)" >&2
-	TAPDEV_IO_URING=0 start_tm
-	measure tapminiport-read "$HOST" "$WIRE" 198.18.0.2
-	stop_tm
+	order=$CONTENDERS
+	if [ $((r % 2)) -eq 0 ]; then order=$(echo $CONTENDERS | tr ' ' '\n' | tac | tr '\n' ' '); fi
+	for c in $order; do contender "$c"; done
 done
 
 echo
-echo "Medians of $ROUNDS interleaved rounds, ${SECS}s each, $(nproc) CPUs, $(iperf3 --version | head -n1 | awk '{print $1, $2}')"
+echo "Medians of $ROUNDS interleaved rounds (even rounds in reverse order), ${SECS}s each, $(nproc) CPUs, $(iperf3 --version | head -n1 | awk '{print $1, $2}')"
 echo "(TCP: iperf3 receiver Gbit/s, one stream and -P 4; UDP: 64-byte datagrams delivered per second at -b 0; ping: median of 200 at 2 ms)"
 awk '
-	{ k = $1 SUBSEP $2; n[k]++; v[k, n[k]] = $3; byround[$1, $2, $4] = $3; if ($4 > rounds) rounds = $4 }
+	{ ran[$1] = 1; k = $1 SUBSEP $2; n[k]++; v[k, n[k]] = $3; byround[$1, $2, $4] = $3; if ($4 > rounds) rounds = $4 }
 	function median(k,   i, j, t, c, a) {
 		c = n[k]; if (c == 0) return 0; for (i = 1; i <= c; i++) a[i] = v[k, i]
 		for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
@@ -153,6 +160,7 @@ awk '
 		printf "| %-18s | %6s | %6s | %9s | %9s | %8s | %7s |\n", "datapath", "TCP up", "TCP dn", "TCP P4 up", "TCP P4 dn", "UDP kpps", "ping ms"
 		printf "|%s|%s|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---", "---", "---"
 		for (o = 1; o <= nd; o++) { d = order[o]
+			if (!(d in ran)) continue
 			printf "| %-18s | %6.2f | %6.2f | %9.2f | %9.2f | %8.1f | %7.3f |\n", d, median(d SUBSEP m[1]), median(d SUBSEP m[2]),
 				median(d SUBSEP m[3]), median(d SUBSEP m[4]), median(d SUBSEP m[5]), median(d SUBSEP m[6]) }
 		print ""
@@ -161,6 +169,7 @@ awk '
 		printf "| %-36s | %6s | %6s | %9s | %9s | %8s | %7s |\n", "ratio (ping: lower is better)", "TCP up", "TCP dn", "TCP P4 up", "TCP P4 dn", "UDP", "ping"
 		printf "|%s|%s|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---", "---", "---"
 		for (o = 1; o <= np; o++) { split(pairs[o], ab, "/"); a = ab[1]; d = ab[2]
+			if (!(a in ran) || !(d in ran)) continue
 			printf "| %-36s |", a " / " d
 			for (i = 1; i <= nm; i++) printf " %*s |", (i == 3 || i == 4) ? 9 : (i == 5 ? 8 : (i == 6 ? 7 : 6)), ratio(median(a SUBSEP m[i]), median(d SUBSEP m[i]))
 			printf "\n" }
@@ -170,6 +179,7 @@ awk '
 		printf "| %-36s | %6s | %6s | %9s | %9s | %8s | %7s |\n", "median of per-round ratios", "TCP up", "TCP dn", "TCP P4 up", "TCP P4 dn", "UDP", "ping"
 		printf "|%s|%s|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---", "---", "---"
 		for (o = 1; o <= np; o++) { split(pairs[o], ab, "/"); a = ab[1]; d = ab[2]
+			if (!(a in ran) || !(d in ran)) continue
 			printf "| %-36s |", a " / " d
 			for (i = 1; i <= nm; i++) {
 				k = "pair" SUBSEP a SUBSEP d SUBSEP m[i]; n[k] = 0
