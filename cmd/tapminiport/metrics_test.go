@@ -203,6 +203,32 @@ func TestMetricsBusyPortNamesTheFlag(t *testing.T) {
 	}
 }
 
+// TestStatsLineQueues: with two queues the line is q=all and each queue
+// follows with its own rates and totals over the same interval.
+func TestStatsLineQueues(t *testing.T) {
+	prev := fakeSample()
+	prev.queues = []adapter.QueueCounters{{RxFrames: 60, RxBytes: 90000, TxFrames: 30, TxBytes: 2000}, {RxFrames: 40, RxBytes: 60000, TxFrames: 20, TxBytes: 2000}}
+	cur := fakeSample()
+	cur.at = prev.at.Add(500 * time.Millisecond)
+	cur.mp.RxFrames += 1000
+	cur.queues = []adapter.QueueCounters{{RxFrames: 860, RxBytes: 90000 + 1_000_000, TxFrames: 30, TxBytes: 2000}, {RxFrames: 240, RxBytes: 60000 + 250_000, TxFrames: 70, TxBytes: 8250}}
+	lines := strings.Split(strings.TrimSuffix(statsLine(prev, cur, 1024), "\n"), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("want the q=all line and one per queue, got %d lines:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	if !strings.HasPrefix(lines[0], "stats q=all rx_pps=2000 ") {
+		t.Errorf("adapter line: %q", lines[0])
+	}
+	for i, want := range []string{
+		"stats q=0 rx_pps=1600 rx_mbps=16.0 tx_pps=0 tx_mbps=0.0 rx=860 tx=30",
+		"stats q=1 rx_pps=400 rx_mbps=4.0 tx_pps=100 tx_mbps=0.1 rx=240 tx=70",
+	} {
+		if lines[i+1] != want {
+			t.Errorf("queue %d line:\n got %q\nwant %q", i, lines[i+1], want)
+		}
+	}
+}
+
 func TestStatsLine(t *testing.T) {
 	prev := fakeSample()
 	cur := fakeSample()

@@ -97,7 +97,9 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 }
 
 // statsLine is one --stats line: rates and the histogram over the interval
-// from prev to cur, everything else totals since start.
+// from prev to cur, everything else totals since start. With several
+// queues the line is q=all and one shorter line per queue follows it
+// (stats q=0 rx_pps=.. rx_mbps=.. tx_pps=.. tx_mbps=.. rx=.. tx=..).
 //
 //	stats q=0 rx_pps=81234 rx_mbps=954.1 tx_pps=40123 tx_mbps=2.6 rx=123456 tx=65432 held=312 pool=312/1024 pool_hw=1024 resources=0 rx_drop=nobuf:0,runt:0,oversize:0,filtered:0,notready:0 tx_drop=paused:0,oversize:0,error:0 fpi=1:3,2-3:0,4-7:0,8-15:1,16-31:0,32-63:5,64+:120 state=Running
 func statsLine(prev, cur sample, poolSize int) string {
@@ -122,6 +124,15 @@ func statsLine(prev, cur sample, poolSize int) string {
 		fmt.Fprintf(&b, "%s:%d", adapter.IndicationBucketLabel(i), c.FramesPerIndication[i]-p.FramesPerIndication[i])
 	}
 	fmt.Fprintf(&b, " state=%s\n", cur.state)
+	if len(cur.queues) > 1 && len(prev.queues) == len(cur.queues) {
+		// RSS: the packets and bytes of each queue, like ethtool -S's
+		// per-queue counters (the q=all line is their sum)
+		for i, q := range cur.queues {
+			pq := prev.queues[i]
+			fmt.Fprintf(&b, "stats q=%d rx_pps=%d rx_mbps=%.1f tx_pps=%d tx_mbps=%.1f rx=%d tx=%d\n",
+				i, rate(pq.RxFrames, q.RxFrames), mbps(pq.RxBytes, q.RxBytes), rate(pq.TxFrames, q.TxFrames), mbps(pq.TxBytes, q.TxBytes), q.RxFrames, q.TxFrames)
+		}
+	}
 	return b.String()
 }
 

@@ -90,9 +90,11 @@ func pingWire(t *testing.T, r *run) {
 
 // TestQueuesRSS: with --queues 2 both TAPs are two-queue TAPs, one reader
 // per queue. Ping and iperf3 with 4 TCP flows each way get through, and
-// the exit report shows both queues received and sent packets.
+// the exit report shows both queues received and sent packets; --stats
+// gives each queue's rates and totals, which rise with the traffic and
+// stay within the report's per-queue counts.
 func TestQueuesRSS(t *testing.T) {
-	r := start(t, "--queues", "2")
+	r := start(t, "--queues", "2", "--stats", "500ms")
 	pingWire(t, r)
 	up := parseIperf(t, iperf(t, r, "198.18.0.2", "-t", "3", "-P", "4"))
 	down := parseIperf(t, iperf(t, r, "198.18.0.2", "-t", "3", "-P", "4", "-R"))
@@ -125,7 +127,47 @@ func TestQueuesRSS(t *testing.T) {
 	if total := reportInt(t, rep, `host → wire: (\d+) packets`); tx != total {
 		t.Errorf("queues sent %d packets, the report's host → wire total is %d", tx, total)
 	}
+	checkQueueStats(t, r.stderr.String(), qs)
 	r.assertGone()
+}
+
+var queueStatsRe = regexp.MustCompile(`(?m)^stats q=(\d+) rx_pps=(\d+) rx_mbps=[\d.]+ tx_pps=(\d+) tx_mbps=[\d.]+ rx=(\d+) tx=(\d+)$`)
+
+// checkQueueStats checks the --stats lines of each queue against the exit
+// report's per-queue counts: lines for every queue after each q=all line,
+// totals that never go down and end within the report's, and a moment when
+// each queue was receiving and one when it was sending.
+func checkQueueStats(t *testing.T, stderr string, qs []queueCounts) {
+	t.Helper()
+	if n, all := len(queueStatsRe.FindAllString(stderr, -1)), strings.Count(stderr, "stats q=all "); all < 4 || n != all*len(qs) {
+		t.Fatalf("%d adapter stats lines (q=all) and %d per-queue lines, want ≥ 4 and %d per-queue lines each:\n%s", all, n, len(qs), stderr)
+	}
+	lastRx, lastTx := make([]int64, len(qs)), make([]int64, len(qs))
+	busyRx, busyTx := make([]bool, len(qs)), make([]bool, len(qs))
+	for _, m := range queueStatsRe.FindAllStringSubmatch(stderr, -1) {
+		q, _ := strconv.Atoi(m[1])
+		if q >= len(qs) {
+			t.Fatalf("stats line for queue %d with %d queues: %q", q, len(qs), m[0])
+		}
+		rxPPS, _ := strconv.ParseInt(m[2], 10, 64)
+		txPPS, _ := strconv.ParseInt(m[3], 10, 64)
+		rx, _ := strconv.ParseInt(m[4], 10, 64)
+		tx, _ := strconv.ParseInt(m[5], 10, 64)
+		if rx < lastRx[q] || tx < lastTx[q] {
+			t.Errorf("queue %d totals went down: %q after rx=%d tx=%d", q, m[0], lastRx[q], lastTx[q])
+		}
+		lastRx[q], lastTx[q] = rx, tx
+		busyRx[q] = busyRx[q] || rxPPS > 0
+		busyTx[q] = busyTx[q] || txPPS > 0
+	}
+	for i, q := range qs {
+		if lastRx[i] > q.rx || lastTx[i] > q.tx {
+			t.Errorf("queue %d: last stats line rx=%d tx=%d, beyond the report's rx=%d tx=%d", i, lastRx[i], lastTx[i], q.rx, q.tx)
+		}
+		if !busyRx[i] || !busyTx[i] {
+			t.Errorf("queue %d: no stats line with rx_pps > 0 (%v) and one with tx_pps > 0 (%v) during 6 s of traffic on it", i, busyRx[i], busyTx[i])
+		}
+	}
 }
 
 // TestSoftwareSegmentation: when one side has no virtio-net header, the
