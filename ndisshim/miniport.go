@@ -153,9 +153,3 @@ type Miniport interface {
 	// DevicePnPEventNotify (MiniportDevicePnPEventNotify), e.g. surprise removal.
 	DevicePnPEventNotify(ev PnPEvent)
 }
-
-// HangChecker is the optional MiniportCheckForHangEx / MiniportResetEx pair.
-type HangChecker interface {
-	CheckForHang() bool
-	Reset() (addressingReset bool, err error)
-}
