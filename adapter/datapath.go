@@ -45,6 +45,11 @@ func (q *queue) poll() {
 // it returns the frames and bytes it read.
 func (q *queue) receive(rounds int) (frames, bytes int) {
 	m := q.m
+	defer func() {
+		if frames > 0 && (bytes > ndisshim.BulkRun) != q.rxBulk.Load() {
+			q.rxBulk.Store(bytes > ndisshim.BulkRun)
+		}
+	}()
 	for round := 0; round < rounds; round++ {
 		got, empty, err := q.fill()
 		frames += got
@@ -250,12 +255,7 @@ func (m *Miniport) SendNetBufferLists(nbls *ndisshim.NetBufferList, port ndisshi
 			used |= 1 << q
 		}
 	}
-	small := m.cfg.PollOnSend
-	count := 0
-	for nbl := nbls; nbl != nil && small; nbl = nbl.Next {
-		count++
-		small = count <= pollMaxNBLs && nbl.FirstNB != nil && nbl.FirstNB.Length <= pollMaxFrame
-	}
+	small := m.cfg.PollOnSend && ndisshim.SmallExchange(nbls)
 	var wrote uint32 // bit i: queue i wrote some frame
 	for i, q := range m.queues {
 		if used&(1<<i) != 0 && q.send(nbls) > 0 {
@@ -265,22 +265,19 @@ func (m *Miniport) SendNetBufferLists(nbls *ndisshim.NetBufferList, port ndisshi
 	m.a.SendNetBufferListsComplete(nbls, 0)
 	if small {
 		for i, q := range m.queues {
-			if in := q.pollIntr.Load(); wrote&(1<<i) != 0 && in != nil {
+			if in := q.pollIntr.Load(); wrote&(1<<i) != 0 && in != nil && !q.rxBulk.Load() {
 				in.TryRunDPC(q.pollFn)
 			}
 		}
 	}
 }
 
-// A send of at most pollMaxNBLs frames of at most pollMaxFrame bytes (a
-// ping, an ACK, a DNS query: the kind of send whose reply someone waits
-// for) polls the receive ring of the queue it left on once it is written
-// (Config.PollOnSend): a TAP write runs the wire's stack in the writer's
-// context, so a reply it provokes is usually in the ring by then.
-const (
-	pollMaxNBLs  = 2
-	pollMaxFrame = 256
-)
+// A small send (ndisshim.SmallExchange: a ping, an ACK, a DNS query, the
+// kind of send whose reply someone waits for) polls the receive ring of
+// the queue it left on once it is written (Config.PollOnSend): a TAP write
+// runs the wire's stack in the writer's context, so a reply it provokes is
+// usually in the ring by then. Not while that ring carries a bulk stream
+// (ndisshim.BulkRun).
 
 // send writes the frames of the chain's NBLs that leave on q and returns
 // how many it wrote.

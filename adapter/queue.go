@@ -37,6 +37,9 @@ type queue struct {
 	// bound once so a poll allocates nothing.
 	pollIntr atomic.Pointer[ndisshim.Interrupt]
 	pollFn   func()
+	// rxBulk: the DPC's last run that read anything read more than
+	// ndisshim.BulkRun bytes (the wire is streaming up this queue)
+	rxBulk atomic.Bool
 
 	// receive DPC state: touched only by this queue's interrupt goroutine
 	rxBatch     []*ndisshim.NetBufferList

@@ -142,7 +142,22 @@ func TestPollOnSend(t *testing.T) {
 			if c := r.counters(); c.RxPolls != 2 || c.RxPollFrames != 1 {
 				t.Fatalf("second small send: %d polls found %d frames, want 2 and 1", c.RxPolls, c.RxPollFrames)
 			}
-			r.readPeer(6)
+			// A run that reads a bulk stream (6 full-size frames, more than
+			// ndisshim.BulkRun bytes) marks the ring: the next small send
+			// (that stream's ACK) leaves the waiting frame to the DPC.
+			for i := 0; i < 6; i++ {
+				r.wire(frame(ourMAC, 1514, 10+i))
+			}
+			r.p.send(t, r.b, frame(peerMAC, 60, 8))
+			if c := r.counters(); c.RxPolls != 3 || c.RxPollFrames != 7 {
+				t.Fatalf("small send with a bulk run waiting: %d polls found %d frames, want 3 and 7", c.RxPolls, c.RxPollFrames)
+			}
+			r.wire(frame(ourMAC, 98, 20))
+			r.p.send(t, r.b, frame(peerMAC, 60, 9))
+			if c := r.counters(); c.RxPolls != 3 {
+				t.Fatalf("small send after a bulk run polled (%d polls, want 3)", c.RxPolls)
+			}
+			r.readPeer(8)
 			r.halt()
 		})
 	}

@@ -491,3 +491,30 @@ func TestCloseRefusedWithSendsOutstanding(t *testing.T) {
 		t.Errorf("finding %q, want it to say state Shutdown", f)
 	}
 }
+
+// TestSmallExchange: at most 2 NBLs whose first buffers are at most 256
+// bytes; an empty chain, a third NBL, a 257-byte frame or an NBL without a
+// buffer is not.
+func TestSmallExchange(t *testing.T) {
+	chain := func(lens ...int) *ndisshim.NetBufferList {
+		nbls := make([]*ndisshim.NetBufferList, len(lens))
+		for i, n := range lens {
+			nbls[i] = &ndisshim.NetBufferList{}
+			if n >= 0 {
+				nbls[i].FirstNB = &ndisshim.NetBuffer{Data: make([]byte, n), Length: n}
+			}
+		}
+		return ndisshim.Chain(nbls...)
+	}
+	for _, c := range []struct {
+		lens []int
+		want bool
+	}{
+		{[]int{98}, true}, {[]int{60, 256}, true}, {[]int{}, false}, {[]int{60, 60, 60}, false},
+		{[]int{257}, false}, {[]int{60, 1514}, false}, {[]int{-1}, false},
+	} {
+		if got := ndisshim.SmallExchange(chain(c.lens...)); got != c.want {
+			t.Errorf("SmallExchange(%v) = %v, want %v", c.lens, got, c.want)
+		}
+	}
+}

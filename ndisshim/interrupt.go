@@ -86,7 +86,10 @@ func (in *Interrupt) routine(dpc func(), onError func(error)) {
 // caller's goroutine, under the interrupt's DPC exclusion: never at the
 // same time as the interrupt's own DPC or another TryRunDPC. It does not
 // wait: when the DPC is running, or the interrupt is deregistered, it
-// returns false without running dpc. It must not be called from a DPC.
+// returns false without running dpc. Since it never waits it may be called
+// from another interrupt's DPC (the binding polls the NIC TAP's reader
+// from within the miniport's receive DPC, and a send from that poll may
+// try the miniport's: it finds that DPC running and returns false).
 //
 // This is how a miniport polls its receive ring from its send path (as a
 // NIC whose one interrupt serves both send completion and receive does
