@@ -124,8 +124,8 @@ contender() {
 		echo "round $r/$ROUNDS: tapminiport --interrupt-moderation 0 (no interrupt moderation)" >&2
 		start_tm --interrupt-moderation 0 ;;
 	tapminiport-nopoll)
-		echo "round $r/$ROUNDS: tapminiport --rx-poll-on-send=false (replies wait for the interrupt goroutine)" >&2
-		start_tm --rx-poll-on-send=false ;;
+		echo "round $r/$ROUNDS: tapminiport --rx-poll-on-send=false --nic-poll-on-receive=false (replies wait for the interrupt goroutines)" >&2
+		start_tm --rx-poll-on-send=false --nic-poll-on-receive=false ;;
 	tapminiport-read)
 		echo "round $r/$ROUNDS: tapminiport with TAPDEV_IO_URING=0 (read(2) per frame, no io_uring)" >&2
 		TAPDEV_IO_URING=0 start_tm ;;

@@ -30,6 +30,7 @@ type options struct {
 	nicOffload          bool
 	udpCoalesce         bool
 	pollOnSend          bool
+	nicPollOnReceive    bool
 	moderation          time.Duration
 	returnDelay         time.Duration
 	checkHeld           bool
@@ -111,7 +112,7 @@ var flagGroups = []struct {
 }{
 	{"Topology (where the TAPs and the wire partner live)", []string{"hw-tap", "nic-tap", "nic-netns", "wire-netns", "no-wire", "nic-addr", "wire-addr", "bridge"}},
 	{"Adapter (the miniport's registry keywords)", []string{"mtu", "mac", "rx-buffers", "batch", "queues", "interrupt-moderation", "rx-poll-on-send", "offload"}},
-	{"Stack (the protocol binding that plays tcpip.sys)", []string{"nic-offload", "udp-coalesce", "return-delay", "check-held"}},
+	{"Stack (the protocol binding that plays tcpip.sys)", []string{"nic-offload", "udp-coalesce", "nic-poll-on-receive", "return-delay", "check-held"}},
 	{"Halt", []string{"halt-timeout", "watchdog"}},
 	{"Observability", []string{"stats", "metrics", "pcap", "pcap-max", "log-level", "version"}},
 	{"Testing", []string{"fail-at"}},
@@ -248,6 +249,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.moderation, "interrupt-moderation", 50*time.Microsecond, "after a wake-up busy with small frames (8 or more) while nothing comes back the other way (a one-way flood), the receive DPC and the NIC TAP reader wait this `long` before the next, 0..10ms (0: off); a quiet link, large frames and TCP (ACKs coming back) never wait")
 	fs.BoolVar(&o.nicOffload, "nic-offload", true, "offloads on the NIC TAP too; --nic-offload=false makes the stack segment and checksum in software what the wire hands over")
 	fs.BoolVar(&o.pollOnSend, "rx-poll-on-send", true, "after a small send (at most 2 frames of at most 256 bytes: a ping, an ACK) the miniport runs its receive DPC once on the sender's goroutine when it is idle, so the reply goes up without waiting for the interrupt goroutine to wake")
+	fs.BoolVar(&o.nicPollOnReceive, "nic-poll-on-receive", true, "after writing a small indication (at most 2 frames of at most 256 bytes: a ping from the wire, a SYN) to the NIC TAP, the stack runs the NIC TAP's reader once on the same goroutine when it is idle, so the host's reply goes down without waiting for the reader to wake")
 	fs.BoolVar(&o.udpCoalesce, "udp-coalesce", true, "join consecutive same-size UDP datagrams of one flow from the host into one USO send when the miniport offers USO")
 	fs.BoolVar(&o.offload, "offload", true, "checksum and large send offload: both TAPs carry virtio-net headers (IFF_VNET_HDR, TUNSETOFFLOAD), 64 KiB TCP frames cross as one NBL; --offload=false for plain 1514-byte frames")
 	fs.BoolVar(&o.checkHeld, "check-held", false, "hash each held frame on receive and check it before use (proves halt never frees a held buffer)")

@@ -262,7 +262,7 @@ func (m *machine) start() error {
 			return fmt.Errorf("configure wire partner %s in %s: %w", o.hwTap, o.wireNetns, err)
 		}
 	}
-	hcfg := hoststack.Config{NICName: o.nicTap, Netns: o.nicNetns, ReturnDelay: o.returnDelay, CheckHeld: o.checkHeld, VnetHdr: o.nicOffload, Queues: o.queues, CoalesceUDP: o.udpCoalesce, Log: m.log,
+	hcfg := hoststack.Config{NICName: o.nicTap, Netns: o.nicNetns, ReturnDelay: o.returnDelay, CheckHeld: o.checkHeld, VnetHdr: o.nicOffload, Queues: o.queues, CoalesceUDP: o.udpCoalesce, PollOnReceive: o.nicPollOnReceive, Log: m.log,
 		Moderation: ndisshim.Moderation{Delay: o.moderation, Frames: 8, SmallFrame: 512, OneWay: true}}
 	if !o.noWire {
 		hcfg.Addrs = o.nicAddrs

@@ -46,6 +46,8 @@ var (
 	descReturnedEarly = desc("stack_returned_early_total", "Receive NBLs the stack returned at once because its hold queue was full.")
 	descPolls         = desc("rx_send_polls_total", "Receive DPCs a small send ran on its own goroutine (--rx-poll-on-send).")
 	descPollFrames    = desc("rx_send_poll_frames_total", "Frames the receive DPCs run by small sends indicated.")
+	descNICPolls      = desc("stack_nic_polls_total", "NIC TAP reader runs a small indication made on its own goroutine (--nic-poll-on-receive).")
+	descNICPollFrames = desc("stack_nic_poll_frames_total", "Host frames the NIC TAP reader runs made by small indications sent down.")
 	descModWaits      = desc("interrupt_moderation_waits_total", "Times a receive DPC (receive_dpc) or the NIC TAP reader (nic_reader) waited for interrupt moderation after a busy one-way wake-up.", "dpc")
 	descPoolSize      = desc("pool_buffers", "Receive buffers in the miniport's pool.", "queue")
 	descPoolInUse     = desc("pool_buffers_in_use", "Receive buffers in use now (filling or held by the stack).", "queue")
@@ -76,7 +78,7 @@ var _ prometheus.Collector = (*collector)(nil)
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descRxPackets, descRxBytes, descTxPackets, descTxBytes, descIndications,
-		descResources, descIndFrames, descRxDropped, descTxDropped, descStackDropped, descSoftOffload, descReturnedEarly, descPolls, descPollFrames, descModWaits, descPoolSize, descPoolInUse,
+		descResources, descIndFrames, descRxDropped, descTxDropped, descStackDropped, descSoftOffload, descReturnedEarly, descPolls, descPollFrames, descNICPolls, descNICPollFrames, descModWaits, descPoolSize, descPoolInUse,
 		descPoolHighWater, descPoolExhaust, descHeld, descHeldPeak, descSendsNow, descDrained, descState, descFindings,
 		descPcapFrames, descPcapBytes, descPcapSkipped} {
 		ch <- d
@@ -153,6 +155,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descReturnedEarly, st.ReturnedEarly)
 	counter(descPolls, mp.RxPolls)
 	counter(descPollFrames, mp.RxPollFrames)
+	counter(descNICPolls, st.Polls)
+	counter(descNICPollFrames, st.PollFrames)
 	counter(descModWaits, mp.ModerationWaits, "receive_dpc")
 	counter(descModWaits, st.ModerationWaits, "nic_reader")
 	gauge(descPoolSize, int64(c.poolSize), q)

@@ -161,6 +161,9 @@ func (m *machine) report(code int, err error) {
 	if m.o.pollOnSend {
 		fmt.Fprintf(w, "  receive polls after small sends: %d runs found %d frames\n", c.RxPolls, c.RxPollFrames)
 	}
+	if m.o.nicPollOnReceive {
+		fmt.Fprintf(w, "  NIC TAP polls after small indications: %d runs found %d frames\n", s.Polls, s.PollFrames)
+	}
 	if len(m.queueSnap) > 1 {
 		var b strings.Builder
 		for i, q := range m.queueSnap {

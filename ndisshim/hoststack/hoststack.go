@@ -75,6 +75,14 @@ type Config struct {
 	CoalesceUDP bool
 	// Moderation is the NIC TAP reader's interrupt moderation.
 	Moderation ndisshim.Moderation
+	// PollOnReceive: after writing a small indication
+	// (ndisshim.SmallExchange: an echo request, a SYN, a DNS query) to the
+	// NIC TAP, run the reader of the queue it was written on once, on the
+	// indicating goroutine, when that reader is idle. The host's kernel
+	// answers inside the TAP write, so its reply goes down without waiting
+	// for the reader's wake-up, as tcpip.sys sends such a reply from
+	// within its receive handler.
+	PollOnReceive bool
 	// Queues is the NIC TAP's number of queues (a multi-queue TAP, one
 	// reader per queue); 0 means 1.
 	Queues int
@@ -125,6 +133,9 @@ type Counters struct {
 	DropSegment                          int64 // large frames that could not be cut (malformed, or no room)
 	Coalesced                            int64 // host datagrams sent inside another's USO send
 	ModerationWaits                      int64 // NIC TAP reader waits for interrupt moderation (all queues)
+	// PollOnReceive: reader runs after small indications, and the host
+	// frames they read and sent down
+	Polls, PollFrames int64
 }
 
 type held struct {
@@ -165,6 +176,7 @@ type Stack struct {
 	dropBadVnetHdr                                       atomic.Int64
 	segToHost, segToWire, csumToHost, csumToWire         atomic.Int64
 	dropSegment, coalesced                               atomic.Int64
+	polls, pollFrames                                    atomic.Int64
 }
 
 var _ ndisshim.Protocol = (*Stack)(nil)
@@ -271,6 +283,7 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 		if q.intr, err = s.b.RegisterInterrupt(name, q.dev.Interrupt(), q.readFromNIC, s.readerError); err != nil {
 			return nil, err
 		}
+		q.pollIntr.Store(q.intr)
 	}
 	s.log.Info("bound", "adapter", a.Name(), "nic", cfg.NICName, "created", s.created, "mac", mac.String(), "mtu", mtu, "netns", cfg.Netns,
 		"queues", len(s.queues), "nic_offloads", tapdev.OffloadNames(s.nicOffloads), "miniport_offloads", capsString(s.caps),
@@ -316,6 +329,7 @@ func (s *Stack) Counters() Counters {
 		SegmentedToHost: s.segToHost.Load(), SegmentedToWire: s.segToWire.Load(),
 		ChecksummedToHost: s.csumToHost.Load(), ChecksummedToWire: s.csumToWire.Load(), DropSegment: s.dropSegment.Load(),
 		Coalesced: s.coalesced.Load(), ModerationWaits: s.modWaits.Load(),
+		Polls: s.polls.Load(), PollFrames: s.pollFrames.Load(),
 	}
 }
 
@@ -327,15 +341,36 @@ func (s *Stack) Counters() Counters {
 // once when ReturnDelay is 0, else queued for the returner goroutine, which
 // gives each chain back when its ReturnDelay has passed (and checks its
 // bytes first with CheckHeld). A full queue returns the chain at once.
+// Then, for a small indication (Config.PollOnReceive), the reader of the
+// queue it was written on runs once here.
 func (s *Stack) ReceiveNetBufferLists(b *ndisshim.Binding, nbls *ndisshim.NetBufferList, port ndisshim.PortNumber, count int, flags ndisshim.ReceiveFlags) {
+	var poll uint32 // bit i: poll queue i; decided while the chain is still ours
+	if s.cfg.PollOnReceive && ndisshim.SmallExchange(nbls) {
+		for nbl := nbls; nbl != nil; nbl = nbl.Next {
+			poll |= 1 << s.writerIndex(nbl)
+		}
+	}
+	if s.receive(b, nbls, count, flags) == 0 {
+		return // nothing written, nothing to answer
+	}
+	for i, q := range s.queues {
+		if in := q.pollIntr.Load(); poll&(1<<i) != 0 && in != nil && !q.bulk.Load() {
+			in.TryRunDPC(q.pollFn)
+		}
+	}
+}
+
+// receive writes an indicated chain to the NIC TAP and returns or holds
+// it; it returns the frames written.
+func (s *Stack) receive(b *ndisshim.Binding, nbls *ndisshim.NetBufferList, count int, flags ndisshim.ReceiveFlags) int {
 	n := s.writeIndicated(nbls)
 	if flags.Has(ndisshim.ReceiveFlagResources) {
 		s.resourcesWrites.Add(int64(n))
-		return // ownership is back with the miniport when we return
+		return n // ownership is back with the miniport when we return
 	}
 	if s.cfg.ReturnDelay == 0 && !s.cfg.CheckHeld {
 		b.ReturnNetBufferLists(nbls, 0)
-		return
+		return n
 	}
 	if s.cfg.CheckHeld {
 		for nbl := nbls; nbl != nil; nbl = nbl.Next {
@@ -352,6 +387,7 @@ func (s *Stack) ReceiveNetBufferLists(b *ndisshim.Binding, nbls *ndisshim.NetBuf
 		s.returnedEarly.Add(int64(count))
 		b.ReturnNetBufferLists(nbls, 0)
 	}
+	return n
 }
 
 func hash(b []byte) uint64 {
@@ -443,6 +479,7 @@ func (s *Stack) Close(ctx context.Context) error {
 func (s *Stack) undo() error {
 	var errs []error
 	for _, q := range s.queues {
+		q.pollIntr.Store(nil) // no new poll; Deregister waits for one in progress
 		if q.intr != nil {
 			if err := q.intr.Deregister(); err != nil {
 				errs = append(errs, err)

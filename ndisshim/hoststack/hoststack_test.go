@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"slices"
@@ -118,6 +119,66 @@ func TestIndicationWrittenAndReturnedInChain(t *testing.T) {
 		t.Errorf("shim says %d NBLs held", h)
 	}
 	r.close()
+}
+
+// TestPollOnReceive: with the NIC TAP's interrupt silent, a host reply
+// waiting on the NIC TAP goes down only when a small indication (at most
+// 2 frames of at most 256 bytes) runs the reader on the indicating
+// goroutine; a large indication or a chain of 3 does not; off, none does.
+func TestPollOnReceive(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprintf("PollOnReceive=%v", on), func(t *testing.T) {
+			r := newRigSilent(t, Config{PollOnReceive: on})
+			r.restart()
+			reply := frame(wireMAC, nicMAC, 98, 100)
+			r.hostSend(reply)
+			r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 1000, 1)) // large: no poll
+			r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 60, 2), frame(nicMAC, wireMAC, 60, 3), frame(nicMAC, wireMAC, 60, 4))
+			if c := r.s.Counters(); c.Polls != 0 || len(r.nic.sendCalls()) != 0 {
+				t.Fatalf("a large indication and a chain of 3 polled %d times, %d sends", c.Polls, len(r.nic.sendCalls()))
+			}
+			r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 98, 5)) // the echo request
+			c := r.s.Counters()
+			if !on {
+				if c.Polls != 0 || len(r.nic.sendCalls()) != 0 {
+					t.Fatalf("PollOnReceive off: %d polls, %d sends", c.Polls, len(r.nic.sendCalls()))
+				}
+				r.hostReadN(5)
+				r.close()
+				return
+			}
+			if c.Polls != 1 || c.PollFrames != 1 {
+				t.Fatalf("after a small indication: %d polls found %d frames, want 1 and 1", c.Polls, c.PollFrames)
+			}
+			sends := r.nic.sendCalls()
+			if len(sends) != 1 {
+				t.Fatalf("%d send calls, want the reply's", len(sends))
+			}
+			equalFrames(t, "sent down", sends[0], [][]byte{reply})
+			r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 98, 6)) // nothing waiting: a poll that finds nothing
+			if c := r.s.Counters(); c.Polls != 2 || c.PollFrames != 1 || len(r.nic.sendCalls()) != 1 {
+				t.Fatalf("second small indication: %d polls found %d frames, %d sends; want 2, 1, 1", c.Polls, c.PollFrames, len(r.nic.sendCalls()))
+			}
+			// A run that reads a bulk stream (6 full-size frames, more than
+			// ndisshim.BulkRun bytes) marks the queue: the next small
+			// indication (that stream's ACK) leaves the waiting frame to
+			// the reader.
+			for i := 0; i < 6; i++ {
+				r.hostSend(frame(wireMAC, nicMAC, 1514, 10+i))
+			}
+			r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 60, 7))
+			if c := r.s.Counters(); c.Polls != 3 || c.PollFrames != 7 {
+				t.Fatalf("small indication with a bulk run waiting: %d polls found %d frames, want 3 and 7", c.Polls, c.PollFrames)
+			}
+			r.hostSend(frame(wireMAC, nicMAC, 98, 20))
+			r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 60, 8))
+			if c := r.s.Counters(); c.Polls != 3 {
+				t.Fatalf("small indication after a bulk run polled (%d polls, want 3)", c.Polls)
+			}
+			r.hostReadN(8)
+			r.close()
+		})
+	}
 }
 
 // With ReturnDelay every indicated NBL is held at least that long.

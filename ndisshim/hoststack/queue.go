@@ -23,6 +23,7 @@ package hoststack
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
 	"github.com/tapminiport/tapminiport/tapdev"
@@ -55,6 +56,15 @@ type nicQueue struct {
 	segBufs  [][]byte
 	segSizes []int
 	mod      *ndisshim.Moderator // the reader's interrupt moderation; the opposite direction is the frames written to the NIC TAP
+	// pollIntr is intr while indications may run the reader
+	// (Config.PollOnReceive; set after registration, cleared before
+	// deregistration); pollFn is q.poll, bound once so a poll allocates
+	// nothing.
+	pollIntr atomic.Pointer[ndisshim.Interrupt]
+	pollFn   func()
+	// bulk: the reader's last run that read anything read more than
+	// ndisshim.BulkRun bytes (the host is streaming down this queue)
+	bulk atomic.Bool
 
 	w writer
 }
@@ -83,6 +93,7 @@ func newNICQueue(s *Stack, index int, dev Device) *nicQueue {
 		scratch: [][]byte{make([]byte, 65535+14+4+tapdev.VnetHdrLen)},
 		mod:     s.cfg.Moderation.NewModerator(s.toHostFrames.Load, &s.modWaits),
 	}
+	q.pollFn = q.poll
 	q.w = writer{s: s, dev: dev, bufs: make([][]byte, 0, 256)}
 	if s.vnet > 0 {
 		// frames read from the NIC TAP may need cutting for the miniport
@@ -212,14 +223,33 @@ func (w *writer) flush(bufs [][]byte) int {
 
 // readFromNIC is the reader's DPC: host frames → one send chain per batch.
 func (q *nicQueue) readFromNIC() {
+	frames, bytes := q.read(16) // bounded: let the shim see stop requests
+	q.mod.After(frames, bytes)
+}
+
+// poll is the reader's DPC body a small indication runs on its own
+// goroutine (ndisshim.Interrupt.TryRunDPC): one batch at most, no
+// moderation (the indicating DPC must not wait), counted.
+func (q *nicQueue) poll() {
+	frames, _ := q.read(1)
+	q.s.polls.Add(1)
+	q.s.pollFrames.Add(int64(frames))
+}
+
+// read reads host frames and sends them down, up to rounds batches or
+// until the fd is empty; it returns the frames and bytes it read.
+func (q *nicQueue) read(rounds int) (frames, bytes int) {
 	s := q.s
-	frames, bytes := 0, 0
-	defer func() { q.mod.After(frames, bytes) }()
-	for round := 0; round < 16; round++ {
+	defer func() {
+		if frames > 0 && (bytes > ndisshim.BulkRun) != q.bulk.Load() {
+			q.bulk.Store(bytes > ndisshim.BulkRun)
+		}
+	}()
+	for round := 0; round < rounds; round++ {
 		if s.paused.Load() {
 			n, err := q.dev.ReadBatch(q.scratch, q.sSizes[:1])
 			if err != nil || n == 0 {
-				return
+				return frames, bytes
 			}
 			s.dropPaused.Add(int64(n))
 			continue
@@ -234,12 +264,13 @@ func (q *nicQueue) readFromNIC() {
 		}
 		if err != nil {
 			s.readerError(err)
-			return
+			return frames, bytes
 		}
 		if empty {
-			return
+			return frames, bytes
 		}
 	}
+	return frames, bytes
 }
 
 // firstBatch is how many send NBLs the first read of a wake-up takes.

@@ -304,10 +304,25 @@ func (g *gate) pass() {
 }
 
 // gatedDev is the NIC TAP end with gates on ReadBatch (the reader) and
-// WriteBatch (the writer and RESOURCES writes).
+// WriteBatch (the writer and RESOURCES writes); with silent set its
+// interrupt line never fires (until stopped): host frames go down only
+// when something polls the reader.
 type gatedDev struct {
 	*tapdev.Dev
 	reads, writes gate
+	silent        *silentSource
+}
+
+type silentSource struct{ stop chan struct{} }
+
+func (s *silentSource) Wait() error { <-s.stop; return ndisshim.ErrInterruptStopped }
+func (s *silentSource) Stop()       { close(s.stop) }
+
+func (g *gatedDev) Interrupt() ndisshim.InterruptSource {
+	if g.silent != nil {
+		return g.silent
+	}
+	return g.Dev.Interrupt()
 }
 
 func (g *gatedDev) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
@@ -357,12 +372,26 @@ func newRig(t *testing.T, cfg Config) *rig {
 // newRigNIC is newRig over a fake miniport the test set up.
 func newRigNIC(t *testing.T, cfg Config, nic *fakeNIC) *rig {
 	t.Helper()
+	return newRigDev(t, cfg, nic, false)
+}
+
+// newRigSilent is newRig with a NIC TAP whose interrupt never fires.
+func newRigSilent(t *testing.T, cfg Config) *rig {
+	t.Helper()
+	return newRigDev(t, cfg, &fakeNIC{}, true)
+}
+
+func newRigDev(t *testing.T, cfg Config, nic *fakeNIC, silent bool) *rig {
+	t.Helper()
 	r := &rig{t: t, nic: nic}
 	var err error
 	if r.nicE, r.host, err = tapdev.Socketpair(); err != nil {
 		t.Fatal(err)
 	}
 	r.dev = &gatedDev{Dev: r.nicE}
+	if silent {
+		r.dev.silent = &silentSource{stop: make(chan struct{})}
+	}
 	r.drv, r.a = newAdapter(t, r.nic)
 	t.Cleanup(r.cleanup)
 	if cfg.NICName == "" {

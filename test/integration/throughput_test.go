@@ -322,6 +322,45 @@ func TestInterruptModeration(t *testing.T) {
 // pollRe is the exit report's line on receive polls after small sends.
 var pollRe = regexp.MustCompile(`receive polls after small sends: (\d+) runs found (\d+) frames`)
 
+// nicPollRe is the exit report's line on NIC TAP polls after small indications.
+var nicPollRe = regexp.MustCompile(`NIC TAP polls after small indications: (\d+) runs found (\d+) frames`)
+
+// TestNICPollOnReceive, the mirror of TestRxPollOnSend: a ping from the
+// wire is a small indication, so the stack runs the NIC TAP's reader after
+// writing it and finds the host's echo reply there (the host's stack ran
+// in the write): the exit report counts polls that found frames, and every
+// ping is answered. --nic-poll-on-receive=false removes the line and the
+// pings still get through (the reader's wake-up sends the replies down).
+func TestNICPollOnReceive(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprintf("nic-poll-on-receive=%v", on), func(t *testing.T) {
+			r := start(t, fmt.Sprintf("--nic-poll-on-receive=%v", on))
+			if tx, rx, out := ping(t, r.wire, "-c", "20", "-i", "0.01", "-W", "2", "198.18.0.1"); tx != 20 || rx != tx {
+				t.Errorf("wire → host: %d of %d replies:\n%s", rx, tx, out)
+			}
+			rep := stopAndReport(t, r)
+			m := nicPollRe.FindStringSubmatch(rep)
+			if !on {
+				if m != nil {
+					t.Errorf("--nic-poll-on-receive=false still reports polls: %s", m[0])
+				}
+				r.assertGone()
+				return
+			}
+			if m == nil {
+				t.Fatalf("exit report has no NIC TAP poll line:\n%s", rep)
+			}
+			runs, _ := strconv.Atoi(m[1])
+			found, _ := strconv.Atoi(m[2])
+			t.Logf("%s", m[0])
+			if runs < 10 || found < 10 {
+				t.Errorf("20 pings from the wire: %d polls found %d frames; want most requests to poll and most replies found by a poll", runs, found)
+			}
+			r.assertGone()
+		})
+	}
+}
+
 // TestRxPollOnSend: a ping's request is a small send, so the miniport
 // polls its receive ring after writing it and finds the echo reply there
 // (the wire's stack ran in the write): the exit report counts polls that
