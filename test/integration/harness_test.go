@@ -255,14 +255,20 @@ func (r *run) assertGone() {
 	}
 }
 
-// iperfJSON runs a bounded iperf3 client in the host namespace against a
+// iperf runs a bounded iperf3 client (-J) in the host namespace against a
 // one-shot server in the wire namespace and returns the client's output.
 func iperf(t *testing.T, r *run, server string, args ...string) string {
+	t.Helper()
+	return iperfFrom(t, r.host, r.wire, server, args...)
+}
+
+// iperfFrom is iperf with the client in namespace cns and the server in sns.
+func iperfFrom(t *testing.T, cns, sns, server string, args ...string) string {
 	t.Helper()
 	tapdev.RequireTool(t, "iperf3")
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	srv := exec.CommandContext(ctx, "ip", "netns", "exec", r.wire, "iperf3", "-s", "-1", "-B", server)
+	srv := exec.CommandContext(ctx, "ip", "netns", "exec", sns, "iperf3", "-s", "-1", "-B", server)
 	var srvOut bytes.Buffer
 	srv.Stdout, srv.Stderr = &srvOut, &srvOut
 	if err := srv.Start(); err != nil {
@@ -271,13 +277,13 @@ func iperf(t *testing.T, r *run, server string, args ...string) string {
 	defer func() { cancel(); _ = srv.Wait() }()
 	// wait for the server to listen
 	for i := 0; i < 50; i++ {
-		out, _ := in(t, r.wire, 2*time.Second, "ss", "-ltn")
+		out, _ := in(t, sns, 2*time.Second, "ss", "-ltn")
 		if strings.Contains(out, ":5201") {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	out, err := in(t, r.host, 35*time.Second, "iperf3", append([]string{"-c", server, "-J"}, args...)...)
+	out, err := in(t, cns, 35*time.Second, "iperf3", append([]string{"-c", server, "-J"}, args...)...)
 	if err != nil {
 		t.Fatalf("iperf3 -c %s %v: %v\n%s\nserver:\n%s", server, args, err, out, srvOut.String())
 	}
