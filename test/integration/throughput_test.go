@@ -322,6 +322,31 @@ func TestInterruptModeration(t *testing.T) {
 // pollRe is the exit report's line on receive polls after small sends.
 var pollRe = regexp.MustCompile(`receive polls after small sends: (\d+) runs found (\d+) frames`)
 
+// pollLine checks a poll line (re) of the exit report after 20 pings:
+// with the flag off there is none; on, it is there and most requests
+// polled and found their reply. It returns the polls and whether the line
+// was there.
+func pollLine(t *testing.T, rep string, re *regexp.Regexp, flag string, on bool) (runs int, ok bool) {
+	t.Helper()
+	m := re.FindStringSubmatch(rep)
+	if !on {
+		if m != nil {
+			t.Errorf("%s=false still reports polls: %s", flag, m[0])
+		}
+		return 0, false
+	}
+	if m == nil {
+		t.Fatalf("exit report has no %s line:\n%s", flag, rep)
+	}
+	runs, _ = strconv.Atoi(m[1])
+	found, _ := strconv.Atoi(m[2])
+	t.Logf("%s", m[0])
+	if runs < 10 || found < 10 {
+		t.Errorf("20 pings: %d polls found %d frames; want most requests to poll and most replies found by a poll", runs, found)
+	}
+	return runs, true
+}
+
 // nicPollRe is the exit report's line on NIC TAP polls after small indications.
 var nicPollRe = regexp.MustCompile(`NIC TAP polls after small indications: (\d+) runs found (\d+) frames`)
 
@@ -348,27 +373,12 @@ func TestNICPollOnReceive(t *testing.T) {
 				t.Errorf("TCP started from the wire: %.0f bytes received wire → host, %.0f host → wire; want both > 0", up.End.SumReceived.Bytes, down.End.SumReceived.Bytes)
 			}
 			rep := stopAndReport(t, r)
-			m := nicPollRe.FindStringSubmatch(rep)
-			if !on {
-				if m != nil {
-					t.Errorf("--nic-poll-on-receive=false still reports polls: %s", m[0])
+			if runs, ok := pollLine(t, rep, nicPollRe, "--nic-poll-on-receive", on); ok {
+				indications := reportInt(t, rep, `wire → host: \d+ packets, \d+ bytes in (\d+) indications`)
+				t.Logf("%d indications", indications)
+				if limit := 40 + indications/20; int64(runs) > limit {
+					t.Errorf("%d polls for %d indications (TCP both ways after 20 pings): want at most %d; the ACKs of a stream the host sends must not poll", runs, indications, limit)
 				}
-				r.assertGone()
-				return
-			}
-			if m == nil {
-				t.Fatalf("exit report has no NIC TAP poll line:\n%s", rep)
-			}
-			runs, _ := strconv.Atoi(m[1])
-			found, _ := strconv.Atoi(m[2])
-			t.Logf("%s", m[0])
-			if runs < 10 || found < 10 {
-				t.Errorf("20 pings from the wire: %d polls found %d frames; want most requests to poll and most replies found by a poll", runs, found)
-			}
-			indications := reportInt(t, rep, `wire → host: \d+ packets, \d+ bytes in (\d+) indications`)
-			t.Logf("%d indications", indications)
-			if limit := 40 + indications/20; int64(runs) > limit {
-				t.Errorf("%d polls for %d indications (TCP both ways after 20 pings): want at most %d; the ACKs of a stream the host sends must not poll", runs, indications, limit)
 			}
 			r.assertGone()
 		})
@@ -388,24 +398,7 @@ func TestRxPollOnSend(t *testing.T) {
 			if tx, rx, out := ping(t, r.host, "-c", "20", "-i", "0.01", "-W", "2", "198.18.0.2"); tx != 20 || rx != tx {
 				t.Errorf("host → wire: %d of %d replies:\n%s", rx, tx, out)
 			}
-			rep := stopAndReport(t, r)
-			m := pollRe.FindStringSubmatch(rep)
-			if !on {
-				if m != nil {
-					t.Errorf("--rx-poll-on-send=false still reports polls: %s", m[0])
-				}
-				r.assertGone()
-				return
-			}
-			if m == nil {
-				t.Fatalf("exit report has no receive-poll line:\n%s", rep)
-			}
-			runs, _ := strconv.Atoi(m[1])
-			found, _ := strconv.Atoi(m[2])
-			t.Logf("%s", m[0])
-			if runs < 10 || found < 10 {
-				t.Errorf("20 pings: %d polls found %d frames; want most requests to poll and most replies found by a poll", runs, found)
-			}
+			pollLine(t, stopAndReport(t, r), pollRe, "--rx-poll-on-send", on)
 			r.assertGone()
 		})
 	}
