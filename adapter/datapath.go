@@ -45,11 +45,7 @@ func (q *queue) poll() {
 // it returns the frames and bytes it read.
 func (q *queue) receive(rounds int) (frames, bytes int) {
 	m := q.m
-	defer func() {
-		if frames > 0 && (bytes > ndisshim.BulkRun) != q.rxBulk.Load() {
-			q.rxBulk.Store(bytes > ndisshim.BulkRun)
-		}
-	}()
+	defer func() { q.poller.Ran(frames, bytes) }()
 	for round := 0; round < rounds; round++ {
 		got, empty, err := q.fill()
 		frames += got
@@ -265,8 +261,8 @@ func (m *Miniport) SendNetBufferLists(nbls *ndisshim.NetBufferList, port ndisshi
 	m.a.SendNetBufferListsComplete(nbls, 0)
 	if small {
 		for i, q := range m.queues {
-			if in := q.pollIntr.Load(); wrote&(1<<i) != 0 && in != nil && !q.rxBulk.Load() {
-				in.TryRunDPC(q.pollFn)
+			if wrote&(1<<i) != 0 {
+				q.poller.Poll()
 			}
 		}
 	}

@@ -189,7 +189,7 @@ func InitializeEx(a *ndisshim.Adapter, p ndisshim.InitParameters) (mp ndisshim.M
 		if q.intr, err = a.RegisterInterrupt(name, q.dev.Interrupt(), q.dpc, m.interruptError); err != nil {
 			return nil, err
 		}
-		q.pollIntr.Store(q.intr)
+		q.poller.Arm(q.intr, q.poll)
 	}
 	if err = step("timer"); err != nil {
 		return nil, err
@@ -239,7 +239,7 @@ func (m *Miniport) teardown(action ndisshim.HaltAction) {
 	// 3. the interrupts: stop each queue's reader and join it.
 	for _, q := range m.queues {
 		if q.intr != nil {
-			q.pollIntr.Store(nil)
+			q.poller.Disarm()
 			if err := q.intr.Deregister(); err != nil {
 				m.log.Warn("deregister interrupt", "queue", q.index, "err", err)
 			}

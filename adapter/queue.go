@@ -32,14 +32,9 @@ type queue struct {
 	index int
 	dev   Device
 	intr  *ndisshim.Interrupt
-	// pollIntr is intr while sends may poll the receive ring (set after
-	// registration, cleared before deregistration); pollFn is q.poll,
-	// bound once so a poll allocates nothing.
-	pollIntr atomic.Pointer[ndisshim.Interrupt]
-	pollFn   func()
-	// rxBulk: the DPC's last run that read anything read more than
-	// ndisshim.BulkRun bytes (the wire is streaming up this queue)
-	rxBulk atomic.Bool
+	// poller runs q.poll after a small send (Config.PollOnSend): armed
+	// after registration, disarmed before deregistration
+	poller ndisshim.Poller
 
 	// receive DPC state: touched only by this queue's interrupt goroutine
 	rxBatch     []*ndisshim.NetBufferList
@@ -86,7 +81,6 @@ func newQueue(m *Miniport, index int, dev Device) *queue {
 		txBufs:      make([][]byte, 0, 256),
 		mod:         m.cfg.Moderation.NewModerator(m.ctr.TxFrames.Load, &m.ctr.ModerationWaits),
 	}
-	q.pollFn = q.poll
 	return q
 }
 

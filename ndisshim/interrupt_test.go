@@ -162,3 +162,42 @@ func TestTryRunDPC(t *testing.T) {
 		t.Fatal("TryRunDPC overlapped the interrupt's DPC")
 	}
 }
+
+// TestPoller: a Poller runs its body only while armed and while the last
+// run that read anything read at most BulkRun bytes.
+func TestPoller(t *testing.T) {
+	r := newRig(t, nil, ndisshim.AdapterOptions{})
+	in, err := r.a.RegisterInterrupt("test-intr", newFakeSource(), func() {}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p ndisshim.Poller
+	runs := 0
+	if p.Poll() {
+		t.Fatal("Poll ran before Arm")
+	}
+	p.Arm(in, func() { runs++ })
+	steps := []struct {
+		frames, bytes int
+		want          bool
+	}{
+		{0, 0, true},                     // nothing recorded yet
+		{6, ndisshim.BulkRun + 1, false}, // a bulk run
+		{0, 0, false},                    // an empty run changes nothing
+		{1, 98, true},                    // a small run
+	}
+	for i, s := range steps {
+		p.Ran(s.frames, s.bytes)
+		before := runs
+		if got := p.Poll(); got != s.want || (runs > before) != s.want {
+			t.Fatalf("step %d (Ran(%d, %d)): Poll = %v with %d runs, want %v", i, s.frames, s.bytes, got, runs-before, s.want)
+		}
+	}
+	p.Disarm()
+	if p.Poll() {
+		t.Fatal("Poll ran after Disarm")
+	}
+	if err := in.Deregister(); err != nil {
+		t.Fatal(err)
+	}
+}

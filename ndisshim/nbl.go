@@ -128,16 +128,6 @@ func SmallExchange(nbls *NetBufferList) bool {
 	return count > 0
 }
 
-// BulkRun is how many bytes one DPC run must read for its ring to count as
-// carrying a bulk stream (about five full-size frames; adaptive interrupt
-// moderation classes traffic by bytes per interrupt the same way). The
-// polls after a small exchange skip a ring that carries one: the small
-// frames are then the stream's ACKs, their "reply" is the stream's next
-// large frames, and the poll would move that work onto the polling
-// goroutine while the ring's own DPC, woken by the same frames, waits for
-// it (measured: TCP 3-5 % slower that way).
-const BulkRun = 8 << 10
-
 // Chain links nbls in order and returns the head; a nil slice gives nil.
 func Chain(nbls ...*NetBufferList) *NetBufferList {
 	var head, tail *NetBufferList

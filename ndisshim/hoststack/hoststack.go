@@ -283,7 +283,7 @@ func Bind(a *ndisshim.Adapter, cfg Config) (s *Stack, err error) {
 		if q.intr, err = s.b.RegisterInterrupt(name, q.dev.Interrupt(), q.readFromNIC, s.readerError); err != nil {
 			return nil, err
 		}
-		q.pollIntr.Store(q.intr)
+		q.poller.Arm(q.intr, q.poll)
 	}
 	s.log.Info("bound", "adapter", a.Name(), "nic", cfg.NICName, "created", s.created, "mac", mac.String(), "mtu", mtu, "netns", cfg.Netns,
 		"queues", len(s.queues), "nic_offloads", tapdev.OffloadNames(s.nicOffloads), "miniport_offloads", capsString(s.caps),
@@ -354,8 +354,8 @@ func (s *Stack) ReceiveNetBufferLists(b *ndisshim.Binding, nbls *ndisshim.NetBuf
 		return // nothing written, nothing to answer
 	}
 	for i, q := range s.queues {
-		if in := q.pollIntr.Load(); poll&(1<<i) != 0 && in != nil && !q.bulk.Load() {
-			in.TryRunDPC(q.pollFn)
+		if poll&(1<<i) != 0 {
+			q.poller.Poll()
 		}
 	}
 }
@@ -479,7 +479,7 @@ func (s *Stack) Close(ctx context.Context) error {
 func (s *Stack) undo() error {
 	var errs []error
 	for _, q := range s.queues {
-		q.pollIntr.Store(nil) // no new poll; Deregister waits for one in progress
+		q.poller.Disarm() // no new poll; Deregister waits for one in progress
 		if q.intr != nil {
 			if err := q.intr.Deregister(); err != nil {
 				errs = append(errs, err)

@@ -23,7 +23,6 @@ package hoststack
 
 import (
 	"sync"
-	"sync/atomic"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
 	"github.com/tapminiport/tapminiport/tapdev"
@@ -56,15 +55,9 @@ type nicQueue struct {
 	segBufs  [][]byte
 	segSizes []int
 	mod      *ndisshim.Moderator // the reader's interrupt moderation; the opposite direction is the frames written to the NIC TAP
-	// pollIntr is intr while indications may run the reader
-	// (Config.PollOnReceive; set after registration, cleared before
-	// deregistration); pollFn is q.poll, bound once so a poll allocates
-	// nothing.
-	pollIntr atomic.Pointer[ndisshim.Interrupt]
-	pollFn   func()
-	// bulk: the reader's last run that read anything read more than
-	// ndisshim.BulkRun bytes (the host is streaming down this queue)
-	bulk atomic.Bool
+	// poller runs q.poll after a small indication (Config.PollOnReceive):
+	// armed after registration, disarmed before deregistration
+	poller ndisshim.Poller
 
 	w writer
 }
@@ -93,7 +86,6 @@ func newNICQueue(s *Stack, index int, dev Device) *nicQueue {
 		scratch: [][]byte{make([]byte, 65535+14+4+tapdev.VnetHdrLen)},
 		mod:     s.cfg.Moderation.NewModerator(s.toHostFrames.Load, &s.modWaits),
 	}
-	q.pollFn = q.poll
 	q.w = writer{s: s, dev: dev, bufs: make([][]byte, 0, 256)}
 	if s.vnet > 0 {
 		// frames read from the NIC TAP may need cutting for the miniport
@@ -240,11 +232,7 @@ func (q *nicQueue) poll() {
 // until the fd is empty; it returns the frames and bytes it read.
 func (q *nicQueue) read(rounds int) (frames, bytes int) {
 	s := q.s
-	defer func() {
-		if frames > 0 && (bytes > ndisshim.BulkRun) != q.bulk.Load() {
-			q.bulk.Store(bytes > ndisshim.BulkRun)
-		}
-	}()
+	defer func() { q.poller.Ran(frames, bytes) }()
 	for round := 0; round < rounds; round++ {
 		if s.paused.Load() {
 			n, err := q.dev.ReadBatch(q.scratch, q.sSizes[:1])
