@@ -5,23 +5,36 @@
 # script creates, on 198.18.0.0/15, bounded in time; everything is removed
 # at the end.
 #
-#   bash scripts/bench.sh [-r ROUNDS] [-t SECONDS] [-c CONTENDER,...]
+#   bash scripts/bench.sh [-r ROUNDS] [-t SECONDS] [-c CONTENDER,...] [-C ALGO]
 #
 # -c runs only the contenders named (default: all, in the order below), e.g.
 # -c tapfwd-offload,tapminiport for a head-to-head with more rounds in the
 # same time. Even rounds run the contenders in reverse order, so that a
 # drift of the machine within a round favours neither of two neighbours.
+#
+# -C sets the TCP congestion control of every TCP test (iperf3 -C, sender
+# and receiver); without it the tests use the machine's default, which the
+# header names. It matters: BBR paces the sender at its own estimate of the
+# path's bandwidth, so a single stream through a CPU-bound datapath runs
+# below what the datapath can move and changes from run to run with the
+# estimate; CUBIC (the kernel's default) fills the path until the datapath
+# is the limit. README's Performance section has both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ALL="veth tapfwd tapfwd-offload tapminiport tapfwd-pipe tapminiport-plain tapminiport-nocoal tapminiport-q2 tapminiport-nomod tapminiport-nopoll tapminiport-read"
-ROUNDS=3 SECS=5 CONTENDERS=$ALL
-usage() { echo "usage: $0 [-r rounds] [-t seconds] [-c contender,...]; contenders: ${ALL// /, }" >&2; exit 2; }
-while getopts "r:t:c:" o; do case $o in r) ROUNDS=$OPTARG ;; t) SECS=$OPTARG ;; c) CONTENDERS=${OPTARG//,/ } ;; *) usage ;; esac; done
+ROUNDS=3 SECS=5 CONTENDERS=$ALL CC=""
+usage() { echo "usage: $0 [-r rounds] [-t seconds] [-c contender,...] [-C congestion-control]; contenders: ${ALL// /, }" >&2; exit 2; }
+while getopts "r:t:c:C:" o; do case $o in r) ROUNDS=$OPTARG ;; t) SECS=$OPTARG ;; c) CONTENDERS=${OPTARG//,/ } ;; C) CC=$OPTARG ;; *) usage ;; esac; done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "-r $ROUNDS: rounds must be a whole number ≥ 1" >&2; usage; }
 [[ $SECS =~ ^[1-9][0-9]*$ ]] || { echo "-t $SECS: seconds must be a whole number ≥ 1" >&2; usage; }
 for c in $CONTENDERS; do [[ " $ALL " == *" $c "* ]] || { echo "-c: no contender named \"$c\"" >&2; usage; }; done
 [ -n "${CONTENDERS// /}" ] || { echo "-c: no contender named" >&2; usage; }
+CCS=$(cat /proc/sys/net/ipv4/tcp_available_congestion_control 2>/dev/null || true)
+if [ -n "$CC" ] && [[ " $CCS " != *" $CC "* ]]; then
+	echo "-C $CC: no such TCP congestion control here (available: ${CCS:-none listed})" >&2
+	usage
+fi
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh needs root: run it with sudo" >&2; exit 1; }
 ensure_tools
 
@@ -80,11 +93,11 @@ measure() {
 		timeout $((SECS + 15)) ip netns exec "$sns" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
 		srv=$!
 		listening "$sns"
-		local flags=""
-		case $test in down) flags=-R ;; p4_up) flags="-P 4" ;; p4_down) flags="-P 4 -R" ;; esac
+		local flags=${CC:+-C $CC}
+		case $test in down) flags+=" -R" ;; p4_up) flags+=" -P 4" ;; p4_down) flags+=" -P 4 -R" ;; esac
 		# one stream: its receiver line; -P 4: the [SUM] receiver line
 		out=$(timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -t "$SECS" $flags -f g 2>&1 |
-			awk -v p4="${flags#-R}" '/receiver/ && (p4 == "" || /SUM/) { for (i = 1; i <= NF; i++) if ($i == "Gbits/sec") v = $(i-1) } END { print v }') || true
+			awk -v p4="${test%%_*}" '/receiver/ && (p4 != "p4" || /SUM/) { for (i = 1; i <= NF; i++) if ($i == "Gbits/sec") v = $(i-1) } END { print v }') || true
 		wait "$srv" || true
 		record "$name" "tcp_$test" "$out"
 	done
@@ -145,7 +158,7 @@ done
 
 echo
 echo "Medians of $ROUNDS interleaved rounds (even rounds in reverse order), ${SECS}s each, $(nproc) CPUs, $(iperf3 --version | head -n1 | awk '{print $1, $2}')"
-echo "(TCP: iperf3 receiver Gbit/s, one stream and -P 4; UDP: 64-byte datagrams delivered per second at -b 0; ping: median of 200 at 2 ms)"
+echo "(TCP: iperf3 receiver Gbit/s, one stream and -P 4, congestion control ${CC:-$(cat /proc/sys/net/ipv4/tcp_congestion_control) (the default)}; UDP: 64-byte datagrams delivered per second at -b 0; ping: median of 200 at 2 ms)"
 awk '
 	{ ran[$1] = 1; k = $1 SUBSEP $2; n[k]++; v[k, n[k]] = $3; byround[$1, $2, $4] = $3; if ($4 > rounds) rounds = $4 }
 	function median(k,   i, j, t, c, a) {

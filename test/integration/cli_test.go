@@ -62,3 +62,29 @@ func TestHelpAndVersion(t *testing.T) {
 		t.Errorf("--version: %q (exit %d)", out, exitCode(err))
 	}
 }
+
+// TestBenchBadOptionsNameThemselves: scripts/bench.sh refuses a bad option
+// before it builds or creates anything (exit 2, the option named), so a
+// typo does not cost a half-hour run with the wrong settings.
+func TestBenchBadOptionsNameThemselves(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-r", "0"}, "-r 0"},
+		{[]string{"-t", "five"}, "-t five"},
+		{[]string{"-c", "tapminiport,tapfwd-offlaod"}, `"tapfwd-offlaod"`},
+		{[]string{"-C", "nosuchcc"}, "-C nosuchcc"},
+		{[]string{"-x"}, "-- x"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		out, err := exec.CommandContext(ctx, "bash", append([]string{"../../scripts/bench.sh"}, tc.args...)...).CombinedOutput()
+		cancel()
+		if code := exitCode(err); code != 2 {
+			t.Errorf("bench.sh %v: exit code %d, want 2:\n%s", tc.args, code, out)
+		}
+		if !strings.Contains(string(out), tc.want) || !strings.Contains(string(out), "usage:") {
+			t.Errorf("bench.sh %v: message does not name %q or give the usage:\n%s", tc.args, tc.want, out)
+		}
+	}
+}
