@@ -47,9 +47,13 @@ func (q *queue) receive(rounds int) (frames, bytes int) {
 	m := q.m
 	defer func() { q.poller.Ran(frames, bytes) }()
 	for round := 0; round < rounds; round++ {
-		got, empty, err := q.fill()
+		// a virtio-net header lands in the headroom
+		got, dropped, empty, err := q.rx.Fill(headroom - m.vnet)
+		if dropped > 0 {
+			m.ctr.RxDropNoBuffer.Add(int64(dropped))
+		}
 		frames += got
-		for _, n := range q.rxSizes[:got] {
+		for _, n := range q.rx.Sizes[:got] {
 			bytes += n
 		}
 		if got > 0 {
@@ -66,47 +70,7 @@ func (q *queue) receive(rounds int) (frames, bytes int) {
 	return frames, bytes
 }
 
-// fill reads up to a batch of frames into blocks of the pool (q.rxBatch,
-// q.rxSizes) and reports how many it read and whether the fd is empty. A
-// wake-up usually finds one frame or a few (ping, ACKs): fill first takes
-// firstBatch blocks and takes the rest of the batch only when those fill
-// up, so a lone frame does not take and give back Batch blocks, and a
-// burst still goes up in one indication. With no block free it takes one
-// frame off the fd (so it does not stay readable forever) and counts it.
-func (q *queue) fill() (got int, empty bool, err error) {
-	m := q.m
-	want := min(firstBatch, len(q.rxBatch))
-	for {
-		n := m.pool.Get(q.rxBatch[got:want])
-		if n == 0 {
-			if got > 0 {
-				return got, false, nil // indicate what we have; the next round finds the pool
-			}
-			k, err := q.dev.ReadBatch(q.scratchBufs, q.rxSizes[:1])
-			if k > 0 {
-				m.ctr.RxDropNoBuffer.Add(1)
-			}
-			return 0, k == 0, err
-		}
-		for i := got; i < got+n; i++ {
-			q.rxBufs[i] = q.rxBatch[i].FirstNB.Data[headroom-m.vnet:] // a virtio-net header lands in the headroom
-		}
-		k, err := q.dev.ReadBatch(q.rxBufs[got:got+n], q.rxSizes[got:got+n])
-		if k < n {
-			m.pool.Recycle(ndisshim.Chain(q.rxBatch[got+k : got+n]...))
-		}
-		got += k
-		if err != nil || k < n {
-			return got, k < n, err
-		}
-		if got == len(q.rxBatch) {
-			return got, false, nil
-		}
-		want = len(q.rxBatch)
-	}
-}
-
-// indicate validates the got frames of q.rxBatch and indicates the good
+// indicate validates the got frames of q.rx.Batch and indicates the good
 // ones as one chain.
 func (q *queue) indicate(got int) {
 	m := q.m
@@ -119,8 +83,8 @@ func (q *queue) indicate(got int) {
 	var head, tail, bad *ndisshim.NetBufferList
 	count, bytes := 0, 0
 	for i := 0; i < got; i++ {
-		nbl := q.rxBatch[i]
-		size := q.rxSizes[i] - m.vnet
+		nbl := q.rx.Batch[i]
+		size := q.rx.Sizes[i] - m.vnet
 		nbl.Next = nil
 		drop := true
 		limit := maxFrame
@@ -202,9 +166,6 @@ func (q *queue) indicate(got int) {
 		m.pool.Recycle(head) // ownership came back when the call returned
 	}
 }
-
-// firstBatch is how many blocks the first read of a wake-up takes.
-const firstBatch = 8
 
 // maxGSOFrame is the largest large-send frame: a 64 KiB IP packet behind an
 // Ethernet header and a VLAN tag.

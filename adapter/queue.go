@@ -37,11 +37,8 @@ type queue struct {
 	poller ndisshim.Poller
 
 	// receive DPC state: touched only by this queue's interrupt goroutine
-	rxBatch     []*ndisshim.NetBufferList
-	rxBufs      [][]byte
-	rxSizes     []int
-	scratchBufs [][]byte
-	mod         *ndisshim.Moderator // the DPC's interrupt moderation; the opposite direction is the adapter's sends
+	rx  *ndisshim.BatchFiller // reads frames into receive NBLs of the pool
+	mod *ndisshim.Moderator   // the DPC's interrupt moderation; the opposite direction is the adapter's sends
 
 	// send state: txMu serializes writes to this queue's fd
 	txMu   sync.Mutex
@@ -70,17 +67,16 @@ func (m *Miniport) QueueCounters() []QueueCounters {
 func (m *Miniport) Queues() int { return len(m.queues) }
 
 func newQueue(m *Miniport, index int, dev Device) *queue {
-	batch := m.cfg.Batch
-	scratch := make([]byte, maxGSOFrame+headroom)
 	q := &queue{
 		m: m, index: index, dev: dev,
-		rxBatch:     make([]*ndisshim.NetBufferList, batch),
-		rxBufs:      make([][]byte, batch),
-		rxSizes:     make([]int, batch),
-		scratchBufs: [][]byte{scratch},
-		txBufs:      make([][]byte, 0, 256),
-		mod:         m.cfg.Moderation.NewModerator(m.ctr.TxFrames.Load, &m.ctr.ModerationWaits),
+		txBufs: make([][]byte, 0, 256),
+		mod:    m.cfg.Moderation.NewModerator(m.ctr.TxFrames.Load, &m.ctr.ModerationWaits),
 	}
+	// m.pool is read at each call: it is allocated after the queues
+	// and set to nil by the halt
+	q.rx = ndisshim.NewBatchFiller(m.cfg.Batch, make([]byte, maxGSOFrame+headroom), dev.ReadBatch,
+		func(dst []*ndisshim.NetBufferList) int { return m.pool.Get(dst) },
+		func(chain *ndisshim.NetBufferList) { m.pool.Recycle(chain) })
 	return q
 }
 

@@ -47,10 +47,7 @@ type nicQueue struct {
 	intr  *ndisshim.Interrupt
 
 	// reader scratch: this queue's interrupt goroutine only
-	sBatch   []*ndisshim.NetBufferList
-	sBufs    [][]byte
-	sSizes   []int
-	scratch  [][]byte
+	rd       *ndisshim.BatchFiller // reads host frames into send NBLs of the send pool
 	segNBLs  []*ndisshim.NetBufferList
 	segBufs  [][]byte
 	segSizes []int
@@ -80,12 +77,12 @@ func newNICQueue(s *Stack, index int, dev Device) *nicQueue {
 	b := s.cfg.Batch
 	q := &nicQueue{
 		s: s, index: index, dev: dev,
-		sBatch:  make([]*ndisshim.NetBufferList, b),
-		sBufs:   make([][]byte, b),
-		sSizes:  make([]int, b),
-		scratch: [][]byte{make([]byte, 65535+14+4+tapdev.VnetHdrLen)},
-		mod:     s.cfg.Moderation.NewModerator(s.toHostFrames.Load, &s.modWaits),
+		mod: s.cfg.Moderation.NewModerator(s.toHostFrames.Load, &s.modWaits),
 	}
+	// s.sendPool is read at each call: the pause frees it
+	q.rd = ndisshim.NewBatchFiller(b, make([]byte, 65535+14+4+tapdev.VnetHdrLen), dev.ReadBatch,
+		func(dst []*ndisshim.NetBufferList) int { return s.sendPool.AllocateBatch(dst) },
+		func(chain *ndisshim.NetBufferList) { s.sendPool.FreeChain(chain) })
 	q.w = writer{s: s, dev: dev, bufs: make([][]byte, 0, 256)}
 	if s.vnet > 0 {
 		// frames read from the NIC TAP may need cutting for the miniport
@@ -235,16 +232,19 @@ func (q *nicQueue) read(rounds int) (frames, bytes int) {
 	defer func() { q.poller.Ran(frames, bytes) }()
 	for round := 0; round < rounds; round++ {
 		if s.paused.Load() {
-			n, err := q.dev.ReadBatch(q.scratch, q.sSizes[:1])
+			n, err := q.rd.Discard()
 			if err != nil || n == 0 {
 				return frames, bytes
 			}
 			s.dropPaused.Add(int64(n))
 			continue
 		}
-		got, empty, err := q.fill()
+		got, dropped, empty, err := q.rd.Fill(sendHeadroom - s.vnet)
+		if dropped > 0 {
+			s.dropNoSendBuffer.Add(int64(dropped))
+		}
 		frames += got
-		for _, n := range q.sSizes[:got] {
+		for _, n := range q.rd.Sizes[:got] {
 			bytes += n
 		}
 		if got > 0 {
@@ -259,47 +259,6 @@ func (q *nicQueue) read(rounds int) (frames, bytes int) {
 		}
 	}
 	return frames, bytes
-}
-
-// firstBatch is how many send NBLs the first read of a wake-up takes.
-const firstBatch = 8
-
-// fill reads up to a batch of host frames into send NBLs (q.sBatch,
-// q.sSizes): firstBatch NBLs first, the rest of the batch only when those
-// fill up (a wake-up often finds one frame; a burst still goes down as one
-// chain). With no NBL free it drops one frame (counted) so the fd does not
-// stay readable forever.
-func (q *nicQueue) fill() (got int, empty bool, err error) {
-	s := q.s
-	want := min(firstBatch, len(q.sBatch))
-	for {
-		n := s.sendPool.AllocateBatch(q.sBatch[got:want])
-		if n == 0 {
-			if got > 0 {
-				return got, false, nil
-			}
-			k, err := q.dev.ReadBatch(q.scratch, q.sSizes[:1])
-			if k > 0 {
-				s.dropNoSendBuffer.Add(int64(k))
-			}
-			return 0, k == 0, err
-		}
-		for i := got; i < got+n; i++ {
-			q.sBufs[i] = q.sBatch[i].FirstNB.Data[sendHeadroom-s.vnet:]
-		}
-		k, err := q.dev.ReadBatch(q.sBufs[got:got+n], q.sSizes[got:got+n])
-		if k < n {
-			s.sendPool.FreeChain(ndisshim.Chain(q.sBatch[got+k : got+n]...))
-		}
-		got += k
-		if err != nil || k < n {
-			return got, k < n, err
-		}
-		if got == len(q.sBatch) {
-			return got, false, nil
-		}
-		want = len(q.sBatch)
-	}
 }
 
 // chain is a send chain being built.
@@ -332,7 +291,7 @@ func (q *nicQueue) send(c *chain) {
 	*c = chain{}
 }
 
-// sendBatch sends the got frames the reader read into sBatch as one chain;
+// sendBatch sends the got frames the reader read into q.rd.Batch as one chain;
 // with the virtio-net header, each frame's header becomes its NBL's
 // checksum and large-send information, and a malformed one is dropped.
 // A frame the miniport cannot take as it is gets cut or checksummed first.
@@ -345,7 +304,7 @@ func (q *nicQueue) sendBatch(got int) {
 	uso6 := s.caps.USOIPv6 > 0 && s.caps.Checksum > 0
 	coalesce := s.cfg.CoalesceUDP && (uso4 || uso6) && got > 1
 	for i := 0; i < got; i++ {
-		nbl, size := q.sBatch[i], q.sSizes[i]-s.vnet
+		nbl, size := q.rd.Batch[i], q.rd.Sizes[i]-s.vnet
 		nbl.Next = nil
 		nbl.Info = ndisshim.NBLInfo{}
 		if s.vnet > 0 {
