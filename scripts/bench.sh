@@ -83,6 +83,13 @@ stop_tm() { kill -TERM "$PID"; wait "$PID" || { echo "process $PID exited non-ze
 # listening NS: wait (bounded) until iperf3's server listens in NS.
 listening() { for _ in $(seq 50); do ip netns exec "$1" ss -ltn 2>/dev/null | grep -q ':5201 ' && return 0; sleep 0.1; done; return 0; }
 
+# cpu_ticks PID: the process's user + system time so far, in clock ticks
+cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+
+# CPU_RATE is the rate of the CPU-per-GB test: one every offload contender
+# reaches in a slow hour here, so that all do the same work.
+CPU_RATE=5G
+
 # record NAME METRIC VALUE: a missing value is reported, not counted as 0.
 record() { if [ -n "$3" ]; then echo "$1 $2 $3 $r" >>"$OUT/results"; else echo "  $1 $2: measurement failed (left out of the medians)" >&2; fi; }
 
@@ -110,6 +117,21 @@ measure() {
 	wait "$srv" || true
 	[ -n "$out" ] && out=$(awk -v p="$out" 'BEGIN { printf "%.1f", p / 1000 }')
 	record "$name" udp64_kpps "$out"
+	if [ -n "$PID" ]; then
+		# the datapath's CPU time per GB moved, one TCP stream up at a
+		# fixed rate (the same work for every contender that reaches it)
+		timeout $((SECS + 15)) ip netns exec "$sns" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
+		srv=$!
+		listening "$sns"
+		local t0 t1
+		t0=$(cpu_ticks "$PID")
+		out=$(timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -t "$SECS" -b "$CPU_RATE" ${CC:+-C $CC} -f g 2>&1 |
+			awk '/receiver/ { for (i = 1; i <= NF; i++) if ($i == "GBytes") v = $(i-1) } END { print v }') || true
+		t1=$(cpu_ticks "$PID")
+		wait "$srv" || true
+		[ -n "$out" ] && out=$(awk -v gib="$out" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { if (gib > 0) printf "%.3f", t / hz / (gib * 1.073741824) }')
+		record "$name" cpu_gb "$out"
+	fi
 	out=$(timeout 30 ip netns exec "$cns" ping -c 200 -i 0.002 -W 1 "$addr" 2>&1 | sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | sort -n |
 		awk '{ v[NR] = $1 } END { if (NR) printf "%.3f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }') || true
 	record "$name" ping_ms "$out"
@@ -158,7 +180,7 @@ done
 
 echo
 echo "Medians of $ROUNDS interleaved rounds (even rounds in reverse order), ${SECS}s each, $(nproc) CPUs, $(iperf3 --version | head -n1 | awk '{print $1, $2}')"
-echo "(TCP: iperf3 receiver Gbit/s, one stream and -P 4, congestion control ${CC:-$(cat /proc/sys/net/ipv4/tcp_congestion_control) (the default)}; UDP: 64-byte datagrams delivered per second at -b 0; ping: median of 200 at 2 ms)"
+echo "(TCP: iperf3 receiver Gbit/s, one stream and -P 4, congestion control ${CC:-$(cat /proc/sys/net/ipv4/tcp_congestion_control) (the default)}; UDP: 64-byte datagrams delivered per second at -b 0; ping: median of 200 at 2 ms; CPU: CPU-seconds of the datapath process per GB, one TCP stream up at ${CPU_RATE}bit/s)"
 awk '
 	{ ran[$1] = 1; k = $1 SUBSEP $2; n[k]++; v[k, n[k]] = $3; byround[$1, $2, $4] = $3; if ($4 > rounds) rounds = $4 }
 	function median(k,   i, j, t, c, a) {
@@ -169,35 +191,38 @@ awk '
 	function ratio(x, y) { return (y + 0 == 0) ? "n/a" : sprintf("%.2f", x / y) }
 	END {
 		nd = split("veth tapfwd tapfwd-offload tapfwd-pipe tapminiport-plain tapminiport-nocoal tapminiport tapminiport-q2 tapminiport-nomod tapminiport-nopoll tapminiport-read", order, " ")
-		nm = split("tcp_up tcp_down tcp_p4_up tcp_p4_down udp64_kpps ping_ms", m, " ")
-		printf "| %-18s | %6s | %6s | %9s | %9s | %8s | %7s |\n", "datapath", "TCP up", "TCP dn", "TCP P4 up", "TCP P4 dn", "UDP kpps", "ping ms"
-		printf "|%s|%s|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---", "---", "---"
+		nm = split("tcp_up tcp_down tcp_p4_up tcp_p4_down udp64_kpps ping_ms cpu_gb", m, " ")
+		split("TCP up|TCP dn|TCP P4 up|TCP P4 dn|UDP kpps|ping ms|CPU s/GB", head, "|")
+		split("TCP up|TCP dn|TCP P4 up|TCP P4 dn|UDP|ping|CPU", rhead, "|")
+		split("%.2f %.2f %.2f %.2f %.1f %.3f %.3f", fmt, " ")
+		for (i = 1; i <= nm; i++) w[i] = length(head[i])
+		rule = "|---|"; for (i = 1; i <= nm; i++) rule = rule "---|"
+		printf "| %-18s |", "datapath"; for (i = 1; i <= nm; i++) printf " %*s |", w[i], head[i]; printf "\n%s\n", rule
 		for (o = 1; o <= nd; o++) { d = order[o]
 			if (!(d in ran)) continue
-			printf "| %-18s | %6.2f | %6.2f | %9.2f | %9.2f | %8.1f | %7.3f |\n", d, median(d SUBSEP m[1]), median(d SUBSEP m[2]),
-				median(d SUBSEP m[3]), median(d SUBSEP m[4]), median(d SUBSEP m[5]), median(d SUBSEP m[6]) }
+			printf "| %-18s |", d
+			for (i = 1; i <= nm; i++) printf " %*s |", w[i], n[d SUBSEP m[i]] ? sprintf(fmt[i], median(d SUBSEP m[i])) : "-"
+			printf "\n" }
 		print ""
 		# like for like: plain frames against the plain forwarder, offloads against the offload forwarder
 		np = split("tapfwd-pipe/tapfwd-offload tapminiport-plain/tapfwd tapminiport-nocoal/tapfwd-offload tapminiport/tapfwd-offload tapminiport-q2/tapfwd-offload tapminiport-nomod/tapfwd-offload tapminiport-nopoll/tapfwd-offload tapminiport-read/tapfwd-offload tapminiport/veth", pairs, " ")
-		printf "| %-36s | %6s | %6s | %9s | %9s | %8s | %7s |\n", "ratio (ping: lower is better)", "TCP up", "TCP dn", "TCP P4 up", "TCP P4 dn", "UDP", "ping"
-		printf "|%s|%s|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---", "---", "---"
+		printf "| %-36s |", "ratio (ping, CPU: lower is better)"; for (i = 1; i <= nm; i++) printf " %*s |", w[i], rhead[i]; printf "\n%s\n", rule
 		for (o = 1; o <= np; o++) { split(pairs[o], ab, "/"); a = ab[1]; d = ab[2]
 			if (!(a in ran) || !(d in ran)) continue
 			printf "| %-36s |", a " / " d
-			for (i = 1; i <= nm; i++) printf " %*s |", (i == 3 || i == 4) ? 9 : (i == 5 ? 8 : (i == 6 ? 7 : 6)), ratio(median(a SUBSEP m[i]), median(d SUBSEP m[i]))
+			for (i = 1; i <= nm; i++) printf " %*s |", w[i], (n[a SUBSEP m[i]] && n[d SUBSEP m[i]]) ? ratio(median(a SUBSEP m[i]), median(d SUBSEP m[i])) : "n/a"
 			printf "\n" }
 		# paired: the ratio within each round (the two ran minutes apart),
 		# then the median over rounds; drift between rounds cancels
 		print ""
-		printf "| %-36s | %6s | %6s | %9s | %9s | %8s | %7s |\n", "median of per-round ratios", "TCP up", "TCP dn", "TCP P4 up", "TCP P4 dn", "UDP", "ping"
-		printf "|%s|%s|%s|%s|%s|%s|%s|\n", "---", "---", "---", "---", "---", "---", "---"
+		printf "| %-36s |", "median of per-round ratios"; for (i = 1; i <= nm; i++) printf " %*s |", w[i], rhead[i]; printf "\n%s\n", rule
 		for (o = 1; o <= np; o++) { split(pairs[o], ab, "/"); a = ab[1]; d = ab[2]
 			if (!(a in ran) || !(d in ran)) continue
 			printf "| %-36s |", a " / " d
 			for (i = 1; i <= nm; i++) {
 				k = "pair" SUBSEP a SUBSEP d SUBSEP m[i]; n[k] = 0
 				for (rr = 1; rr <= rounds; rr++) if ((a, m[i], rr) in byround && (d, m[i], rr) in byround && byround[d, m[i], rr] + 0 != 0) { n[k]++; v[k, n[k]] = byround[a, m[i], rr] / byround[d, m[i], rr] }
-				printf " %*s |", (i == 3 || i == 4) ? 9 : (i == 5 ? 8 : (i == 6 ? 7 : 6)), n[k] ? sprintf("%.2f", median(k)) : "n/a"
+				printf " %*s |", w[i], n[k] ? sprintf("%.2f", median(k)) : "n/a"
 			}
 			printf "\n" }
 	}' "$OUT/results"
