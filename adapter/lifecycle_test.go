@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 	"github.com/tapminiport/tapminiport/tapdev"
 )
 
@@ -17,7 +18,7 @@ import (
 // until the last one comes back, then it is Paused. Halt after that is
 // verifier-clean, puts the link down once and closes the hardware.
 func TestPauseWaitsForHeldThenHaltClean(t *testing.T) {
-	fds := openFDs(t)
+	fds := shimtest.OpenFDs(t)
 	reports := make(chan ndisshim.HeldReport, 64)
 	r := newRig(t, rigOptions{hold: true, onHeld: func(h ndisshim.HeldReport) {
 		select {
@@ -28,7 +29,7 @@ func TestPauseWaitsForHeldThenHaltClean(t *testing.T) {
 	r.restart()
 	r.setFilter(ndisshim.PacketTypeDirected)
 	r.wire(frame(ourMAC, 100, 1), frame(ourMAC, 100, 2), frame(ourMAC, 100, 3))
-	waitFor(t, "3 frames held", func() bool { return r.p.heldCount() == 3 })
+	shimtest.WaitFor(t, "3 frames held", func() bool { return r.p.heldCount() == 3 })
 
 	done := make(chan error, 1)
 	go func() {
@@ -37,7 +38,7 @@ func TestPauseWaitsForHeldThenHaltClean(t *testing.T) {
 		done <- r.a.Pause(ctx)
 	}()
 	// The first report comes when the shim starts waiting.
-	h := recv(t, "the first held report", reports)
+	h := shimtest.Recv(t, "the first held report", reports)
 	if h.Phase != "pause" || h.Total() != 3 || len(h.Held) != 1 || h.Held[0].Holder != "fakeproto" {
 		t.Errorf("held report %+v, want pause waiting for 3 held by fakeproto", h)
 	}
@@ -54,7 +55,7 @@ func TestPauseWaitsForHeldThenHaltClean(t *testing.T) {
 		t.Errorf("send while pausing completed %+v, want one PAUSED", cs)
 	}
 	r.wire(frame(ourMAC, 100, 4))
-	waitFor(t, "not-ready drop while pausing", func() bool { return r.counters().RxDropNotReady == 1 })
+	shimtest.WaitFor(t, "not-ready drop while pausing", func() bool { return r.counters().RxDropNotReady == 1 })
 	if n := r.p.frameCount(); n != 3 {
 		t.Errorf("%d frames indicated, want 3 (none while pausing)", n)
 	}
@@ -71,7 +72,7 @@ func TestPauseWaitsForHeldThenHaltClean(t *testing.T) {
 		}
 	}
 	r.p.returnHeld(r.b, 1)
-	if err := recv(t, "pause to complete", done); err != nil {
+	if err := shimtest.Recv(t, "pause to complete", done); err != nil {
 		t.Fatalf("pause: %v", err)
 	}
 	if st := r.a.State(); st != ndisshim.StatePaused {
@@ -96,7 +97,7 @@ func TestPauseWaitsForHeldThenHaltClean(t *testing.T) {
 		t.Error("an OID request reached the miniport after halt")
 	}
 	r.peer.Close()
-	if n := openFDs(t); n != fds {
+	if n := shimtest.OpenFDs(t); n != fds {
 		t.Errorf("%d fds open after halt and closing the wire, %d before the adapter", n, fds)
 	}
 }
@@ -111,8 +112,8 @@ func TestHaltAfterTrafficClean(t *testing.T) {
 		r.wire(frame(ourMAC, 64+i, i))
 	}
 	r.p.send(t, r.b, frame(peerMAC, 100, 1))
-	waitFor(t, "20 frames indicated", func() bool { return r.p.frameCount() == 20 })
-	waitFor(t, "the statistics timer to fire", func() bool { return r.mp.stats.Fired() >= 2 })
+	shimtest.WaitFor(t, "20 frames indicated", func() bool { return r.p.frameCount() == 20 })
+	shimtest.WaitFor(t, "the statistics timer to fire", func() bool { return r.mp.stats.Fired() >= 2 })
 	r.pause()
 	r.halt()
 	if r.configures.Load() != 1 || r.unconfigures.Load() != 1 {

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 	"github.com/tapminiport/tapminiport/tapdev"
 )
 
@@ -32,7 +33,7 @@ func TestOffloadReceive(t *testing.T) {
 		vnetFrame(tapdev.VnetHdr{}, frame(ourMAC, testMTU+19, 4)),    // no GSO, over the MTU
 		vnetFrame(tapdev.VnetHdr{}, frame(ourMAC, 60, 5)),
 	)
-	waitFor(t, "3 frames indicated", func() bool { return r.p.frameCount() == 3 })
+	shimtest.WaitFor(t, "3 frames indicated", func() bool { return r.p.frameCount() == 3 })
 	var frames [][]byte
 	var infos []ndisshim.NBLInfo
 	for _, ind := range r.p.indications() {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 )
 
 // The mandatory OIDs, queried through the binding as a protocol would.
@@ -184,7 +185,7 @@ func TestOIDStatisticsMatchCounters(t *testing.T) {
 	r.restart()
 	r.setFilter(ndisshim.PacketTypeDirected)
 	r.wire(frame(ourMAC, 100, 1), frame(ourMAC, 5, 2), frame(ourMAC, 3000, 3), frame(otherMAC, 100, 4), frame(ourMAC, 200, 5))
-	waitFor(t, "receive traffic handled", func() bool {
+	shimtest.WaitFor(t, "receive traffic handled", func() bool {
 		c := r.counters()
 		return c.RxFrames == 2 && c.RxDrops() == 3
 	})

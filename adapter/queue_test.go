@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 	"github.com/tapminiport/tapminiport/tapdev"
 )
 
@@ -107,7 +108,7 @@ func TestQueues(t *testing.T) {
 	if n, err := peer2.WriteBatch(want1); err != nil || n != len(want1) {
 		t.Fatalf("peer2 wrote %d: %v", n, err)
 	}
-	waitFor(t, "40 frames indicated", func() bool { return r.p.frameCount() == 40 })
+	shimtest.WaitFor(t, "40 frames indicated", func() bool { return r.p.frameCount() == 40 })
 	for _, ind := range r.p.indications() {
 		for i, f := range ind.frames {
 			if ind.infos[i].HashValue != flowHash(f) {
@@ -152,7 +153,7 @@ func TestQueues(t *testing.T) {
 		}
 	}
 	var n0, n1 int
-	waitFor(t, "128 frames on the wires", func() bool {
+	shimtest.WaitFor(t, "128 frames on the wires", func() bool {
 		n0 += count(r.peer, 0)
 		n1 += count(peer2, 1)
 		return n0+n1 == 2*len(frames)

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 )
 
 // Frames the link partner writes arrive as indications, bytes intact and
@@ -23,8 +24,8 @@ func TestReceiveFramesIndicated(t *testing.T) {
 	for _, f := range want {
 		r.wire(f)
 	}
-	waitFor(t, "50 frames indicated", func() bool { return r.p.frameCount() == len(want) })
-	equalFrames(t, "indicated", r.p.allFrames(), want)
+	shimtest.WaitFor(t, "50 frames indicated", func() bool { return r.p.frameCount() == len(want) })
+	shimtest.EqualFrames(t, "indicated", r.p.allFrames(), want)
 
 	inds := r.p.indications()
 	for i, ind := range inds {
@@ -66,17 +67,17 @@ func TestReceiveOneIndicationPerBatch(t *testing.T) {
 	r.restart()
 	r.setFilter(ndisshim.PacketTypeDirected)
 
-	parked := r.gate.closeGate()
+	parked := r.gate.reads.Close()
 	r.wire(frame(ourMAC, 10, 0)) // a runt wakes the interrupt; the DPC parks in ReadBatch
-	recv(t, "the DPC parked in ReadBatch", parked)
+	shimtest.Recv(t, "the DPC parked in ReadBatch", parked)
 	var want [][]byte
 	for i := 1; i <= 10; i++ {
 		want = append(want, frame(ourMAC, 100+i, i))
 	}
 	r.wire(want...)
-	r.gate.openGate()
+	r.gate.reads.Open()
 
-	waitFor(t, "10 frames indicated", func() bool { return r.p.frameCount() == 10 })
+	shimtest.WaitFor(t, "10 frames indicated", func() bool { return r.p.frameCount() == 10 })
 	inds := r.p.indications()
 	if len(inds) != 1 {
 		t.Fatalf("%d indications for one batch of 10 frames, want 1", len(inds))
@@ -84,7 +85,7 @@ func TestReceiveOneIndicationPerBatch(t *testing.T) {
 	if inds[0].count != 10 {
 		t.Errorf("indication count %d, want 10", inds[0].count)
 	}
-	equalFrames(t, "batch", inds[0].frames, want)
+	shimtest.EqualFrames(t, "batch", inds[0].frames, want)
 	c := r.counters()
 	if c.Indications != 1 || c.RxDropRunt != 1 {
 		t.Errorf("Indications = %d, RxDropRunt = %d; want 1 and 1", c.Indications, c.RxDropRunt)
@@ -107,7 +108,7 @@ func TestReceivePacketFilter(t *testing.T) {
 		seq++
 		f := frame(dst, 64, seq)
 		r.wire(f)
-		waitFor(t, "frame to "+dst.String()+" handled", func() bool {
+		shimtest.WaitFor(t, "frame to "+dst.String()+" handled", func() bool {
 			return r.p.frameCount()+int(r.counters().RxDropFiltered) == before+1
 		})
 		fs := r.p.allFrames()
@@ -206,11 +207,11 @@ func TestReceiveRuntAndOversize(t *testing.T) {
 			r.wire(bad[i].f)
 		}
 	}
-	waitFor(t, "good frames indicated and bad ones counted", func() bool {
+	shimtest.WaitFor(t, "good frames indicated and bad ones counted", func() bool {
 		c := r.counters()
 		return r.p.frameCount() == len(good) && c.RxDropRunt+c.RxDropOversize == int64(len(bad))
 	})
-	equalFrames(t, "good frames", r.p.allFrames(), good)
+	shimtest.EqualFrames(t, "good frames", r.p.allFrames(), good)
 	c := r.counters()
 	if c.RxDropRunt != 3 || c.RxDropOversize != 2 {
 		t.Errorf("RxDropRunt = %d, RxDropOversize = %d; want 3 and 2", c.RxDropRunt, c.RxDropOversize)
@@ -242,8 +243,8 @@ func TestReceiveResourcesWhenPoolLow(t *testing.T) {
 		want = append(want, frame(ourMAC, 80+i, i))
 	}
 	r.wire(want...)
-	waitFor(t, "6 frames indicated", func() bool { return r.p.frameCount() == 6 })
-	equalFrames(t, "frames (copied during the indication)", r.p.allFrames(), want)
+	shimtest.WaitFor(t, "6 frames indicated", func() bool { return r.p.frameCount() == 6 })
+	shimtest.EqualFrames(t, "frames (copied during the indication)", r.p.allFrames(), want)
 
 	inds := r.p.indications()
 	if len(inds) != 6 {
@@ -276,7 +277,7 @@ func TestReceiveResourcesWhenPoolLow(t *testing.T) {
 		t.Errorf("pool saw %d returns after the protocol returned 3", ps.Returned)
 	}
 	r.wire(frame(ourMAC, 99, 99))
-	waitFor(t, "7th frame", func() bool { return r.p.frameCount() == 7 })
+	shimtest.WaitFor(t, "7th frame", func() bool { return r.p.frameCount() == 7 })
 	if inds := r.p.indications(); inds[6].flags.Has(ndisshim.ReceiveFlagResources) {
 		t.Error("indication with RESOURCES although the pool is full again")
 	}
@@ -303,7 +304,7 @@ func TestReceivePoolExhaustion(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		r.wire(frame(ourMAC, 100, i))
 	}
-	waitFor(t, "5 drops for no buffer", func() bool { return r.counters().RxDropNoBuffer == 5 })
+	shimtest.WaitFor(t, "5 drops for no buffer", func() bool { return r.counters().RxDropNoBuffer == 5 })
 	if n := r.p.frameCount(); n != 0 {
 		t.Errorf("%d frames indicated without a buffer", n)
 	}
@@ -317,8 +318,8 @@ func TestReceivePoolExhaustion(t *testing.T) {
 	r.mp.pool.Recycle(ndisshim.Chain(blocks...))
 	f := frame(ourMAC, 100, 42)
 	r.wire(f)
-	waitFor(t, "traffic after the pool refilled", func() bool { return r.p.frameCount() == 1 })
-	equalFrames(t, "after refill", r.p.allFrames(), [][]byte{f})
+	shimtest.WaitFor(t, "traffic after the pool refilled", func() bool { return r.p.frameCount() == 1 })
+	shimtest.EqualFrames(t, "after refill", r.p.allFrames(), [][]byte{f})
 	r.halt()
 }
 
@@ -328,14 +329,14 @@ func TestReceiveWhilePausedDropped(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	r.setFilter(ndisshim.PacketTypeDirected)
 	r.wire(frame(ourMAC, 100, 1), frame(ourMAC, 100, 2))
-	waitFor(t, "2 not-ready drops", func() bool { return r.counters().RxDropNotReady == 2 })
+	shimtest.WaitFor(t, "2 not-ready drops", func() bool { return r.counters().RxDropNotReady == 2 })
 	if n := r.p.frameCount(); n != 0 {
 		t.Fatalf("%d frames indicated while Paused", n)
 	}
 	r.restart()
 	f := frame(ourMAC, 100, 3)
 	r.wire(f)
-	waitFor(t, "frame after restart", func() bool { return r.p.frameCount() == 1 })
-	equalFrames(t, "after restart", r.p.allFrames(), [][]byte{f})
+	shimtest.WaitFor(t, "frame after restart", func() bool { return r.p.frameCount() == 1 })
+	shimtest.EqualFrames(t, "after restart", r.p.allFrames(), [][]byte{f})
 	r.halt()
 }

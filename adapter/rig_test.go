@@ -8,10 +8,8 @@ package adapter
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 	"github.com/tapminiport/tapminiport/tapdev"
 )
 
@@ -43,50 +42,7 @@ const testMTU = 1500
 // frame builds a frame of size bytes to dst from peerMAC (truncated when
 // size < 14, for runts), with a payload that depends on seq.
 func frame(dst net.HardwareAddr, size int, seq int) []byte {
-	f := make([]byte, max(size, 14))
-	copy(f, dst)
-	copy(f[6:], peerMAC)
-	binary.BigEndian.PutUint16(f[12:], 0x88b5) // IEEE local experimental
-	for i := 14; i < len(f); i++ {
-		f[i] = byte(seq*31 + i)
-	}
-	return f[:size]
-}
-
-// recv waits for a value on ch; the deadline only guards against a hang.
-func recv[T any](t *testing.T, what string, ch <-chan T) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-	}
-	var zero T
-	return zero
-}
-
-// openFDs counts this process's open file descriptors.
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
-// waitFor polls cond until it holds; the deadline only guards against a
-// hang, it is not a timing assertion.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	return shimtest.Frame(dst, peerMAC, size, seq)
 }
 
 // indication is what the fake protocol saw of one ReceiveNetBufferLists.
@@ -260,56 +216,22 @@ func (p *fakeProto) sendWith(t *testing.T, b *ndisshim.Binding, headroom int, in
 // wire and then let the DPC read them all at once.
 type gatedDev struct {
 	*tapdev.Dev
-	mu     sync.Mutex
-	hold   chan struct{}
-	parked chan struct{}
+	reads shimtest.Gate
 }
 
 func (g *gatedDev) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
-	g.mu.Lock()
-	h, p := g.hold, g.parked
-	g.mu.Unlock()
-	if h != nil {
-		select {
-		case p <- struct{}{}:
-		default:
-		}
-		<-h
-	}
+	g.reads.Pass()
 	return g.Dev.ReadBatch(bufs, sizes)
 }
 
-// closeGate makes the next ReadBatch park; the returned channel receives
-// when it has.
-func (g *gatedDev) closeGate() <-chan struct{} {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.hold, g.parked = make(chan struct{}), make(chan struct{}, 1)
-	return g.parked
-}
-
-func (g *gatedDev) openGate() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.hold != nil {
-		close(g.hold)
-		g.hold = nil
-	}
-}
-
 // silentDev is the socketpair end with an interrupt line that never fires
-// (until stopped): frames come up only when something polls.
+// (until stopped): frames are read only when something polls the DPC.
 type silentDev struct {
 	*tapdev.Dev
-	src silentSource
+	src *shimtest.SilentSource
 }
 
-type silentSource struct{ stop chan struct{} }
-
-func (s *silentSource) Wait() error { <-s.stop; return ndisshim.ErrInterruptStopped }
-func (s *silentSource) Stop()       { close(s.stop) }
-
-func (d *silentDev) Interrupt() ndisshim.InterruptSource { return &d.src }
+func (d *silentDev) Interrupt() ndisshim.InterruptSource { return d.src }
 
 type rigOptions struct {
 	cfg    func(*Config)
@@ -376,7 +298,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		dev = r.gate
 	}
 	if o.silent {
-		dev = &silentDev{Dev: r.hw, src: silentSource{stop: make(chan struct{})}}
+		dev = &silentDev{Dev: r.hw, src: shimtest.NewSilentSource()}
 	}
 	r.cfg = baseConfig(r, dev)
 	if o.cfg != nil {
@@ -403,7 +325,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 // cleanup halts whatever the test left running, so goleak stays quiet.
 func (r *rig) cleanup() {
 	if r.gate != nil {
-		r.gate.openGate()
+		r.gate.reads.Open()
 	}
 	if !r.done && r.a != nil && r.b != nil {
 		r.p.hold.Store(false)
@@ -522,7 +444,7 @@ func (r *rig) readPeer(n int) [][]byte {
 	for i := range bufs {
 		bufs[i] = make([]byte, 65536)
 	}
-	waitFor(r.t, "frames on the wire", func() bool {
+	shimtest.WaitFor(r.t, "frames on the wire", func() bool {
 		k, err := r.peer.ReadBatch(bufs[:n-len(out)], sizes)
 		if err != nil {
 			r.t.Fatalf("peer read: %v", err)
@@ -546,18 +468,6 @@ func (r *rig) peerEmpty() bool {
 }
 
 func (r *rig) counters() Snapshot { return r.mp.Counters() }
-
-func equalFrames(t *testing.T, what string, got, want [][]byte) {
-	t.Helper()
-	if len(got) != len(want) {
-		t.Fatalf("%s: %d frames, want %d", what, len(got), len(want))
-	}
-	for i := range want {
-		if !bytes.Equal(got[i], want[i]) {
-			t.Fatalf("%s: frame %d differs: got % x..., want % x...", what, i, got[i][:min(len(got[i]), 20)], want[i][:min(len(want[i]), 20)])
-		}
-	}
-}
 
 // isGone reports whether err says the other end of the socketpair is closed.
 func isGone(err error) bool { return errors.Is(err, tapdev.ErrDeviceGone) }

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 )
 
 // A chain of sends is written to the wire, bytes intact and in order, and
@@ -34,7 +35,7 @@ func TestSendWrittenAndCompletedInOneChain(t *testing.T) {
 			t.Errorf("NBL %d completed with %v, want SUCCESS", i, st)
 		}
 	}
-	equalFrames(t, "on the wire", r.readPeer(5), want)
+	shimtest.EqualFrames(t, "on the wire", r.readPeer(5), want)
 	c := r.counters()
 	if c.TxFrames != 5 || c.TxBytes != bytes {
 		t.Errorf("TxFrames = %d, TxBytes = %d; want 5 and %d", c.TxFrames, c.TxBytes, bytes)
@@ -65,7 +66,7 @@ func TestSendInvalidLength(t *testing.T) {
 			t.Errorf("NBL %d completed with %v, want %v", i, st, want[i])
 		}
 	}
-	equalFrames(t, "on the wire", r.readPeer(2), [][]byte{good1, good2})
+	shimtest.EqualFrames(t, "on the wire", r.readPeer(2), [][]byte{good1, good2})
 	if !r.peerEmpty() {
 		t.Error("an invalid frame reached the wire")
 	}
@@ -137,7 +138,7 @@ func TestPollOnSend(t *testing.T) {
 			if c.RxPolls != 1 || c.RxPollFrames != 1 {
 				t.Fatalf("after a small send: %d polls found %d frames, want 1 and 1", c.RxPolls, c.RxPollFrames)
 			}
-			equalFrames(t, "indicated", r.p.allFrames(), [][]byte{reply})
+			shimtest.EqualFrames(t, "indicated", r.p.allFrames(), [][]byte{reply})
 			r.p.send(t, r.b, frame(peerMAC, 98, 7)) // nothing waiting: a poll that finds nothing
 			if c := r.counters(); c.RxPolls != 2 || c.RxPollFrames != 1 {
 				t.Fatalf("second small send: %d polls found %d frames, want 2 and 1", c.RxPolls, c.RxPollFrames)

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 )
 
 func TestIndicationBucket(t *testing.T) {
@@ -35,7 +36,7 @@ func TestFramesPerIndicationHistogram(t *testing.T) {
 	for i := 0; i < 40; i++ {
 		r.wire(frame(ourMAC, 80, i))
 	}
-	waitFor(t, "40 frames indicated", func() bool { return r.p.frameCount() == 40 })
+	shimtest.WaitFor(t, "40 frames indicated", func() bool { return r.p.frameCount() == 40 })
 	var want [NumIndicationBuckets]int64
 	for _, ind := range r.p.indications() {
 		want[indicationBucket(len(ind.frames))]++

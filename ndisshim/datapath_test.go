@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 )
 
 // sendPool allocates n send NBLs from a pool owned by the binding; send
@@ -181,7 +182,7 @@ func TestResourcesIndicationsNeverReturned(t *testing.T) {
 	}
 	p.mu.Unlock()
 	r.m.allowRx(400)
-	eventually(t, "the DPC to indicate 400 NBLs", func() bool { return r.m.counts().indicated >= 400 })
+	shimtest.WaitFor(t, "the DPC to indicate 400 NBLs", func() bool { return r.m.counts().indicated >= 400 })
 	r.pause()
 	c := r.m.counts()
 	if c.resIndicated < 100 || c.returned != c.indicated || c.free != 32 {

@@ -900,16 +900,3 @@ func findingOf(t *testing.T, fs []ndisshim.Finding, k ndisshim.FindingKind) ndis
 	t.Fatalf("no %q finding among %v", k, fs)
 	return ndisshim.Finding{}
 }
-
-// eventually polls cond (for state other goroutines change) until it holds
-// or a generous deadline passes; it asserts correctness, not speed.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}

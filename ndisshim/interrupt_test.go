@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 )
 
 // gatedDPC is a DPC that says when it runs (entered) and waits for the
@@ -62,7 +63,7 @@ func TestInterruptDeregisterStopsAndJoins(t *testing.T) {
 	<-entered // a DPC is running and blocked on the gate
 	done := make(chan error, 1)
 	go func() { done <- in.Deregister() }()
-	eventually(t, "Deregister to stop the source", func() bool { return src.stops.Load() == 1 })
+	shimtest.WaitFor(t, "Deregister to stop the source", func() bool { return src.stops.Load() == 1 })
 	select {
 	case err := <-done:
 		t.Fatalf("Deregister returned (%v) while the DPC was running", err)
@@ -150,7 +151,7 @@ func TestTryRunDPC(t *testing.T) {
 		t.Fatal("TryRunDPC ran while the interrupt's DPC was running")
 	}
 	gate <- struct{}{}
-	eventually(t, "the DPC to finish", func() bool { return in.TryRunDPC(poll) })
+	shimtest.WaitFor(t, "the DPC to finish", func() bool { return in.TryRunDPC(poll) })
 	if err := in.Deregister(); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 )
 
 // TestStressIndicateReturnPauseSend: the interrupt goroutine indicates
@@ -151,7 +152,7 @@ func TestStressIndicateReturnPauseSend(t *testing.T) {
 
 	r.restart()
 	r.m.allowRx(total / 2)
-	eventually(t, "the first indications", func() bool { return r.m.counts().indicated >= total/8 })
+	shimtest.WaitFor(t, "the first indications", func() bool { return r.m.counts().indicated >= total/8 })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := r.a.Pause(ctx); err != nil { // while the DPC, returners and sender run
@@ -162,7 +163,7 @@ func TestStressIndicateReturnPauseSend(t *testing.T) {
 
 	r.restart()
 	r.m.allowRx(total - total/2)
-	eventually(t, "all indications", func() bool { return r.m.counts().indicated >= total })
+	shimtest.WaitFor(t, "all indications", func() bool { return r.m.counts().indicated >= total })
 	r.pause()
 	checkDrained("after the final pause")
 	close(stop)

@@ -1,16 +1,15 @@
 package ndisshim_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 )
 
 // TestWatchdogReportsWhilePauseWaits: while Pause waits, OnHeld gets a
@@ -109,28 +108,10 @@ func TestPauseDeadlineGivesUp(t *testing.T) {
 	verifierError(t, r.d.Deregister(), "unload of driver fakemp", ndisshim.FindAdapterNotHalted)
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestWatchdogLogsWithoutOnHeld: with no OnHeld the reports go to the
 // driver's logger at Warn level, naming the adapter and the holder.
 func TestWatchdogLogsWithoutOnHeld(t *testing.T) {
-	var buf syncBuffer
+	var buf shimtest.SyncBuffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))
 	d, err := ndisshim.RegisterMiniportDriver(ndisshim.Characteristics{Name: "fakemp", InitializeEx: fakeInitialize}, log)
 	if err != nil {
@@ -145,7 +126,7 @@ func TestWatchdogLogsWithoutOnHeld(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- r.a.Pause(context.Background()) }()
-	eventually(t, "a watchdog log line", func() bool { return strings.Contains(buf.String(), "pause: waiting") })
+	shimtest.WaitFor(t, "a watchdog log line", func() bool { return strings.Contains(buf.String(), "pause: waiting") })
 	p.returnAll(b)
 	if err := <-done; err != nil {
 		t.Fatal(err)

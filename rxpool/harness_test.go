@@ -5,11 +5,9 @@ package rxpool
 // and unload, that everything they allocated was freed.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 )
 
 func TestMain(m *testing.M) {
@@ -57,14 +56,14 @@ type env struct {
 	d   *ndisshim.Driver
 	a   *ndisshim.Adapter
 	mp  *fakeMiniport
-	log *syncBuffer // what the pools log
+	log *shimtest.SyncBuffer // what the pools log
 }
 
 // newEnv registers a driver and adds an adapter; at cleanup it halts the
 // adapter, unloads the driver and fails the test on any verifier finding.
 func newEnv(tb testing.TB) *env {
 	tb.Helper()
-	e := &env{tb: tb, mp: &fakeMiniport{}, log: &syncBuffer{}}
+	e := &env{tb: tb, mp: &fakeMiniport{}, log: &shimtest.SyncBuffer{}}
 	var err error
 	e.d, err = ndisshim.RegisterMiniportDriver(ndisshim.Characteristics{
 		Name: "rxpooltest",
@@ -134,24 +133,6 @@ func release(tb testing.TB, p *Pool) {
 	if err := p.Free(); err != nil && !errors.Is(err, ErrFreed) {
 		tb.Errorf("release: %v", err)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the pools' loggers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // fakeProtocol is a protocol binding that queues every chain indicated to

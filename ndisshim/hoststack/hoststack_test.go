@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 )
 
 // Bind learns the NIC's address and frame size by OID (and configures the
@@ -49,10 +50,10 @@ func TestBindLearnsAndSetsFilter(t *testing.T) {
 
 	// The learned MTU sizes the send buffers: the largest frame goes down whole.
 	r.restart()
-	big := frame(wireMAC, nicMAC, testMTU+18, 1)
+	big := shimtest.Frame(wireMAC, nicMAC, testMTU+18, 1)
 	r.hostSend(big)
-	waitFor(t, "the largest frame sent down", func() bool { return len(r.nic.sendCalls()) == 1 })
-	equalFrames(t, "largest frame", r.nic.sendCalls()[0], [][]byte{big})
+	shimtest.WaitFor(t, "the largest frame sent down", func() bool { return len(r.nic.sendCalls()) == 1 })
+	shimtest.EqualFrames(t, "largest frame", r.nic.sendCalls()[0], [][]byte{big})
 	r.close()
 }
 
@@ -89,14 +90,14 @@ func TestIndicationWrittenAndReturnedInChain(t *testing.T) {
 	var want [][]byte
 	var bytes int64
 	for i := 0; i < 5; i++ {
-		f := frame(nicMAC, wireMAC, 60+100*i, i)
+		f := shimtest.Frame(nicMAC, wireMAC, 60+100*i, i)
 		want = append(want, f)
 		bytes += int64(len(f))
 	}
 	nbls := r.nic.indicate(t, 0, want[:3]...)
 	nbls = append(nbls, r.nic.indicate(t, 0, want[3:]...)...)
-	equalFrames(t, "on the NIC TAP", r.hostReadN(5), want)
-	waitFor(t, "5 NBLs returned", func() bool { return r.nic.returnedCount() == 5 })
+	shimtest.EqualFrames(t, "on the NIC TAP", r.hostReadN(5), want)
+	shimtest.WaitFor(t, "5 NBLs returned", func() bool { return r.nic.returnedCount() == 5 })
 
 	rc := r.nic.returnCalls()
 	if len(rc) != 2 || len(rc[0].idx) != 3 || len(rc[1].idx) != 2 {
@@ -130,14 +131,14 @@ func TestPollOnReceive(t *testing.T) {
 		t.Run(fmt.Sprintf("PollOnReceive=%v", on), func(t *testing.T) {
 			r := newRigSilent(t, Config{PollOnReceive: on})
 			r.restart()
-			reply := frame(wireMAC, nicMAC, 98, 100)
+			reply := shimtest.Frame(wireMAC, nicMAC, 98, 100)
 			r.hostSend(reply)
-			r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 1000, 1)) // large: no poll
-			r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 60, 2), frame(nicMAC, wireMAC, 60, 3), frame(nicMAC, wireMAC, 60, 4))
+			r.nic.indicate(t, 0, shimtest.Frame(nicMAC, wireMAC, 1000, 1)) // large: no poll
+			r.nic.indicate(t, 0, shimtest.Frame(nicMAC, wireMAC, 60, 2), shimtest.Frame(nicMAC, wireMAC, 60, 3), shimtest.Frame(nicMAC, wireMAC, 60, 4))
 			if c := r.s.Counters(); c.Polls != 0 || len(r.nic.sendCalls()) != 0 {
 				t.Fatalf("a large indication and a chain of 3 polled %d times, %d sends", c.Polls, len(r.nic.sendCalls()))
 			}
-			r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 98, 5)) // the echo request
+			r.nic.indicate(t, 0, shimtest.Frame(nicMAC, wireMAC, 98, 5)) // the echo request
 			c := r.s.Counters()
 			if !on {
 				if c.Polls != 0 || len(r.nic.sendCalls()) != 0 {
@@ -154,8 +155,8 @@ func TestPollOnReceive(t *testing.T) {
 			if len(sends) != 1 {
 				t.Fatalf("%d send calls, want the reply's", len(sends))
 			}
-			equalFrames(t, "sent down", sends[0], [][]byte{reply})
-			r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 98, 6)) // nothing waiting: a poll that finds nothing
+			shimtest.EqualFrames(t, "sent down", sends[0], [][]byte{reply})
+			r.nic.indicate(t, 0, shimtest.Frame(nicMAC, wireMAC, 98, 6)) // nothing waiting: a poll that finds nothing
 			if c := r.s.Counters(); c.Polls != 2 || c.PollFrames != 1 || len(r.nic.sendCalls()) != 1 {
 				t.Fatalf("second small indication: %d polls found %d frames, %d sends; want 2, 1, 1", c.Polls, c.PollFrames, len(r.nic.sendCalls()))
 			}
@@ -164,14 +165,14 @@ func TestPollOnReceive(t *testing.T) {
 			// indication (that stream's ACK) leaves the waiting frame to
 			// the reader.
 			for i := 0; i < 6; i++ {
-				r.hostSend(frame(wireMAC, nicMAC, 1514, 10+i))
+				r.hostSend(shimtest.Frame(wireMAC, nicMAC, 1514, 10+i))
 			}
-			r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 60, 7))
+			r.nic.indicate(t, 0, shimtest.Frame(nicMAC, wireMAC, 60, 7))
 			if c := r.s.Counters(); c.Polls != 3 || c.PollFrames != 7 {
 				t.Fatalf("small indication with a bulk run waiting: %d polls found %d frames, want 3 and 7", c.Polls, c.PollFrames)
 			}
-			r.hostSend(frame(wireMAC, nicMAC, 98, 20))
-			r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 60, 8))
+			r.hostSend(shimtest.Frame(wireMAC, nicMAC, 98, 20))
+			r.nic.indicate(t, 0, shimtest.Frame(nicMAC, wireMAC, 60, 8))
 			if c := r.s.Counters(); c.Polls != 3 {
 				t.Fatalf("small indication after a bulk run polled (%d polls, want 3)", c.Polls)
 			}
@@ -187,10 +188,10 @@ func TestReturnDelayHolds(t *testing.T) {
 	r := newRig(t, Config{ReturnDelay: delay})
 	r.restart()
 	for i := 0; i < 3; i++ {
-		r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 100, 2*i), frame(nicMAC, wireMAC, 100, 2*i+1))
+		r.nic.indicate(t, 0, shimtest.Frame(nicMAC, wireMAC, 100, 2*i), shimtest.Frame(nicMAC, wireMAC, 100, 2*i+1))
 		time.Sleep(10 * time.Millisecond)
 	}
-	waitFor(t, "6 NBLs returned", func() bool { return r.nic.returnedCount() == 6 })
+	shimtest.WaitFor(t, "6 NBLs returned", func() bool { return r.nic.returnedCount() == 6 })
 	for _, rc := range r.nic.returnCalls() {
 		if len(rc.idx) != 2 {
 			t.Errorf("return chain of %d, want 2", len(rc.idx))
@@ -210,19 +211,19 @@ func TestReturnDelayHolds(t *testing.T) {
 func TestResourcesWrittenBeforeReturnNeverReturned(t *testing.T) {
 	r := newRig(t, Config{ReturnDelay: 20 * time.Millisecond})
 	r.restart()
-	want := [][]byte{frame(nicMAC, wireMAC, 100, 1), frame(nicMAC, wireMAC, 200, 2), frame(nicMAC, wireMAC, 300, 3)}
+	want := [][]byte{shimtest.Frame(nicMAC, wireMAC, 100, 1), shimtest.Frame(nicMAC, wireMAC, 200, 2), shimtest.Frame(nicMAC, wireMAC, 300, 3)}
 	r.nic.indicate(t, ndisshim.ReceiveFlagResources, want...)
 	// No waiting: the write happened inside the indication.
-	equalFrames(t, "on the NIC TAP when the indication returned", r.hostRead(10), want)
+	shimtest.EqualFrames(t, "on the NIC TAP when the indication returned", r.hostRead(10), want)
 	if c := r.s.Counters(); c.ResourcesWrites != 3 || c.ToHostFrames != 3 {
 		t.Errorf("ResourcesWrites = %d, ToHostFrames = %d; want 3, 3", c.ResourcesWrites, c.ToHostFrames)
 	}
 
 	// A normal indication afterwards comes back; the RESOURCES ones never do.
-	after := frame(nicMAC, wireMAC, 64, 4)
+	after := shimtest.Frame(nicMAC, wireMAC, 64, 4)
 	r.nic.indicate(t, 0, after)
-	equalFrames(t, "normal indication", r.hostReadN(1), [][]byte{after})
-	waitFor(t, "the normal NBL returned", func() bool { return r.nic.returnedCount() >= 1 })
+	shimtest.EqualFrames(t, "normal indication", r.hostReadN(1), [][]byte{after})
+	shimtest.WaitFor(t, "the normal NBL returned", func() bool { return r.nic.returnedCount() >= 1 })
 	r.close() // pause drains the writer: nothing else can come back
 	if n := r.nic.returnedCount(); n != 1 {
 		t.Errorf("%d NBLs returned, want 1 (RESOURCES NBLs must never be returned)", n)
@@ -237,10 +238,10 @@ func TestQueueFullReturnsAtOnce(t *testing.T) {
 	r := newRig(t, Config{QueueLen: 1, ReturnDelay: 300 * time.Millisecond})
 	r.restart()
 
-	fa, fb := frame(nicMAC, wireMAC, 100, 1), frame(nicMAC, wireMAC, 100, 2)
-	fc, fd := frame(nicMAC, wireMAC, 100, 3), frame(nicMAC, wireMAC, 100, 4)
+	fa, fb := shimtest.Frame(nicMAC, wireMAC, 100, 1), shimtest.Frame(nicMAC, wireMAC, 100, 2)
+	fc, fd := shimtest.Frame(nicMAC, wireMAC, 100, 3), shimtest.Frame(nicMAC, wireMAC, 100, 4)
 	r.nic.indicate(t, 0, fa)
-	waitFor(t, "the returner took the first chain", func() bool { return len(r.s.q) == 0 })
+	shimtest.WaitFor(t, "the returner took the first chain", func() bool { return len(r.s.q) == 0 })
 	r.nic.indicate(t, 0, fb) // fills the queue
 	c := r.nic.indicate(t, 0, fc, fd)
 	rc := r.nic.returnCalls()
@@ -250,8 +251,8 @@ func TestQueueFullReturnsAtOnce(t *testing.T) {
 	if d := r.s.Counters().ReturnedEarly; d != 2 {
 		t.Errorf("ReturnedEarly = %d, want 2", d)
 	}
-	equalFrames(t, "every frame on the NIC TAP at once, in order", r.hostReadN(4), [][]byte{fa, fb, fc, fd})
-	waitFor(t, "all 4 returned", func() bool { return r.nic.returnedCount() == 4 })
+	shimtest.EqualFrames(t, "every frame on the NIC TAP at once, in order", r.hostReadN(4), [][]byte{fa, fb, fc, fd})
+	shimtest.WaitFor(t, "all 4 returned", func() bool { return r.nic.returnedCount() == 4 })
 	r.close()
 }
 
@@ -261,20 +262,20 @@ func TestHostFramesSentInChains(t *testing.T) {
 	r := newRig(t, Config{})
 	r.restart()
 
-	parked := r.dev.reads.close()
-	want := [][]byte{frame(wireMAC, nicMAC, 60, 0)}
+	parked := r.dev.reads.Close()
+	want := [][]byte{shimtest.Frame(wireMAC, nicMAC, 60, 0)}
 	r.hostSend(want[0]) // wakes the reader, which parks in ReadBatch
-	recv(t, "a parked call", parked)
+	shimtest.Recv(t, "a parked call", parked)
 	var bytes int64 = 60
 	for i := 1; i < 10; i++ {
-		f := frame(wireMAC, nicMAC, 60+150*i, i)
+		f := shimtest.Frame(wireMAC, nicMAC, 60+150*i, i)
 		want = append(want, f)
 		bytes += int64(len(f))
 	}
 	r.hostSend(want[1:]...)
-	r.dev.reads.open()
+	r.dev.reads.Open()
 
-	waitFor(t, "10 frames sent down", func() bool {
+	shimtest.WaitFor(t, "10 frames sent down", func() bool {
 		n := 0
 		for _, s := range r.nic.sendCalls() {
 			n += len(s)
@@ -285,8 +286,8 @@ func TestHostFramesSentInChains(t *testing.T) {
 	if len(sends) != 1 {
 		t.Fatalf("%d send calls for 10 frames queued at once, want 1 chain", len(sends))
 	}
-	equalFrames(t, "sent down", sends[0], want)
-	waitFor(t, "send NBLs back in the pool", func() bool { return r.s.sendPool.InUse() == 0 })
+	shimtest.EqualFrames(t, "sent down", sends[0], want)
+	shimtest.WaitFor(t, "send NBLs back in the pool", func() bool { return r.s.sendPool.InUse() == 0 })
 	c := r.s.Counters()
 	if c.ToWireFrames != 10 || c.ToWireBytes != bytes || c.SendFailed != 0 {
 		t.Errorf("ToWireFrames = %d, ToWireBytes = %d, SendFailed = %d; want 10, %d, 0", c.ToWireFrames, c.ToWireBytes, c.SendFailed, bytes)
@@ -295,21 +296,21 @@ func TestHostFramesSentInChains(t *testing.T) {
 	// And in free flow: more frames than a batch, all down, pool empty again.
 	var more [][]byte
 	for i := 0; i < 100; i++ {
-		more = append(more, frame(wireMAC, nicMAC, 64, 100+i))
+		more = append(more, shimtest.Frame(wireMAC, nicMAC, 64, 100+i))
 	}
 	for _, f := range more {
 		r.hostSend(f)
 	}
 	var got [][]byte
-	waitFor(t, "100 more frames sent down", func() bool {
+	shimtest.WaitFor(t, "100 more frames sent down", func() bool {
 		got = nil
 		for _, s := range r.nic.sendCalls()[1:] {
 			got = append(got, s...)
 		}
 		return len(got) == 100
 	})
-	equalFrames(t, "free flow", got, more)
-	waitFor(t, "send NBLs back in the pool", func() bool { return r.s.sendPool.InUse() == 0 })
+	shimtest.EqualFrames(t, "free flow", got, more)
+	shimtest.WaitFor(t, "send NBLs back in the pool", func() bool { return r.s.sendPool.InUse() == 0 })
 	if s := r.a.Stats(); s.SendsNow != 0 {
 		t.Errorf("shim says %d sends outstanding", s.SendsNow)
 	}
@@ -320,8 +321,8 @@ func TestHostFramesSentInChains(t *testing.T) {
 // after a pause) host frames are dropped and counted, never sent.
 func TestHostFramesDroppedWhilePaused(t *testing.T) {
 	r := newRig(t, Config{})
-	r.hostSend(frame(wireMAC, nicMAC, 100, 1), frame(wireMAC, nicMAC, 100, 2), frame(wireMAC, nicMAC, 100, 3))
-	waitFor(t, "3 paused drops before restart", func() bool {
+	r.hostSend(shimtest.Frame(wireMAC, nicMAC, 100, 1), shimtest.Frame(wireMAC, nicMAC, 100, 2), shimtest.Frame(wireMAC, nicMAC, 100, 3))
+	shimtest.WaitFor(t, "3 paused drops before restart", func() bool {
 		c := r.s.Counters()
 		if c.SendFailed > 0 {
 			t.Fatalf("host frames sent down before the first restart (%d completed with a failure): the binding did not start paused", c.SendFailed)
@@ -330,14 +331,14 @@ func TestHostFramesDroppedWhilePaused(t *testing.T) {
 	})
 
 	r.restart()
-	f := frame(wireMAC, nicMAC, 100, 4)
+	f := shimtest.Frame(wireMAC, nicMAC, 100, 4)
 	r.hostSend(f)
-	waitFor(t, "a send after restart", func() bool { return len(r.nic.sendCalls()) == 1 })
-	equalFrames(t, "after restart", r.nic.sendCalls()[0], [][]byte{f})
+	shimtest.WaitFor(t, "a send after restart", func() bool { return len(r.nic.sendCalls()) == 1 })
+	shimtest.EqualFrames(t, "after restart", r.nic.sendCalls()[0], [][]byte{f})
 
 	r.pause()
-	r.hostSend(frame(wireMAC, nicMAC, 100, 5), frame(wireMAC, nicMAC, 100, 6))
-	waitFor(t, "2 more paused drops", func() bool { return r.s.Counters().DropPaused == 5 })
+	r.hostSend(shimtest.Frame(wireMAC, nicMAC, 100, 5), shimtest.Frame(wireMAC, nicMAC, 100, 6))
+	shimtest.WaitFor(t, "2 more paused drops", func() bool { return r.s.Counters().DropPaused == 5 })
 	if n := len(r.nic.sendCalls()); n != 1 {
 		t.Errorf("%d send calls, want 1 (nothing while paused)", n)
 	}
@@ -356,15 +357,16 @@ func TestCheckHeld(t *testing.T) {
 	r := newRig(t, Config{CheckHeld: true, ReturnDelay: 200 * time.Millisecond})
 	r.restart()
 
-	r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 100, 1), frame(nicMAC, wireMAC, 100, 2))
-	waitFor(t, "clean chain returned", func() bool { return r.nic.returnedCount() == 2 })
+	r.nic.indicate(t, 0, shimtest.Frame(nicMAC, wireMAC, 100, 1), shimtest.Frame(nicMAC, wireMAC, 100, 2))
+	shimtest.WaitFor(t, "clean chain returned", func() bool { return r.nic.returnedCount() == 2 })
 	if c := r.s.Counters().CorruptHeld; c != 0 {
 		t.Fatalf("CorruptHeld = %d for untouched buffers", c)
 	}
 
-	b := r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 100, 5), frame(nicMAC, wireMAC, 100, 6)) // held 200ms
-	b[0].FirstNB.Data[b[0].FirstNB.Offset+20] ^= 0xff                                         // a use after "free" by the miniport
-	waitFor(t, "all returned", func() bool { return r.nic.returnedCount() == 4 })
+	b := r.nic.indicate(t, 0, shimtest.Frame(nicMAC, wireMAC, 100, 5), shimtest.Frame(nicMAC, wireMAC, 100, 6)) // held 200ms
+	// a use after "free" by the miniport
+	b[0].FirstNB.Data[b[0].FirstNB.Offset+20] ^= 0xff
+	shimtest.WaitFor(t, "all returned", func() bool { return r.nic.returnedCount() == 4 })
 	if c := r.s.Counters().CorruptHeld; c != 1 {
 		t.Errorf("CorruptHeld = %d, want 1 (one scribbled buffer)", c)
 	}
@@ -374,12 +376,12 @@ func TestCheckHeld(t *testing.T) {
 // Close after Pause is verifier-clean, closes the NIC TAP and stops the
 // reader and the writer (goleak in TestMain); a second Close is an error.
 func TestCloseAfterPauseClean(t *testing.T) {
-	fds := openFDs(t)
+	fds := shimtest.OpenFDs(t)
 	r := newRig(t, Config{ReturnDelay: 30 * time.Millisecond})
 	r.restart()
-	r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 100, 1))
-	r.hostSend(frame(wireMAC, nicMAC, 100, 2))
-	waitFor(t, "the send", func() bool { return len(r.nic.sendCalls()) == 1 })
+	r.nic.indicate(t, 0, shimtest.Frame(nicMAC, wireMAC, 100, 1))
+	r.hostSend(shimtest.Frame(wireMAC, nicMAC, 100, 2))
+	shimtest.WaitFor(t, "the send", func() bool { return len(r.nic.sendCalls()) == 1 })
 
 	r.pause() // waits for the held NBL (ReturnDelay)
 	if n := r.nic.returnedCount(); n != 1 {
@@ -406,7 +408,7 @@ func TestCloseAfterPauseClean(t *testing.T) {
 		t.Fatalf("deregister: %v", err)
 	}
 	r.host.Close()
-	if n := openFDs(t); n != fds {
+	if n := shimtest.OpenFDs(t); n != fds {
 		t.Errorf("%d fds open after close and halt, %d before the binding", n, fds)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 	"github.com/tapminiport/tapminiport/tapdev"
 )
 
@@ -143,8 +144,8 @@ func TestSoftwareOffloadToHost(t *testing.T) {
 	}
 	// A large receive that is not TCP at all is dropped and counted, not
 	// written.
-	r.nic.indicate(t, 0, frame(nicMAC, wireMAC, 3000, 9))
-	waitFor(t, "the bad large receive counted", func() bool { return r.s.Counters().DropSegment == 1 })
+	r.nic.indicate(t, 0, shimtest.Frame(nicMAC, wireMAC, 3000, 9))
+	shimtest.WaitFor(t, "the bad large receive counted", func() bool { return r.s.Counters().DropSegment == 1 })
 	if got := r.hostRead(4); len(got) != 0 {
 		t.Errorf("a malformed large receive wrote %d frames to the host", len(got))
 	}
@@ -175,7 +176,7 @@ func TestSoftwareOffloadToWire(t *testing.T) {
 			r := newRigNIC(t, Config{VnetHdr: true}, &fakeNIC{caps: &caps})
 			r.restart()
 			r.hostSend(vnetFrame())
-			waitFor(t, "the send", func() bool { r.nic.mu.Lock(); defer r.nic.mu.Unlock(); return len(r.nic.sendInfos) >= tc.want })
+			shimtest.WaitFor(t, "the send", func() bool { r.nic.mu.Lock(); defer r.nic.mu.Unlock(); return len(r.nic.sendInfos) >= tc.want })
 			r.nic.mu.Lock()
 			var frames [][]byte
 			for _, s := range r.nic.sends {
@@ -260,13 +261,13 @@ func TestCoalesceUDP(t *testing.T) {
 			r := newRigNIC(t, Config{CoalesceUDP: true, Batch: 64}, &fakeNIC{caps: &caps})
 			r.restart()
 			// Hold the reader so that all datagrams are read in one batch.
-			parked := r.dev.reads.close()
+			parked := r.dev.reads.Close()
 			r.hostSend(host...)
 			<-parked
-			r.dev.reads.open()
+			r.dev.reads.Open()
 			var frames [][]byte
 			var infos []ndisshim.NBLInfo
-			waitFor(t, "sends", func() bool {
+			shimtest.WaitFor(t, "sends", func() bool {
 				r.nic.mu.Lock()
 				defer r.nic.mu.Unlock()
 				frames, infos = nil, append([]ndisshim.NBLInfo(nil), r.nic.sendInfos...)
@@ -340,13 +341,13 @@ func TestQueuesWriterPerFlow(t *testing.T) {
 	r.restart()
 	var frames [][]byte
 	for i := range nic.hashes {
-		frames = append(frames, frame(nicMAC, wireMAC, 100, i))
+		frames = append(frames, shimtest.Frame(nicMAC, wireMAC, 100, i))
 	}
 	r.nic.indicate(t, 0, frames...)
-	equalFrames(t, "queue 0", r.hostReadN(3), [][]byte{frames[0], frames[3], frames[5]})
+	shimtest.EqualFrames(t, "queue 0", r.hostReadN(3), [][]byte{frames[0], frames[3], frames[5]})
 	bufs, sizes := [][]byte{make([]byte, 2048), make([]byte, 2048), make([]byte, 2048)}, make([]int, 3)
 	var got [][]byte
-	waitFor(t, "queue 1's frames", func() bool {
+	shimtest.WaitFor(t, "queue 1's frames", func() bool {
 		k, err := host2.ReadBatch(bufs[:3-len(got)], sizes)
 		if err != nil {
 			t.Fatal(err)
@@ -356,5 +357,5 @@ func TestQueuesWriterPerFlow(t *testing.T) {
 		}
 		return len(got) == 3
 	})
-	equalFrames(t, "queue 1", got, [][]byte{frames[1], frames[2], frames[4]})
+	shimtest.EqualFrames(t, "queue 1", got, [][]byte{frames[1], frames[2], frames[4]})
 }

@@ -9,10 +9,8 @@ package hoststack
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"net"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 	"github.com/tapminiport/tapminiport/tapdev"
 )
 
@@ -39,53 +38,6 @@ const (
 	nicBufSize = 65536 + 128 // room for a 64 KiB large receive
 	nicNBLs    = 64
 )
-
-// frame builds a frame of size bytes from src to dst whose payload depends on seq.
-func frame(dst, src net.HardwareAddr, size, seq int) []byte {
-	f := make([]byte, size)
-	copy(f, dst)
-	copy(f[6:], src)
-	binary.BigEndian.PutUint16(f[12:], 0x88b5)
-	for i := 14; i < size; i++ {
-		f[i] = byte(seq*31 + i)
-	}
-	return f
-}
-
-// recv waits for a value on ch; the deadline only guards against a hang.
-func recv[T any](t *testing.T, what string, ch <-chan T) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-	}
-	var zero T
-	return zero
-}
-
-// openFDs counts this process's open file descriptors.
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
-// waitFor polls cond; the deadline only guards against a hang.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
 
 // returnCall is one MiniportReturnNetBufferLists call.
 type returnCall struct {
@@ -266,57 +218,15 @@ func (n *fakeNIC) sendCalls() [][][]byte {
 	return append([][][]byte(nil), n.sends...)
 }
 
-// gate parks a call until the test opens it.
-type gate struct {
-	mu     sync.Mutex
-	hold   chan struct{}
-	parked chan struct{}
-}
-
-// close makes the next call park; the returned channel receives when one has.
-func (g *gate) close() <-chan struct{} {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.hold, g.parked = make(chan struct{}), make(chan struct{}, 1)
-	return g.parked
-}
-
-func (g *gate) open() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.hold != nil {
-		close(g.hold)
-		g.hold = nil
-	}
-}
-
-func (g *gate) pass() {
-	g.mu.Lock()
-	h, p := g.hold, g.parked
-	g.mu.Unlock()
-	if h != nil {
-		select {
-		case p <- struct{}{}:
-		default:
-		}
-		<-h
-	}
-}
-
 // gatedDev is the NIC TAP end with gates on ReadBatch (the reader) and
 // WriteBatch (the writer and RESOURCES writes); with silent set its
 // interrupt line never fires (until stopped): host frames go down only
 // when something polls the reader.
 type gatedDev struct {
 	*tapdev.Dev
-	reads, writes gate
-	silent        *silentSource
+	reads, writes shimtest.Gate
+	silent        *shimtest.SilentSource
 }
-
-type silentSource struct{ stop chan struct{} }
-
-func (s *silentSource) Wait() error { <-s.stop; return ndisshim.ErrInterruptStopped }
-func (s *silentSource) Stop()       { close(s.stop) }
 
 func (g *gatedDev) Interrupt() ndisshim.InterruptSource {
 	if g.silent != nil {
@@ -326,12 +236,12 @@ func (g *gatedDev) Interrupt() ndisshim.InterruptSource {
 }
 
 func (g *gatedDev) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
-	g.reads.pass()
+	g.reads.Pass()
 	return g.Dev.ReadBatch(bufs, sizes)
 }
 
 func (g *gatedDev) WriteBatch(bufs [][]byte) (int, error) {
-	g.writes.pass()
+	g.writes.Pass()
 	return g.Dev.WriteBatch(bufs)
 }
 
@@ -390,7 +300,7 @@ func newRigDev(t *testing.T, cfg Config, nic *fakeNIC, silent bool) *rig {
 	}
 	r.dev = &gatedDev{Dev: r.nicE}
 	if silent {
-		r.dev.silent = &silentSource{stop: make(chan struct{})}
+		r.dev.silent = shimtest.NewSilentSource()
 	}
 	r.drv, r.a = newAdapter(t, r.nic)
 	t.Cleanup(r.cleanup)
@@ -411,8 +321,8 @@ func newRigDev(t *testing.T, cfg Config, nic *fakeNIC, silent bool) *rig {
 }
 
 func (r *rig) cleanup() {
-	r.dev.reads.open()
-	r.dev.writes.open()
+	r.dev.reads.Open()
+	r.dev.writes.Open()
 	if !r.done {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -526,21 +436,9 @@ func (r *rig) hostReadClosed() [][]byte {
 func (r *rig) hostReadN(n int) [][]byte {
 	r.t.Helper()
 	var out [][]byte
-	waitFor(r.t, "frames on the NIC TAP", func() bool {
+	shimtest.WaitFor(r.t, "frames on the NIC TAP", func() bool {
 		out = append(out, r.hostRead(n-len(out))...)
 		return len(out) == n
 	})
 	return out
-}
-
-func equalFrames(t *testing.T, what string, got, want [][]byte) {
-	t.Helper()
-	if len(got) != len(want) {
-		t.Fatalf("%s: %d frames, want %d", what, len(got), len(want))
-	}
-	for i := range want {
-		if !bytes.Equal(got[i], want[i]) {
-			t.Fatalf("%s: frame %d differs", what, i)
-		}
-	}
 }

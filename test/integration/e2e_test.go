@@ -11,6 +11,8 @@ import (
 
 	"github.com/tapminiport/tapminiport/adapter"
 	"github.com/tapminiport/tapminiport/tapdev"
+
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 )
 
 func TestPingBothWaysIPv4AndIPv6(t *testing.T) {
@@ -322,7 +324,7 @@ func TestHaltTimeoutGivesUp(t *testing.T) {
 	r.assertGone()
 }
 
-func waitFor(t *testing.T, b *syncBuf, s string, limit time.Duration) {
+func waitFor(t *testing.T, b *shimtest.SyncBuffer, s string, limit time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for !strings.Contains(b.String(), s) {

@@ -17,12 +17,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tapminiport/tapminiport/tapdev"
+
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 )
 
 var binary string // built once in TestMain
@@ -58,27 +59,10 @@ type run struct {
 	t                   *testing.T
 	host, wire, hw, nic string
 	cmd                 *exec.Cmd
-	stdout, stderr      *syncBuf
+	stdout, stderr      *shimtest.SyncBuffer
 	exited              chan struct{}
 	exitCode            int
 	status              syscall.WaitStatus // how it ended, once exited is closed
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // start runs tapminiport with the NIC TAP in a namespace the test created
@@ -114,7 +98,7 @@ func newRun(t *testing.T) *run {
 // once; r.exited closes when it ends, with r.exitCode and r.status set.
 func (r *run) exec(t *testing.T, extra ...string) {
 	t.Helper()
-	r.t, r.stdout, r.stderr, r.exited = t, &syncBuf{}, &syncBuf{}, make(chan struct{})
+	r.t, r.stdout, r.stderr, r.exited = t, &shimtest.SyncBuffer{}, &shimtest.SyncBuffer{}, make(chan struct{})
 	args := append([]string{"--hw-tap", r.hw, "--nic-tap", r.nic, "--nic-netns", r.host, "--wire-netns", r.wire, "--watchdog", "200ms"}, extra...)
 	r.cmd = exec.Command(binary, args...)
 	r.cmd.Stdout, r.cmd.Stderr = r.stdout, r.stderr
