@@ -219,9 +219,15 @@ func (a *Adapter) Restart(ctx context.Context) error {
 	if a.removed.Load() {
 		return fmt.Errorf("ndisshim: restart adapter %s: %w (%w)", a.name, ErrRemoved, ErrIllegalState)
 	}
-	a.state.Store(int32(StateRestarting))
+	// Every step from here is a compare-and-swap: Shutdown takes no
+	// transition lock and may store Shutdown at any moment, and a plain
+	// store would overwrite it (a Restart racing Shutdown then ended
+	// Running).
+	if !a.state.CompareAndSwap(int32(StatePaused), int32(StateRestarting)) {
+		return a.illegal("restart", StatePaused) // shut down meanwhile
+	}
 	if err := a.mp.RestartEx(ctx); err != nil {
-		a.state.Store(int32(StatePaused))
+		a.state.CompareAndSwap(int32(StateRestarting), int32(StatePaused))
 		return fmt.Errorf("ndisshim: restart adapter %s: %w", a.name, err)
 	}
 	// Open the data path before publishing Running: a Shutdown that stores
@@ -252,10 +258,9 @@ func (a *Adapter) Restart(ctx context.Context) error {
 func (a *Adapter) Pause(ctx context.Context) error {
 	a.transition.Lock()
 	defer a.transition.Unlock()
-	if a.State() != StateRunning {
+	if !a.state.CompareAndSwap(int32(StateRunning), int32(StatePausing)) { // see Restart
 		return a.illegal("pause", StateRunning)
 	}
-	a.state.Store(int32(StatePausing))
 	a.txOpen.Store(false)
 	for _, b := range *a.bindings.Load() {
 		if err := b.proto.NetPnPEvent(b, NetEventPause); err != nil {

@@ -584,6 +584,39 @@ func TestShutdownRacingHaltAndRestart(t *testing.T) {
 	}
 }
 
+// TestShutdownDuringFailingRestart: a Shutdown that arrives while RestartEx
+// runs, before RestartEx fails, is not undone by Restart's way back to
+// Paused: the adapter ends in Shutdown with its data path closed, and the
+// next Restart is refused. (Restart once stored Paused here, and stored
+// Restarting over a Shutdown that came between its check and its store:
+// then the adapter ended Running after Shutdown.)
+func TestShutdownDuringFailingRestart(t *testing.T) {
+	var a *ndisshim.Adapter
+	cfg := &fakeConfig{onRestart: func(ctx context.Context) error {
+		if err := a.Shutdown(ndisshim.ShutdownBugCheck); err != nil {
+			t.Errorf("Shutdown inside RestartEx: %v", err)
+		}
+		return errors.New("link training failed")
+	}}
+	r := newRig(t, cfg, ndisshim.AdapterOptions{})
+	a = r.a
+	b, _ := r.open("p1")
+	if err := r.a.Restart(context.Background()); err == nil {
+		t.Fatal("Restart with a failing RestartEx succeeded")
+	}
+	if st := r.a.State(); st != ndisshim.StateShutdown {
+		t.Fatalf("state %s after Shutdown during a failing RestartEx, want Shutdown", st)
+	}
+	if _, err := r.m.indicateN(1, false); !errors.Is(err, ndisshim.ErrNotReady) {
+		t.Errorf("indication accepted in Shutdown: %v", err)
+	}
+	expectIllegal(t, r.a.Restart(context.Background()), "restart adapter tm0", ndisshim.StateShutdown)
+	if err := b.Close(); err != nil {
+		t.Fatalf("Close in Shutdown: %v", err)
+	}
+	verifierError(t, r.d.Deregister(), "unload of driver fakemp", ndisshim.FindAdapterNotHalted)
+}
+
 // TestShutdownWhilePauseWaits: Shutdown is legal while Pause waits for
 // NBLs; it does not cut the wait short (nothing held is given up), and
 // when the NBLs are back Pause reports that it could not complete because
