@@ -370,18 +370,12 @@ func (r *rig) closeBinding() {
 
 func (r *rig) restart() {
 	r.t.Helper()
-	if err := r.a.Restart(context.Background()); err != nil {
-		r.t.Fatalf("restart: %v", err)
-	}
+	shimtest.Restart(r.t, r.a)
 }
 
 func (r *rig) pause() {
 	r.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := r.a.Pause(ctx); err != nil {
-		r.t.Fatalf("pause: %v", err)
-	}
+	shimtest.Pause(r.t, r.a)
 }
 
 // halt pauses (if running), unbinds, halts and unloads, asserting that each
@@ -429,42 +423,23 @@ func (r *rig) query(oid ndisshim.OID, size int) (*ndisshim.OIDRequest, ndisshim.
 // wire writes frames on the peer end, as the link partner would.
 func (r *rig) wire(frames ...[]byte) {
 	r.t.Helper()
-	n, err := r.peer.WriteBatch(frames)
-	if err != nil || n != len(frames) {
-		r.t.Fatalf("peer wrote %d of %d frames: %v", n, len(frames), err)
-	}
+	shimtest.WriteFrames(r.t, "peer", r.peer, frames...)
 }
 
 // readPeer reads exactly n frames the miniport wrote to the wire.
 func (r *rig) readPeer(n int) [][]byte {
 	r.t.Helper()
-	var out [][]byte
-	bufs := make([][]byte, n)
-	sizes := make([]int, n)
-	for i := range bufs {
-		bufs[i] = make([]byte, 65536)
-	}
-	shimtest.WaitFor(r.t, "frames on the wire", func() bool {
-		k, err := r.peer.ReadBatch(bufs[:n-len(out)], sizes)
-		if err != nil {
-			r.t.Fatalf("peer read: %v", err)
-		}
-		for i := 0; i < k; i++ {
-			out = append(out, bytes.Clone(bufs[i][:sizes[i]]))
-		}
-		return len(out) == n
-	})
-	return out
+	return shimtest.ReadFramesN(r.t, "the wire", r.peer, n)
 }
 
 // peerEmpty reports whether nothing is waiting on the peer end.
 func (r *rig) peerEmpty() bool {
 	r.t.Helper()
-	k, err := r.peer.ReadBatch([][]byte{make([]byte, 65536)}, []int{0})
+	got, err := shimtest.ReadFrames(r.peer, 1)
 	if err != nil {
 		r.t.Fatalf("peer read: %v", err)
 	}
-	return k == 0
+	return len(got) == 0
 }
 
 func (r *rig) counters() Snapshot { return r.mp.Counters() }

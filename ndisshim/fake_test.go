@@ -15,9 +15,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 )
 
 var (
@@ -820,24 +820,12 @@ func (r *rig) open(name string) (*ndisshim.Binding, *fakeProto) {
 
 func (r *rig) restart() {
 	r.t.Helper()
-	if err := r.a.Restart(context.Background()); err != nil {
-		r.t.Fatalf("Restart: %v", err)
-	}
-	if st := r.a.State(); st != ndisshim.StateRunning {
-		r.t.Fatalf("after Restart: state %s, want Running", st)
-	}
+	shimtest.Restart(r.t, r.a)
 }
 
 func (r *rig) pause() {
 	r.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := r.a.Pause(ctx); err != nil {
-		r.t.Fatalf("Pause: %v", err)
-	}
-	if st := r.a.State(); st != ndisshim.StatePaused {
-		r.t.Fatalf("after Pause: state %s, want Paused", st)
-	}
+	shimtest.Pause(r.t, r.a)
 }
 
 // finish is the orderly end: pause if running, close the bindings, halt,

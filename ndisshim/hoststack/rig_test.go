@@ -349,18 +349,12 @@ func (r *rig) cleanup() {
 
 func (r *rig) restart() {
 	r.t.Helper()
-	if err := r.a.Restart(context.Background()); err != nil {
-		r.t.Fatalf("restart: %v", err)
-	}
+	shimtest.Restart(r.t, r.a)
 }
 
 func (r *rig) pause() {
 	r.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := r.a.Pause(ctx); err != nil {
-		r.t.Fatalf("pause: %v", err)
-	}
+	shimtest.Pause(r.t, r.a)
 }
 
 // close pauses, unbinds, halts and unloads, each step verifier-clean.
@@ -386,59 +380,33 @@ func (r *rig) close() {
 // hostSend writes frames on the host's end, as the host stack would.
 func (r *rig) hostSend(frames ...[]byte) {
 	r.t.Helper()
-	n, err := r.host.WriteBatch(frames)
-	if err != nil || n != len(frames) {
-		r.t.Fatalf("host wrote %d of %d frames: %v", n, len(frames), err)
-	}
+	shimtest.WriteFrames(r.t, "host", r.host, frames...)
 }
 
 // hostRead reads up to max frames the binding has written to the NIC TAP
 // without waiting.
 func (r *rig) hostRead(max int) [][]byte {
 	r.t.Helper()
-	bufs := make([][]byte, max)
-	sizes := make([]int, max)
-	for i := range bufs {
-		bufs[i] = make([]byte, 65536)
-	}
-	k, err := r.host.ReadBatch(bufs, sizes)
+	got, err := shimtest.ReadFrames(r.host, max)
 	if err != nil {
 		r.t.Fatalf("host read: %v", err)
 	}
-	out := make([][]byte, k)
-	for i := range out {
-		out[i] = bufs[i][:sizes[i]]
-	}
-	return out
+	return got
 }
 
 // hostReadClosed reads what is left on the host's end after the binding
 // closed the NIC TAP: the frames, then EOF.
 func (r *rig) hostReadClosed() [][]byte {
 	r.t.Helper()
-	bufs := make([][]byte, 64)
-	sizes := make([]int, 64)
-	for i := range bufs {
-		bufs[i] = make([]byte, 65536)
-	}
-	k, err := r.host.ReadBatch(bufs, sizes)
+	got, err := shimtest.ReadFrames(r.host, 64)
 	if !errors.Is(err, tapdev.ErrDeviceGone) {
 		r.t.Errorf("host read after the NIC TAP closed: %v, want EOF (device gone)", err)
 	}
-	out := make([][]byte, k)
-	for i := range out {
-		out[i] = bufs[i][:sizes[i]]
-	}
-	return out
+	return got
 }
 
 // hostReadN waits for exactly n frames on the host's end.
 func (r *rig) hostReadN(n int) [][]byte {
 	r.t.Helper()
-	var out [][]byte
-	shimtest.WaitFor(r.t, "frames on the NIC TAP", func() bool {
-		out = append(out, r.hostRead(n-len(out))...)
-		return len(out) == n
-	})
-	return out
+	return shimtest.ReadFramesN(r.t, "the NIC TAP", r.host, n)
 }

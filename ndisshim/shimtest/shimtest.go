@@ -7,6 +7,7 @@ package shimtest
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"net"
 	"os"
@@ -161,4 +162,81 @@ func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Restart restarts a and fails the test unless it ends Running.
+func Restart(t testing.TB, a *ndisshim.Adapter) {
+	t.Helper()
+	if err := a.Restart(context.Background()); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	if st := a.State(); st != ndisshim.StateRunning {
+		t.Fatalf("after restart: state %s, want Running", st)
+	}
+}
+
+// Pause pauses a (waiting at most Hang for the drain) and fails the test
+// unless it ends Paused.
+func Pause(t testing.TB, a *ndisshim.Adapter) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), Hang)
+	defer cancel()
+	if err := a.Pause(ctx); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	if st := a.State(); st != ndisshim.StatePaused {
+		t.Fatalf("after pause: state %s, want Paused", st)
+	}
+}
+
+// FrameWriter and FrameReader are a device end as the tests drive it
+// (tapdev.Dev, a socketpair end).
+type (
+	FrameWriter interface {
+		WriteBatch(bufs [][]byte) (int, error)
+	}
+	FrameReader interface {
+		ReadBatch(bufs [][]byte, sizes []int) (int, error)
+	}
+)
+
+// WriteFrames writes frames on dev and fails the test unless all went.
+func WriteFrames(t testing.TB, what string, dev FrameWriter, frames ...[]byte) {
+	t.Helper()
+	n, err := dev.WriteBatch(frames)
+	if err != nil || n != len(frames) {
+		t.Fatalf("%s wrote %d of %d frames: %v", what, n, len(frames), err)
+	}
+}
+
+// ReadFrames reads up to max frames from dev without waiting, each a copy
+// of its own, and returns them with the read's error.
+func ReadFrames(dev FrameReader, max int) ([][]byte, error) {
+	bufs := make([][]byte, max)
+	sizes := make([]int, max)
+	for i := range bufs {
+		bufs[i] = make([]byte, 65536)
+	}
+	k, err := dev.ReadBatch(bufs, sizes)
+	out := make([][]byte, k)
+	for i := range out {
+		out[i] = bufs[i][:sizes[i]]
+	}
+	return out, err
+}
+
+// ReadFramesN waits for exactly n frames on dev (what names where they
+// land, for the failure message).
+func ReadFramesN(t testing.TB, what string, dev FrameReader, n int) [][]byte {
+	t.Helper()
+	var out [][]byte
+	WaitFor(t, "frames on "+what, func() bool {
+		got, err := ReadFrames(dev, n-len(out))
+		if err != nil {
+			t.Fatalf("read on %s: %v", what, err)
+		}
+		out = append(out, got...)
+		return len(out) == n
+	})
+	return out
 }
