@@ -5,12 +5,16 @@
 # script creates, on 198.18.0.0/15, bounded in time; everything is removed
 # at the end.
 #
-#   bash scripts/bench.sh [-r ROUNDS] [-t SECONDS] [-c CONTENDER,...] [-C ALGO]
+#   bash scripts/bench.sh [-r ROUNDS] [-t SECONDS] [-c CONTENDER,...] [-C ALGO] [-s]
 #
 # -c runs only the contenders named (default: all, in the order below), e.g.
 # -c tapfwd-offload,tapminiport for a head-to-head with more rounds in the
 # same time. Even rounds run the contenders in reverse order, so that a
 # drift of the machine within a round favours neither of two neighbours.
+#
+# -s runs only the single-stream TCP tests (up and down), for a
+# head-to-head with many rounds; every figure is also printed as it comes
+# (stderr), so the per-round values can be read off the log.
 #
 # -C sets the TCP congestion control of every TCP test (iperf3 -C, sender
 # and receiver); without it the tests use the machine's default, which the
@@ -23,9 +27,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ALL="veth tapfwd tapfwd-offload tapminiport tapfwd-pipe tapminiport-plain tapminiport-nocoal tapminiport-q2 tapminiport-nomod tapminiport-nopoll tapminiport-read"
-ROUNDS=3 SECS=5 CONTENDERS=$ALL CC=""
-usage() { echo "usage: $0 [-r rounds] [-t seconds] [-c contender,...] [-C congestion-control]; contenders: ${ALL// /, }" >&2; exit 2; }
-while getopts "r:t:c:C:" o; do case $o in r) ROUNDS=$OPTARG ;; t) SECS=$OPTARG ;; c) CONTENDERS=${OPTARG//,/ } ;; C) CC=$OPTARG ;; *) usage ;; esac; done
+ROUNDS=3 SECS=5 CONTENDERS=$ALL CC="" SINGLE=""
+usage() { echo "usage: $0 [-r rounds] [-t seconds] [-c contender,...] [-C congestion-control] [-s]; contenders: ${ALL// /, }" >&2; exit 2; }
+while getopts "r:t:c:C:s" o; do case $o in r) ROUNDS=$OPTARG ;; t) SECS=$OPTARG ;; c) CONTENDERS=${OPTARG//,/ } ;; C) CC=$OPTARG ;; s) SINGLE=1 ;; *) usage ;; esac; done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "-r $ROUNDS: rounds must be a whole number ≥ 1" >&2; usage; }
 [[ $SECS =~ ^[1-9][0-9]*$ ]] || { echo "-t $SECS: seconds must be a whole number ≥ 1" >&2; usage; }
 for c in $CONTENDERS; do [[ " $ALL " == *" $c "* ]] || { echo "-c: no contender named \"$c\"" >&2; usage; }; done
@@ -91,12 +95,13 @@ cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 CPU_RATE=5G
 
 # record NAME METRIC VALUE: a missing value is reported, not counted as 0.
-record() { if [ -n "$3" ]; then echo "$1 $2 $3 $r" >>"$OUT/results"; else echo "  $1 $2: measurement failed (left out of the medians)" >&2; fi; }
+record() { if [ -n "$3" ]; then echo "$1 $2 $3 $r" >>"$OUT/results"; echo "  $1 $2 $3" >&2; else echo "  $1 $2: measurement failed (left out of the medians)" >&2; fi; }
 
 # measure NAME CLIENT_NS SERVER_NS SERVER_ADDR: appends "name metric value" lines
 measure() {
-	local name=$1 cns=$2 sns=$3 addr=$4 out srv
-	for test in up down p4_up p4_down; do
+	local name=$1 cns=$2 sns=$3 addr=$4 out srv tests="up down p4_up p4_down"
+	[ -n "$SINGLE" ] && tests="up down"
+	for test in $tests; do
 		timeout $((SECS + 15)) ip netns exec "$sns" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
 		srv=$!
 		listening "$sns"
@@ -108,6 +113,7 @@ measure() {
 		wait "$srv" || true
 		record "$name" "tcp_$test" "$out"
 	done
+	[ -n "$SINGLE" ] && return
 	timeout $((SECS + 15)) ip netns exec "$sns" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
 	srv=$!
 	listening "$sns"
