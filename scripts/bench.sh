@@ -231,4 +231,27 @@ awk '
 				printf " %*s |", w[i], n[k] ? sprintf("%.2f", median(k)) : "n/a"
 			}
 			printf "\n" }
+		# with 6 rounds or more: a distribution-free 95 % interval for the
+		# median of the per-round ratios (order statistics, binomial), and
+		# in how many rounds the ratio was 1 or more
+		if (rounds < 6) exit
+		print ""
+		printf "| %-36s |", "its 95 % interval (rounds ≥ 1)"; for (i = 1; i <= nm; i++) printf " %*s |", w[i], rhead[i]; printf "\n%s\n", rule
+		for (o = 1; o <= np; o++) { split(pairs[o], ab, "/"); a = ab[1]; d = ab[2]
+			if (!(a in ran) || !(d in ran)) continue
+			printf "| %-36s |", a " / " d
+			for (i = 1; i <= nm; i++) printf " %*s |", w[i], interval("pair" SUBSEP a SUBSEP d SUBSEP m[i])
+			printf "\n" }
+	}
+	# interval(k): "lo–hi (w/c)" for the c values v[k, 1..c]: the j-th
+	# smallest and the j-th largest, j the largest rank with P(Bin(c, 1/2)
+	# < j) <= 0.025; w is how many are 1 or more
+	function interval(k,   c, i, jj, t, s, p, cdf, j, wins) {
+		c = n[k]; if (c < 6) return "n/a"
+		for (i = 1; i <= c; i++) { s[i] = v[k, i]; if (s[i] >= 1) wins++ }
+		for (i = 2; i <= c; i++) { t = s[i]; for (jj = i - 1; jj >= 1 && s[jj] > t; jj--) s[jj + 1] = s[jj]; s[jj + 1] = t }
+		p = 0.5 ^ c; cdf = p; j = 0
+		for (i = 0; cdf <= 0.025; i++) { j = i + 1; p = p * (c - i) / (i + 1); cdf += p }
+		if (j < 1) return "n/a"
+		return sprintf("%.2f–%.2f (%d/%d)", s[j], s[c - j + 1], wins + 0, c)
 	}' "$OUT/results"
