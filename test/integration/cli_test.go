@@ -3,7 +3,10 @@ package integration
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -87,4 +90,98 @@ func TestBenchBadOptionsNameThemselves(t *testing.T) {
 			t.Errorf("bench.sh %v: message does not name %q or give the usage:\n%s", tc.args, tc.want, out)
 		}
 	}
+}
+
+// TestBenchTable: scripts/benchtable.awk, which prints bench.sh's tables,
+// on results with known answers: the medians, the ratio of medians, the
+// median of per-round ratios, and with 6 rounds or more the order-statistic
+// interval and the rounds with a ratio of 1 or more; a metric that was not
+// measured shows as "-" and its ratios as n/a.
+func TestBenchTable(t *testing.T) {
+	table := func(t *testing.T, results string) string {
+		t.Helper()
+		f := filepath.Join(t.TempDir(), "results")
+		if err := os.WriteFile(f, []byte(results), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("awk", "-f", "../../scripts/benchtable.awk", f).CombinedOutput()
+		if err != nil {
+			t.Fatalf("benchtable.awk: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	row := func(t *testing.T, out, prefix string) []string {
+		t.Helper()
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, prefix) {
+				var cells []string
+				for _, c := range strings.Split(strings.Trim(l, "|"), "|") {
+					cells = append(cells, strings.TrimSpace(c))
+				}
+				return cells
+			}
+		}
+		t.Fatalf("no row %q in:\n%s", prefix, out)
+		return nil
+	}
+	// the tables' rows, in order: medians, ratio of medians, median of
+	// per-round ratios, interval
+	rows := func(t *testing.T, out, pair string) [][]string {
+		t.Helper()
+		var got [][]string
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, "| "+pair+" ") {
+				got = append(got, strings.Fields(strings.ReplaceAll(strings.Trim(l, "|"), "|", " ")))
+			}
+		}
+		return got
+	}
+
+	t.Run("6 rounds", func(t *testing.T) {
+		var b strings.Builder
+		for r := 1; r <= 6; r++ {
+			fmt.Fprintf(&b, "tapfwd-offload tcp_up 10 %d\ntapminiport tcp_up %d %d\n", r, 8+r, r) // ratios 0.9 … 1.4
+		}
+		out := table(t, b.String())
+		if c := row(t, out, "| tapminiport        "); c[1] != "11.50" || c[2] != "-" || c[7] != "-" {
+			t.Errorf("medians row %q: want TCP up 11.50 and '-' for what was not measured", c)
+		}
+		r := rows(t, out, "tapminiport / tapfwd-offload")
+		if len(r) != 3 {
+			t.Fatalf("%d ratio rows, want 3 (ratio of medians, per-round median, interval):\n%s", len(r), out)
+		}
+		if r[0][3] != "1.15" || r[1][3] != "1.15" || r[0][4] != "n/a" {
+			t.Errorf("ratio rows %q, %q: want 1.15 and 1.15 for TCP up, n/a for TCP dn", r[0], r[1])
+		}
+		if got := strings.Join(r[2][3:5], " "); got != "0.90–1.40 (5/6)" {
+			t.Errorf("interval %q, want the smallest and largest of 6 ratios and 5 of 6 at 1 or more", got)
+		}
+	})
+
+	t.Run("30 rounds", func(t *testing.T) {
+		var b strings.Builder
+		for r := 1; r <= 30; r++ {
+			fmt.Fprintf(&b, "tapfwd-offload tcp_down 20 %d\ntapminiport tcp_down %.1f %d\n", r, 20*(0.85+0.01*float64(r)), r) // ratios 0.86 … 1.15
+		}
+		r := rows(t, table(t, b.String()), "tapminiport / tapfwd-offload")
+		if len(r) != 3 {
+			t.Fatalf("%d ratio rows, want 3", len(r))
+		}
+		// Bin(30, 1/2): P(X <= 9) = 0.021, P(X <= 10) = 0.049: the 10th
+		// smallest and the 10th largest
+		if got := strings.Join(r[2][4:6], " "); got != "0.95–1.06 (16/30)" {
+			t.Errorf("interval %q, want 0.95–1.06 (16/30)", got)
+		}
+	})
+
+	t.Run("5 rounds: no interval", func(t *testing.T) {
+		var b strings.Builder
+		for r := 1; r <= 5; r++ {
+			fmt.Fprintf(&b, "tapfwd-offload tcp_up 10 %d\ntapminiport tcp_up 11 %d\n", r, r)
+		}
+		out := table(t, b.String())
+		if r := rows(t, out, "tapminiport / tapfwd-offload"); len(r) != 2 || strings.Contains(out, "95 %") {
+			t.Errorf("with 5 rounds: %d ratio rows and an interval table?\n%s", len(r), out)
+		}
+	})
 }
