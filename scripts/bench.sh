@@ -97,44 +97,45 @@ CPU_RATE=5G
 # record NAME METRIC VALUE: a missing value is reported, not counted as 0.
 record() { if [ -n "$3" ]; then echo "$1 $2 $3 $r" >>"$OUT/results"; echo "  $1 $2 $3" >&2; else echo "  $1 $2: measurement failed (left out of the medians)" >&2; fi; }
 
-# measure NAME CLIENT_NS SERVER_NS SERVER_ADDR: appends "name metric value" lines
-measure() {
-	local name=$1 cns=$2 sns=$3 addr=$4 out srv tests="up down p4_up p4_down"
-	[ -n "$SINGLE" ] && tests="up down"
-	for test in $tests; do
-		timeout $((SECS + 15)) ip netns exec "$sns" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
-		srv=$!
-		listening "$sns"
-		local flags=${CC:+-C $CC}
-		case $test in down) flags+=" -R" ;; p4_up) flags+=" -P 4" ;; p4_down) flags+=" -P 4 -R" ;; esac
-		# one stream: its receiver line; -P 4: the [SUM] receiver line
-		out=$(timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -t "$SECS" $flags -f g 2>&1 |
-			awk -v p4="${test%%_*}" '/receiver/ && (p4 != "p4" || /SUM/) { for (i = 1; i <= NF; i++) if ($i == "Gbits/sec") v = $(i-1) } END { print v }') || true
-		wait "$srv" || true
-		record "$name" "tcp_$test" "$out"
-	done
-	[ -n "$SINGLE" ] && return
+# iperf CLIENT_NS SERVER_NS SERVER_ADDR ARGS...: one iperf3 client run of
+# SECS seconds against a one-off server in SERVER_NS; prints the client's
+# output (nothing when it failed: the caller records a failed measurement).
+iperf() {
+	local cns=$1 sns=$2 addr=$3 srv
+	shift 3
 	timeout $((SECS + 15)) ip netns exec "$sns" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
 	srv=$!
 	listening "$sns"
-	# UDP 64-byte payloads, as fast as the sender goes; delivered = total - lost
-	out=$(timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -u -b 0 -l 64 -t "$SECS" 2>&1 |
-		awk -v secs="$SECS" '/receiver/ { split($0, a, /[ \/()]+/); for (i = 1; i <= length(a); i++) if (a[i] ~ /^[0-9]+$/ && a[i+1] ~ /^[0-9]+$/ && a[i+2] ~ /%$/) { printf "%.0f", (a[i+1] - a[i]) / secs; exit } }') || true
+	timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -t "$SECS" "$@" 2>&1 || true
 	wait "$srv" || true
+}
+
+# measure NAME CLIENT_NS SERVER_NS SERVER_ADDR: appends "name metric value" lines
+measure() {
+	local name=$1 cns=$2 sns=$3 addr=$4 out tests="up down p4_up p4_down"
+	[ -n "$SINGLE" ] && tests="up down"
+	for test in $tests; do
+		local flags=${CC:+-C $CC}
+		case $test in down) flags+=" -R" ;; p4_up) flags+=" -P 4" ;; p4_down) flags+=" -P 4 -R" ;; esac
+		# one stream: its receiver line; -P 4: the [SUM] receiver line
+		out=$(iperf "$cns" "$sns" "$addr" $flags -f g |
+			awk -v p4="${test%%_*}" '/receiver/ && (p4 != "p4" || /SUM/) { for (i = 1; i <= NF; i++) if ($i == "Gbits/sec") v = $(i-1) } END { print v }')
+		record "$name" "tcp_$test" "$out"
+	done
+	[ -n "$SINGLE" ] && return
+	# UDP 64-byte payloads, as fast as the sender goes; delivered = total - lost
+	out=$(iperf "$cns" "$sns" "$addr" -u -b 0 -l 64 |
+		awk -v secs="$SECS" '/receiver/ { split($0, a, /[ \/()]+/); for (i = 1; i <= length(a); i++) if (a[i] ~ /^[0-9]+$/ && a[i+1] ~ /^[0-9]+$/ && a[i+2] ~ /%$/) { printf "%.0f", (a[i+1] - a[i]) / secs; exit } }')
 	[ -n "$out" ] && out=$(awk -v p="$out" 'BEGIN { printf "%.1f", p / 1000 }')
 	record "$name" udp64_kpps "$out"
 	if [ -n "$PID" ]; then
 		# the datapath's CPU time per GB moved, one TCP stream up at a
 		# fixed rate (the same work for every contender that reaches it)
-		timeout $((SECS + 15)) ip netns exec "$sns" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
-		srv=$!
-		listening "$sns"
 		local t0 t1
 		t0=$(cpu_ticks "$PID")
-		out=$(timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -t "$SECS" -b "$CPU_RATE" ${CC:+-C $CC} -f g 2>&1 |
-			awk '/receiver/ { for (i = 1; i <= NF; i++) if ($i == "GBytes") v = $(i-1) } END { print v }') || true
+		out=$(iperf "$cns" "$sns" "$addr" -b "$CPU_RATE" ${CC:+-C $CC} -f g |
+			awk '/receiver/ { for (i = 1; i <= NF; i++) if ($i == "GBytes") v = $(i-1) } END { print v }')
 		t1=$(cpu_ticks "$PID")
-		wait "$srv" || true
 		[ -n "$out" ] && out=$(awk -v gib="$out" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { if (gib > 0) printf "%.3f", t / hz / (gib * 1.073741824) }')
 		record "$name" cpu_gb "$out"
 	fi
