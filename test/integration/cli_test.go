@@ -110,28 +110,18 @@ func TestBenchTable(t *testing.T) {
 		}
 		return string(out)
 	}
-	row := func(t *testing.T, out, prefix string) []string {
-		t.Helper()
-		for _, l := range strings.Split(out, "\n") {
-			if strings.HasPrefix(l, prefix) {
-				var cells []string
-				for _, c := range strings.Split(strings.Trim(l, "|"), "|") {
-					cells = append(cells, strings.TrimSpace(c))
-				}
-				return cells
-			}
-		}
-		t.Fatalf("no row %q in:\n%s", prefix, out)
-		return nil
-	}
-	// the tables' rows, in order: medians, ratio of medians, median of
-	// per-round ratios, interval
-	rows := func(t *testing.T, out, pair string) [][]string {
-		t.Helper()
+	// rows returns the cells of every row whose first cell is name: for a
+	// datapath its medians; for a pair, in order, the ratio of medians,
+	// the median of per-round ratios and (6 rounds or more) the interval
+	rows := func(out, name string) [][]string {
 		var got [][]string
 		for _, l := range strings.Split(out, "\n") {
-			if strings.HasPrefix(l, "| "+pair+" ") {
-				got = append(got, strings.Fields(strings.ReplaceAll(strings.Trim(l, "|"), "|", " ")))
+			cells := strings.Split(strings.Trim(l, "|"), "|")
+			for i := range cells {
+				cells[i] = strings.TrimSpace(cells[i])
+			}
+			if cells[0] == name {
+				got = append(got, cells)
 			}
 		}
 		return got
@@ -143,17 +133,17 @@ func TestBenchTable(t *testing.T) {
 			fmt.Fprintf(&b, "tapfwd-offload tcp_up 10 %d\ntapminiport tcp_up %d %d\n", r, 8+r, r) // ratios 0.9 … 1.4
 		}
 		out := table(t, b.String())
-		if c := row(t, out, "| tapminiport        "); c[1] != "11.50" || c[2] != "-" || c[7] != "-" {
-			t.Errorf("medians row %q: want TCP up 11.50 and '-' for what was not measured", c)
+		if m := rows(out, "tapminiport"); len(m) != 1 || m[0][1] != "11.50" || m[0][2] != "-" || m[0][7] != "-" {
+			t.Errorf("medians rows %q: want one, TCP up 11.50 and '-' for what was not measured", m)
 		}
-		r := rows(t, out, "tapminiport / tapfwd-offload")
+		r := rows(out, "tapminiport / tapfwd-offload")
 		if len(r) != 3 {
 			t.Fatalf("%d ratio rows, want 3 (ratio of medians, per-round median, interval):\n%s", len(r), out)
 		}
-		if r[0][3] != "1.15" || r[1][3] != "1.15" || r[0][4] != "n/a" {
+		if r[0][1] != "1.15" || r[1][1] != "1.15" || r[0][2] != "n/a" {
 			t.Errorf("ratio rows %q, %q: want 1.15 and 1.15 for TCP up, n/a for TCP dn", r[0], r[1])
 		}
-		if got := strings.Join(r[2][3:5], " "); got != "0.90–1.40 (5/6)" {
+		if got := r[2][1]; got != "0.90–1.40 (5/6)" {
 			t.Errorf("interval %q, want the smallest and largest of 6 ratios and 5 of 6 at 1 or more", got)
 		}
 	})
@@ -163,13 +153,13 @@ func TestBenchTable(t *testing.T) {
 		for r := 1; r <= 30; r++ {
 			fmt.Fprintf(&b, "tapfwd-offload tcp_down 20 %d\ntapminiport tcp_down %.1f %d\n", r, 20*(0.85+0.01*float64(r)), r) // ratios 0.86 … 1.15
 		}
-		r := rows(t, table(t, b.String()), "tapminiport / tapfwd-offload")
+		r := rows(table(t, b.String()), "tapminiport / tapfwd-offload")
 		if len(r) != 3 {
 			t.Fatalf("%d ratio rows, want 3", len(r))
 		}
 		// Bin(30, 1/2): P(X <= 9) = 0.021, P(X <= 10) = 0.049: the 10th
 		// smallest and the 10th largest
-		if got := strings.Join(r[2][4:6], " "); got != "0.95–1.06 (16/30)" {
+		if got := r[2][2]; got != "0.95–1.06 (16/30)" {
 			t.Errorf("interval %q, want 0.95–1.06 (16/30)", got)
 		}
 	})
@@ -180,7 +170,7 @@ func TestBenchTable(t *testing.T) {
 			fmt.Fprintf(&b, "tapfwd-offload tcp_up 10 %d\ntapminiport tcp_up 11 %d\n", r, r)
 		}
 		out := table(t, b.String())
-		if r := rows(t, out, "tapminiport / tapfwd-offload"); len(r) != 2 || strings.Contains(out, "95 %") {
+		if r := rows(out, "tapminiport / tapfwd-offload"); len(r) != 2 || strings.Contains(out, "95 %") {
 			t.Errorf("with 5 rounds: %d ratio rows and an interval table?\n%s", len(r), out)
 		}
 	})
