@@ -212,15 +212,20 @@ func WriteFrames(t testing.TB, what string, dev FrameWriter, frames ...[]byte) {
 // ReadFrames reads up to max frames from dev without waiting, each a copy
 // of its own, and returns them with the read's error.
 func ReadFrames(dev FrameReader, max int) ([][]byte, error) {
-	bufs := make([][]byte, max)
-	sizes := make([]int, max)
+	return readInto(dev, make([][]byte, max), make([]int, max))
+}
+
+// readInto reads into bufs (allocated on first use) and returns copies.
+func readInto(dev FrameReader, bufs [][]byte, sizes []int) ([][]byte, error) {
 	for i := range bufs {
-		bufs[i] = make([]byte, 65536)
+		if bufs[i] == nil {
+			bufs[i] = make([]byte, 65536)
+		}
 	}
 	k, err := dev.ReadBatch(bufs, sizes)
 	out := make([][]byte, k)
 	for i := range out {
-		out[i] = bufs[i][:sizes[i]]
+		out[i] = bytes.Clone(bufs[i][:sizes[i]])
 	}
 	return out, err
 }
@@ -229,9 +234,10 @@ func ReadFrames(dev FrameReader, max int) ([][]byte, error) {
 // land, for the failure message).
 func ReadFramesN(t testing.TB, what string, dev FrameReader, n int) [][]byte {
 	t.Helper()
+	bufs, sizes := make([][]byte, n), make([]int, n) // one set of buffers for every poll
 	var out [][]byte
 	WaitFor(t, "frames on "+what, func() bool {
-		got, err := ReadFrames(dev, n-len(out))
+		got, err := readInto(dev, bufs[:n-len(out)], sizes)
 		if err != nil {
 			t.Fatalf("read on %s: %v", what, err)
 		}
