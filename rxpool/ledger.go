@@ -168,15 +168,22 @@ func (p *Pool) take(c *class, dst []*ndisshim.NetBufferList) int {
 		}
 		t.next = b
 	}
+	// Count the blocks in use before letting go of fillMu: Free (under
+	// fillMu) refuses only while inUse > 0, so counting after the unlock
+	// would let a Free in between free the pool under the filler.
+	if k > 0 {
+		v := c.inUse.Add(int64(k))
+		for hw := c.highWater.Load(); v > hw && !c.highWater.CompareAndSwap(hw, v); hw = c.highWater.Load() {
+		}
+		p.got.Add(int64(k))
+	}
 	p.fillMu.Unlock()
+	if p.afterTake != nil {
+		p.afterTake() // tests: a Free right after the unlock must be refused
+	}
 	if k == 0 {
 		c.exhaustions.Add(1)
-		return 0
 	}
-	v := c.inUse.Add(int64(k))
-	for hw := c.highWater.Load(); v > hw && !c.highWater.CompareAndSwap(hw, v); hw = c.highWater.Load() {
-	}
-	p.got.Add(int64(k))
 	return k
 }
 

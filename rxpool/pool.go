@@ -35,6 +35,7 @@ type Pool struct {
 	fillMu    sync.Mutex
 	freed     bool
 	afterWalk func() // tests only: called by Get between its walk and its swap
+	afterTake func() // tests only: called by Get right after it unlocks fillMu
 	_         [CacheLine]byte
 
 	reg   class // blocks 0 .. Count-1

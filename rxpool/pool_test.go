@@ -437,3 +437,36 @@ func TestGetUnderConcurrentPush(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// TestFreeRefusedRightAfterGet makes a Free land right after Get lets go of
+// the filler lock (deterministically, through a test hook): the filler
+// holds the blocks it took, so Free must refuse with ErrHeld and leave the
+// pool (buffers, NBLs, slab) as it was.
+func TestFreeRefusedRightAfterGet(t *testing.T) {
+	e := newEnv(t)
+	p := e.pool(smallConfig())
+	var freeErr error
+	calls := 0
+	p.afterTake = func() { // called without fillMu: Free may run here
+		calls++
+		freeErr = p.Free()
+	}
+	b := make([]*ndisshim.NetBufferList, 2)
+	k := p.Get(b)
+	p.afterTake = nil
+	if calls != 1 || k != 2 {
+		t.Fatalf("Get = %d (hook called %d times), want 2 (once)", k, calls)
+	}
+	if !errors.Is(freeErr, ErrHeld) {
+		t.Fatalf("Free right after Get's unlock = %v, want ErrHeld (the filler holds 2 blocks)", freeErr)
+	}
+	for _, n := range b {
+		if n.FirstNB.Data == nil {
+			t.Fatalf("block %d's buffer was cleared by a Free that should have been refused", n.Index())
+		}
+	}
+	if s := p.Stats(); s.InUse != 2 || s.Filling != 2 || s.Got != 2 {
+		t.Fatalf("stats %+v, want 2 in use, 2 filling, 2 got", s)
+	}
+	p.Recycle(chain(b...))
+}
