@@ -171,6 +171,27 @@ func (q *queue) indicate(got int) {
 // Ethernet header and a VLAN tag.
 const maxGSOFrame = 65535 + 14 + 4
 
+// linkChanged records that the hardware TAP's link went down (a write
+// found it down) or came back (a write went through), says so in the log,
+// and indicates the new link state to the bindings
+// (NDIS_STATUS_LINK_STATE), as a NIC does on a link interrupt. Queues
+// sending at once may all see the change: only the first reports it.
+func (m *Miniport) linkChanged(up bool) {
+	m.linkMu.Lock()
+	defer m.linkMu.Unlock()
+	if m.linkDown.Load() == !up {
+		return
+	}
+	m.linkDown.Store(!up)
+	if up {
+		m.log.Info("hardware link up", "tap", m.cfg.HardwareName)
+	} else {
+		m.log.Warn("hardware link down: sends are dropped (MEDIA_DISCONNECTED, counted as link-down) until it is up", "tap", m.cfg.HardwareName)
+	}
+	m.a.IndicateStatus(ndisshim.StatusIndication{Code: ndisshim.StatusLinkState,
+		Data: ndisshim.LinkState{Connected: up, SpeedBps: m.cfg.LinkSpeedBps, Duplex: "full"}})
+}
+
 // deviceError handles a read or write error on the hardware.
 func (m *Miniport) deviceError(err error) {
 	if errors.Is(err, tapdev.ErrDeviceGone) {
@@ -294,10 +315,24 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) int {
 			bytes += nb.Length
 		}
 	}
+	linkUp, linkDown := false, false // a change of the link to report once txMu is free
 	if len(bufs) > 0 {
 		w, err := q.dev.WriteBatch(bufs)
 		frames = w
-		if err != nil {
+		switch {
+		case err == nil:
+			linkUp = m.linkDown.Load()
+		case errors.Is(err, tapdev.ErrLinkDown):
+			// A pulled cable: what was not written is dropped with
+			// MEDIA_DISCONNECTED, and the next send tries again.
+			m.ctr.TxDropLinkDown.Add(int64(len(bufs) - w))
+			for nbl := nbls; nbl != nil; nbl = nbl.Next {
+				if mine(nbl) {
+					nbl.Status = ndisshim.StatusMediaDisconnected
+				}
+			}
+			linkDown = !m.linkDown.Load()
+		default:
 			m.ctr.TxErrors.Add(int64(len(bufs) - w))
 			for nbl := nbls; nbl != nil; nbl = nbl.Next {
 				if mine(nbl) {
@@ -311,6 +346,10 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) int {
 	clear(bufs) // drop references into the protocol's buffers
 	q.txBufs = bufs[:0]
 	q.txMu.Unlock()
+	if linkUp || linkDown {
+		// Not under txMu: a protocol may send from its status handler.
+		m.linkChanged(linkUp)
+	}
 	m.ctr.TxFrames.Add(int64(frames))
 	q.txFrames.Add(int64(frames))
 	if frames == n {

@@ -59,6 +59,11 @@ type Miniport struct {
 	txEnabled  atomic.Bool // sends on (Running)
 	removed    atomic.Bool
 	nicDown    atomic.Bool // ShutdownEx or halt stopped the NIC
+	// linkDown: the last write to the hardware TAP found its link set down
+	// (a pulled cable: tapdev.ErrLinkDown); the next write that goes
+	// through clears it. Changed only under linkMu, by linkChanged.
+	linkDown atomic.Bool
+	linkMu   sync.Mutex
 
 	filter    atomic.Uint32 // NDIS packet filter
 	lookahead atomic.Uint32

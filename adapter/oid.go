@@ -75,7 +75,7 @@ func (m *Miniport) query(req *ndisshim.OIDRequest) ndisshim.Status {
 	case ndisshim.OIDGenVendorDriverVersion:
 		return req.WriteUint32(0x00000100) // 0.1
 	case ndisshim.OIDGenMediaConnectStatus:
-		if m.removed.Load() || m.nicDown.Load() {
+		if m.removed.Load() || m.nicDown.Load() || m.linkDown.Load() {
 			return req.WriteUint32(ndisshim.MediaStateDisconnected)
 		}
 		return req.WriteUint32(ndisshim.MediaStateConnected)
@@ -83,7 +83,7 @@ func (m *Miniport) query(req *ndisshim.OIDRequest) ndisshim.Status {
 		// MediaConnectState, MediaDuplexState (2 = full), XmitLinkSpeed, RcvLinkSpeed
 		b := make([]byte, 24)
 		state := ndisshim.MediaStateConnected
-		if m.removed.Load() || m.nicDown.Load() {
+		if m.removed.Load() || m.nicDown.Load() || m.linkDown.Load() {
 			state = ndisshim.MediaStateDisconnected
 		}
 		binary.LittleEndian.PutUint32(b[0:], state)
@@ -95,7 +95,7 @@ func (m *Miniport) query(req *ndisshim.OIDRequest) ndisshim.Status {
 		return req.WriteBytes(ndisshim.StatisticsInfo{
 			RcvDiscards: uint64(c.RxDrops()), RcvError: uint64(c.RxDropRunt + c.RxDropOversize),
 			DirectedFramesRcv: uint64(c.RxFrames), DirectedBytesRcv: uint64(c.RxBytes),
-			XmitError: uint64(c.TxErrors), XmitDiscards: uint64(c.TxDropPaused + c.TxDropOversize),
+			XmitError: uint64(c.TxErrors), XmitDiscards: uint64(c.TxDropPaused + c.TxDropOversize + c.TxDropLinkDown),
 			DirectedFramesXmit: uint64(c.TxFrames), DirectedBytesXmit: uint64(c.TxBytes),
 			RcvNoBuffer: uint64(c.RxDropNoBuffer),
 		}.Marshal())

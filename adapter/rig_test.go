@@ -237,7 +237,10 @@ type rigOptions struct {
 	cfg    func(*Config)
 	gated  bool // the hardware is a gatedDev
 	silent bool // the hardware is a silentDev
-	hold   bool // the protocol holds NBLs
+	// wrap, if set, makes the hardware what it returns around the
+	// miniport's end of the socketpair.
+	wrap func(*tapdev.Dev) Device
+	hold bool // the protocol holds NBLs
 	// onHeld receives the shim's pause/halt reports.
 	onHeld func(ndisshim.HeldReport)
 }
@@ -299,6 +302,9 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	}
 	if o.silent {
 		dev = &silentDev{Dev: r.hw, src: shimtest.NewSilentSource()}
+	}
+	if o.wrap != nil {
+		dev = o.wrap(r.hw)
 	}
 	r.cfg = baseConfig(r, dev)
 	if o.cfg != nil {

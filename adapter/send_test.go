@@ -1,11 +1,15 @@
 package adapter
 
 import (
+	"bytes"
 	"fmt"
+	"slices"
+	"sync/atomic"
 	"testing"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
 	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
+	"github.com/tapminiport/tapminiport/tapdev"
 )
 
 // A chain of sends is written to the wire, bytes intact and in order, and
@@ -162,4 +166,96 @@ func TestPollOnSend(t *testing.T) {
 			r.halt()
 		})
 	}
+}
+
+// downDev is the socketpair end whose link can be set down: WriteBatch
+// then fails with tapdev.ErrLinkDown, as a TAP's write does with EIO.
+type downDev struct {
+	*tapdev.Dev
+	down atomic.Bool
+}
+
+func (d *downDev) WriteBatch(bufs [][]byte) (int, error) {
+	if d.down.Load() {
+		return 0, fmt.Errorf("tapdev %s: write: %w (EIO: the link is set down)", d.Name(), tapdev.ErrLinkDown)
+	}
+	return d.Dev.WriteBatch(bufs)
+}
+
+// A hardware link set down is a pulled cable, not a removal: sends
+// complete with MEDIA_DISCONNECTED and are counted as link-down drops, the
+// bindings get one LINK_STATE disconnected, the OIDs say disconnected, and
+// once the link is up the next send goes through, the bindings get
+// connected, and the adapter still pauses, restarts and halts cleanly.
+func TestSendWhileHardwareLinkDown(t *testing.T) {
+	var dev *downDev
+	r := newRig(t, rigOptions{wrap: func(d *tapdev.Dev) Device { dev = &downDev{Dev: d}; return dev }})
+	r.restart()
+	links := func() []bool {
+		r.p.mu.Lock()
+		defer r.p.mu.Unlock()
+		var out []bool
+		for _, s := range r.p.statuses {
+			if ls, ok := s.Data.(ndisshim.LinkState); ok && s.Code == ndisshim.StatusLinkState {
+				out = append(out, ls.Connected)
+			}
+		}
+		return out
+	}
+	media := func() uint32 {
+		req, st := r.query(ndisshim.OIDGenMediaConnectStatus, 4)
+		if st != ndisshim.StatusSuccess {
+			t.Fatalf("media connect status query: %v", st)
+		}
+		return req.AnswerUint32()
+	}
+	lastStatuses := func() []ndisshim.Status {
+		cs := r.p.completions()
+		return cs[len(cs)-1].statuses
+	}
+
+	dev.down.Store(true)
+	for i := 0; i < 3; i++ {
+		r.p.send(t, r.b, frame(peerMAC, 100, 2*i), frame(peerMAC, 100, 2*i+1))
+		for j, st := range lastStatuses() {
+			if st != ndisshim.StatusMediaDisconnected {
+				t.Errorf("send %d while down: NBL %d completed with %v, want MEDIA_DISCONNECTED", i, j, st)
+			}
+		}
+	}
+	c := r.counters()
+	if c.TxDropLinkDown != 6 || c.TxErrors != 0 || c.TxFrames != 0 {
+		t.Errorf("while down: link-down drops %d, tx errors %d, tx frames %d; want 6, 0, 0", c.TxDropLinkDown, c.TxErrors, c.TxFrames)
+	}
+	if got := links(); !slices.Equal(got, []bool{false}) {
+		t.Errorf("link state indications while down: %v; want one, disconnected", got)
+	}
+	if got := media(); got != ndisshim.MediaStateDisconnected {
+		t.Errorf("OID_GEN_MEDIA_CONNECT_STATUS while down = %d, want disconnected", got)
+	}
+	if r.mp.removed.Load() {
+		t.Fatal("a link set down was taken for a surprise removal")
+	}
+	if !r.peerEmpty() {
+		t.Error("a frame reached the wire while the link was down")
+	}
+
+	dev.down.Store(false)
+	r.p.send(t, r.b, frame(peerMAC, 100, 7))
+	if st := lastStatuses(); len(st) != 1 || st[0] != ndisshim.StatusSuccess {
+		t.Errorf("send once the link is up completed with %v, want SUCCESS", st)
+	}
+	if got := r.readPeer(1); len(got) != 1 || !bytes.Equal(got[0], frame(peerMAC, 100, 7)) {
+		t.Errorf("the wire got %d frames once the link is up, want the one sent", len(got))
+	}
+	if got := links(); !slices.Equal(got, []bool{false, true}) {
+		t.Errorf("link state indications after the link came back: %v; want disconnected, connected", got)
+	}
+	if got := media(); got != ndisshim.MediaStateConnected {
+		t.Errorf("OID_GEN_MEDIA_CONNECT_STATUS once up = %d, want connected", got)
+	}
+	r.pause()
+	r.restart()
+	r.pause()
+	r.halt()
 }

@@ -43,6 +43,7 @@ type Counters struct {
 	RxDropNotReady       atomic.Int64 // paused, removed or no protocol bound
 	TxDropPaused         atomic.Int64 // sends refused while paused or removed
 	TxDropOversize       atomic.Int64 // send larger than the MTU allows
+	TxDropLinkDown       atomic.Int64 // frames not written: the hardware TAP's link was down
 	TxErrors             atomic.Int64 // write failed
 	ModerationWaits      atomic.Int64 // receive DPC waits for interrupt moderation
 	RxPolls              atomic.Int64 // receive DPCs run by a small send (Config.PollOnSend)
@@ -64,6 +65,7 @@ type Snapshot struct {
 	RxDropBadVnetHdr                           int64
 	RxDropFiltered, RxDropNotReady             int64
 	TxDropPaused, TxDropOversize, TxErrors     int64
+	TxDropLinkDown                             int64 // frames not written: the hardware TAP's link was down
 	RxFramesPerSec, TxFramesPerSec             int64
 	PoolInUse, PoolHighWater, PoolExhaustions  int64
 	ModerationWaits                            int64 // receive DPC waits for interrupt moderation (all queues)
@@ -86,6 +88,7 @@ func (c *Counters) snapshot() Snapshot {
 		RxDropNoBuffer: c.RxDropNoBuffer.Load(), RxDropRunt: c.RxDropRunt.Load(), RxDropOversize: c.RxDropOversize.Load(), RxDropBadVnetHdr: c.RxDropBadVnetHdr.Load(),
 		RxDropFiltered: c.RxDropFiltered.Load(), RxDropNotReady: c.RxDropNotReady.Load(),
 		TxDropPaused: c.TxDropPaused.Load(), TxDropOversize: c.TxDropOversize.Load(), TxErrors: c.TxErrors.Load(),
+		TxDropLinkDown: c.TxDropLinkDown.Load(),
 		RxFramesPerSec: c.RxFramesPerSec.Load(), TxFramesPerSec: c.TxFramesPerSec.Load(),
 		ModerationWaits: c.ModerationWaits.Load(), RxPolls: c.RxPolls.Load(), RxPollFrames: c.RxPollFrames.Load(),
 		FramesPerIndication: c.framesPerIndication(),

@@ -15,9 +15,17 @@ import (
 
 // ErrDeviceGone is wrapped by every error that means the device has gone
 // away under an open Dev: the TAP's link was deleted (EBADFD, ENODEV, EIO,
-// ENXIO from read/write, POLLERR from poll) or a socketpair's peer was
-// closed (EOF, EPIPE, POLLHUP). It is the miniport's surprise removal.
+// ENXIO from read, EBADFD, ENODEV, ENXIO from write, POLLERR from poll) or
+// a socketpair's peer was closed (EOF, EPIPE, POLLHUP). It is the
+// miniport's surprise removal.
 var ErrDeviceGone = errors.New("device gone")
+
+// ErrLinkDown is wrapped by the error WriteBatch returns when the TAP's
+// link is set down (`ip link set DEV down`): the kernel refuses every
+// write with EIO until it is set up again. It is a pulled cable, not a
+// removal: the device is still there and writes work again once the link
+// is up.
+var ErrLinkDown = errors.New("link down")
 
 // FrameDevice is the seam the miniport (its hardware TAP) and the protocol
 // binding (its NIC TAP) drive: a frame-oriented descriptor with batch I/O
@@ -256,8 +264,11 @@ func ReadPathOf(dev FrameDevice) string {
 // device has no room for (EAGAIN, ENOBUFS) is dropped and counted
 // (Counters.TxDropped), a frame the device refuses (EINVAL, EMSGSIZE, empty)
 // is counted as a tx error, and the batch goes on: neither is an error, so
-// n < len(bufs) with a nil error means drops. An error ends the batch;
-// one that means the device is gone wraps ErrDeviceGone.
+// n < len(bufs) with a nil error means drops. An error ends the batch:
+// bufs[n] and the rest were not written. One that means the device is gone
+// wraps ErrDeviceGone; one that means the link is down (EIO from a TAP)
+// wraps ErrLinkDown, and the caller decides what the unwritten frames
+// become (nothing is counted here).
 //
 // The caller owns bufs; the kernel has copied each frame when WriteBatch
 // returns. Nothing is allocated.
@@ -284,6 +295,10 @@ func (d *Dev) WriteBatch(bufs [][]byte) (int, error) {
 			d.txDropped.Add(1)
 		case unix.EINVAL, unix.EMSGSIZE:
 			d.txErrors.Add(1)
+		case unix.EIO:
+			// tun_get_user refuses a write to a link that is not up;
+			// a deleted TAP's fd gives EBADFD instead.
+			return n, fmt.Errorf("tapdev %s: write: %w (EIO: the link is set down)", d.name, ErrLinkDown)
 		default:
 			return n, d.opError("write", err)
 		}

@@ -668,3 +668,38 @@ func TestNoFdLeft(t *testing.T) {
 		t.Errorf("fds: %d before, %d after 3 cycles\n%s", before, after, out)
 	}
 }
+
+// A link set down is a pulled cable, not a removal: the kernel refuses
+// writes with EIO (ErrLinkDown, not ErrDeviceGone) while it is down, and
+// writes work again once it is up.
+func TestWriteWhileLinkDown(t *testing.T) {
+	ns := TempNetns(t, "tdt") // set up, the link sends IPv6 solicitations: keep them in a namespace of ours
+	name := RandomName("tdt")
+	d, _, err := OpenTAPAt(ns, name, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	frame := make([]byte, 60)
+	copy(frame, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 1, 0x08, 0x06})
+	n, err := d.WriteBatch([][]byte{frame, frame})
+	if n != 0 || !errors.Is(err, ErrLinkDown) || errors.Is(err, ErrDeviceGone) || !strings.Contains(err.Error(), name) {
+		t.Errorf("WriteBatch on a link that is down = %d, %v; want 0, ErrLinkDown (not ErrDeviceGone) naming %s", n, err, name)
+	}
+	if c := d.Counters(); c.TxDropped != 0 || c.TxErrors != 0 {
+		t.Errorf("counters after a refused write: %+v; want nothing counted (the caller counts)", c)
+	}
+	if err := SetLinkUp(ns, name, true); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.WriteBatch([][]byte{frame, frame}); n != 2 || err != nil {
+		t.Errorf("WriteBatch once the link is up = %d, %v; want 2, nil", n, err)
+	}
+	if err := SetLinkUp(ns, name, false); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.WriteBatch([][]byte{frame}); n != 0 || !errors.Is(err, ErrLinkDown) {
+		t.Errorf("WriteBatch after the link is set down again = %d, %v; want 0, ErrLinkDown", n, err)
+	}
+	t.Logf("write while down: %v", err)
+}

@@ -104,7 +104,11 @@ func forward(src, dst *tapdev.Dev) {
 		if n > 0 {
 			if _, werr := dst.WriteBatch(out[:n]); werr != nil {
 				fmt.Fprintf(os.Stderr, "tapfwd: %s: %v\n", dst.Name(), werr)
-				return n, false
+				if !errors.Is(werr, tapdev.ErrLinkDown) {
+					return n, false
+				}
+				// A link not up yet (or set down) drops the batch;
+				// the direction goes on.
 			}
 		}
 		if err != nil {
