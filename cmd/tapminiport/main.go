@@ -28,6 +28,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/tapminiport/tapminiport/adapter"
 	"github.com/tapminiport/tapminiport/ndisshim"
 	"github.com/tapminiport/tapminiport/ndisshim/hoststack"
@@ -69,6 +71,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	stderr = &lockedWriter{w: stderr} // slog, --stats lines and SIGUSR1 dumps share it
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
 	if err := preflight(); err != nil {
+		fmt.Fprintf(stderr, "tapminiport: %v\n", err)
+		return exitStart
+	}
+	if err := checkBridge(o.bridge); err != nil {
 		fmt.Fprintf(stderr, "tapminiport: %v\n", err)
 		return exitStart
 	}
@@ -149,6 +155,25 @@ func preflight() error {
 		return fmt.Errorf("cannot open /dev/net/tun: needs root or CAP_NET_ADMIN: run with sudo: %w", err)
 	}
 	return f.Close()
+}
+
+// checkBridge makes sure --bridge names an existing bridge in this
+// namespace before anything is created.
+func checkBridge(name string) error {
+	if name == "" {
+		return nil
+	}
+	l, err := netlink.LinkByName(name)
+	var nf netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &nf):
+		return fmt.Errorf("--bridge %s: no link named %q in this network namespace (create one: ip link add %s type bridge; ip link set %s up)", name, name, name, name)
+	case err != nil:
+		return fmt.Errorf("--bridge %s: %w", name, withFix(err))
+	case l.Type() != "bridge":
+		return fmt.Errorf("--bridge %s: %s is a %q link, not a bridge", name, name, l.Type())
+	}
+	return nil
 }
 
 // machine is the running system: driver, adapter, binding, wire partner.

@@ -175,3 +175,26 @@ func TestBenchTable(t *testing.T) {
 		}
 	})
 }
+
+// TestBadBridgeNamesItself: --bridge naming no link, or a link that is not
+// a bridge, exits 1 (start-up) before anything is created, with a message
+// that names --bridge and the fix. Run inside a namespace of the test's.
+func TestBadBridgeNamesItself(t *testing.T) {
+	r := newRun(t) // root, and a namespace (r.host) to run in
+	for _, tc := range []struct{ bridge, want string }{
+		{"tmnobr" + suffix(), "no link named"},
+		{"lo", "not a bridge"},
+	} {
+		out, err := in(t, r.host, 20*time.Second, binary, "--bridge", tc.bridge, "--hw-tap", r.hw, "--nic-tap", r.nic)
+		if code := exitCode(err); code != 1 {
+			t.Errorf("--bridge %s: exit code %d, want 1:\n%s", tc.bridge, code, out)
+		}
+		if !strings.Contains(out, "--bridge "+tc.bridge) || !strings.Contains(out, tc.want) {
+			t.Errorf("--bridge %s: message does not name --bridge %s and say %q:\n%s", tc.bridge, tc.bridge, tc.want, out)
+		}
+		links, _ := in(t, r.host, 5*time.Second, "ip", "-br", "link")
+		if strings.Contains(links, r.hw) || strings.Contains(links, r.nic) {
+			t.Errorf("--bridge %s: a TAP was created before the check:\n%s", tc.bridge, links)
+		}
+	}
+}
