@@ -38,7 +38,8 @@ start() {
 	PID=$!
 	for _ in $(seq 100); do
 		grep -q '^ready$' "$OUT/stdout" 2>/dev/null && { cat "$OUT/stdout"; return 0; }
-		kill -0 "$PID" 2>/dev/null || break
+		# gone, or exited and not yet reaped (a zombie answers kill -0)
+		{ kill -0 "$PID" 2>/dev/null && ! grep -q ') Z' "/proc/$PID/stat" 2>/dev/null; } || break
 		sleep 0.1
 	done
 	echo "tapminiport did not start:" >&2; cat "$OUT/stderr" >&2; exit 1
@@ -61,8 +62,10 @@ echo "-- iperf3 TCP, host → wire"
 iperf
 echo "-- iperf3 TCP, wire → host (-R)"
 iperf -R
-kill -TERM "$PID"; wait "$PID" || true; PID=""
+kill -TERM "$PID"
+code1=0; wait "$PID" || code1=$?; PID=""
 sed -n '/exit report/,$p' "$OUT/stdout"
+[ "$code1" -eq 0 ] || echo "run 1: tapminiport exited with $code1 (want 0)" >&2
 
 echo
 echo "== run 2: SIGTERM during iperf3 -R (wire → host), the stack holding each buffer 200ms"
@@ -83,5 +86,12 @@ kill "$CLIENT" "$SRV" 2>/dev/null || true; wait 2>/dev/null || true; SRV="" CLIE
 echo "tapminiport exited with $code"
 ip netns del "$HOST"
 leftover=$( (ip netns list; ip -br link) | grep -E "$s" || true)
-[ -z "$leftover" ] && echo "nothing left behind (no namespace or TAP with suffix $s)" || echo "LEFT BEHIND: $leftover"
+if [ -z "$leftover" ]; then
+	echo "nothing left behind (no namespace or TAP with suffix $s)"
+else
+	echo "LEFT BEHIND: $leftover" >&2
+	[ "$code" -ne 0 ] || code=1
+fi
+# The first failure decides: run 1's exit code, else run 2's, else leftovers.
+[ "$code1" -eq 0 ] || code=$code1
 exit "$code"
