@@ -131,6 +131,13 @@ type Adapter struct {
 	drained       atomic.Int64 // NBLs that came back while pause or halt waited
 	peakHeld      atomic.Int64
 
+	// reqMu guards the control-path calls running in the miniport (see
+	// request.go): OIDRequest and CancelSendNetBufferLists register there,
+	// Halt waits until there are none.
+	reqMu   sync.Mutex
+	reqs    map[*request]struct{}
+	reqIdle chan struct{} // closed when reqs empties while Halt waits
+
 	bindMu   sync.Mutex
 	bindings atomic.Pointer[[]*Binding] // copy on write; the indicate path reads it without a lock
 	nextBind int32
@@ -282,9 +289,13 @@ func (a *Adapter) Pause(ctx context.Context) error {
 }
 
 // Halt undoes the adapter (MiniportHaltEx): only from Paused, with every
-// binding closed. After HaltEx returns the shim calls no miniport handler
-// again, and the verifier checks that the miniport freed everything it
-// allocated through the adapter; its findings come back as a *VerifierError.
+// binding closed. Before HaltEx it waits for every OID request and send
+// cancel still running in the miniport (NDIS never calls MiniportHaltEx
+// with one outstanding); if ctx ends first it returns an error wrapping
+// ErrRequestsOutstanding that names them, and the adapter stays Paused.
+// After HaltEx returns the shim calls no miniport handler again, and the
+// verifier checks that the miniport freed everything it allocated through
+// the adapter; its findings come back as a *VerifierError.
 func (a *Adapter) Halt(ctx context.Context, action HaltAction) error {
 	a.transition.Lock()
 	defer a.transition.Unlock()
@@ -297,6 +308,11 @@ func (a *Adapter) Halt(ctx context.Context, action HaltAction) error {
 	// Nothing is outstanding in Paused; the wait is the contract's, and it
 	// is cheap when there is nothing to wait for.
 	if err := a.waitDrain(ctx, "halt"); err != nil {
+		return err
+	}
+	// Every binding is closed, so no request starts from here on (see
+	// request.go); wait for those already in the miniport.
+	if err := a.waitRequests(ctx, "halt"); err != nil {
 		return err
 	}
 	a.shutMu.Lock()               // waits for a ShutdownEx in flight; none starts after this

@@ -105,13 +105,18 @@ func (b *Binding) checkClose() error {
 }
 
 // OIDRequest passes a query or set to the miniport (NdisOidRequest). It is
-// refused with StatusAdapterNotReady before initialization completes or after
-// halt, and with StatusNotAccepted after surprise removal.
+// refused with StatusAdapterNotReady before initialization completes, once
+// the binding is closed or after halt, and with StatusNotAccepted after
+// surprise removal. While the miniport handles it, it is counted as
+// outstanding: Halt does not call HaltEx until it returns. Close does not
+// wait for it (Close takes no deadline; Halt does).
 func (b *Binding) OIDRequest(req *OIDRequest) Status {
 	a := b.a
-	if b.closed.Load() || a.halted.Load() {
+	r := &request{b: b, oid: req.OID, typ: req.Type}
+	if !a.enterRequest(r) {
 		return StatusAdapterNotReady
 	}
+	defer a.leaveRequest(r)
 	if a.removed.Load() {
 		return StatusNotAccepted
 	}
@@ -120,10 +125,15 @@ func (b *Binding) OIDRequest(req *OIDRequest) Status {
 
 // CancelSendNetBufferLists asks the miniport to cancel queued sends whose
 // cancel ID is id (NdisCancelSendNetBufferLists). Cancelled NBLs still come
-// back through SendNetBufferListsComplete, with StatusRequestAborted.
+// back through SendNetBufferListsComplete, with StatusRequestAborted. It
+// does nothing once the binding is closed or the adapter halted; while the
+// miniport handles it, Halt waits as for an OID request.
 func (b *Binding) CancelSendNetBufferLists(id uintptr) {
-	if b.closed.Load() || b.a.halted.Load() {
+	a := b.a
+	r := &request{b: b, cancel: true, id: id}
+	if !a.enterRequest(r) {
 		return
 	}
-	b.a.mp.CancelSend(id)
+	defer a.leaveRequest(r)
+	a.mp.CancelSend(id)
 }

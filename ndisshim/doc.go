@@ -51,6 +51,10 @@
 // reporting what is held (by whom, how old) every WatchdogInterval; a
 // context deadline gives up with that report and frees nothing.
 //
+// Halt waits, like NDIS, until no OID request or send cancel is running in
+// the miniport before it calls HaltEx (request.go); a request made after
+// its binding is closed is refused without reaching the miniport.
+//
 // Halt order, which a miniport's HaltEx follows (the reverse of its
 // InitializeEx): free ports; cancel timers and wait for a handler already
 // running; deregister the interrupt (stop and join the reader); fail queued

@@ -56,6 +56,7 @@ type fakeConfig struct {
 	onRestart      func(ctx context.Context) error // runs inside RestartEx (state Restarting)
 	onPause        func()                          // runs inside PauseEx (state Pausing)
 	onHalt         func()                          // runs first thing in HaltEx
+	requestGate    *shimtest.Gate                  // OIDRequest and CancelSend pass it first (outside the fake's lock)
 	pauseErr       error                           // what PauseEx returns (after doing its work)
 	onDPC          func()                          // replaces the receive DPC
 	onIntrError    func(error)                     // extra observer of the interrupt's error
@@ -122,8 +123,9 @@ type fakeMiniport struct {
 	timer  *ndisshim.Timer
 	port   ndisshim.PortNumber
 
-	dpcRuns   atomic.Int64
-	haltCalls atomic.Int32
+	dpcRuns    atomic.Int64
+	haltCalls  atomic.Int32
+	requestsIn atomic.Int32 // OIDRequest and CancelSend calls running now
 
 	mu           sync.Mutex
 	gone         map[string]bool // resources already released
@@ -292,6 +294,9 @@ func (m *fakeMiniport) HaltEx(action ndisshim.HaltAction) {
 	m.haltCalls.Add(1)
 	m.mu.Lock()
 	m.checkLive("HaltEx")
+	if n := m.requestsIn.Load(); n > 0 {
+		m.bad = append(m.bad, fmt.Sprintf("HaltEx while %d OIDRequest or CancelSend calls are running", n))
+	}
 	m.inHalt = true
 	m.mu.Unlock()
 	if m.cfg.onHalt != nil {
@@ -418,7 +423,19 @@ func (m *fakeMiniport) ReturnNetBufferLists(nbls *ndisshim.NetBufferList, flags 
 	}
 }
 
+// request is the start of OIDRequest and CancelSend: it counts the call
+// as running (HaltEx checks) and passes the request gate; the returned
+// function ends the call.
+func (m *fakeMiniport) request() func() {
+	m.requestsIn.Add(1)
+	if g := m.cfg.requestGate; g != nil {
+		g.Pass()
+	}
+	return func() { m.requestsIn.Add(-1) }
+}
+
 func (m *fakeMiniport) CancelSend(id uintptr) {
+	defer m.request()()
 	m.mu.Lock()
 	m.checkLive("CancelSend")
 	m.cancels = append(m.cancels, id)
@@ -426,6 +443,7 @@ func (m *fakeMiniport) CancelSend(id uintptr) {
 }
 
 func (m *fakeMiniport) OIDRequest(req *ndisshim.OIDRequest) ndisshim.Status {
+	defer m.request()()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.checkLive("OIDRequest")
