@@ -97,9 +97,21 @@ func (a *Adapter) rxDone(n int64) {
 // binding does not hold (returned twice, never indicated, indicated to
 // another binding, or from another adapter) is a verifier finding and is
 // not passed to the miniport. The protocol must not touch the NBLs after
-// the call.
+// the call. A return after the binding is closed (possible after a forced
+// Shutdown) or the adapter halted is a verifier finding, and the ledger is
+// left as it is: the NBLs stay indicated to the binding, as the miniport,
+// which does not get them back, also counts them.
 func (b *Binding) ReturnNetBufferLists(nbls *NetBufferList, flags ReturnFlags) {
 	a := b.a
+	if nbls == nil {
+		return
+	}
+	// Before the ledger moves anything to owned: the miniport will not see
+	// this chain, so the shim must not count it as back.
+	if a.halted.Load() || b.closed.Load() {
+		a.v.Record(Finding{Kind: FindCallAfterHalt, Object: "binding " + b.name, Where: callerSite(1), Detail: "ReturnNetBufferLists"})
+		return
+	}
 	var head, tail *NetBufferList
 	n := int64(0)
 	for nbl := nbls; nbl != nil; {
@@ -123,10 +135,6 @@ func (b *Binding) ReturnNetBufferLists(nbls *NetBufferList, flags ReturnFlags) {
 		nbl = next
 	}
 	if head == nil {
-		return
-	}
-	if a.halted.Load() || b.closed.Load() {
-		a.v.Record(Finding{Kind: FindCallAfterHalt, Object: "binding " + b.name, Where: callerSite(1), Detail: "ReturnNetBufferLists"})
 		return
 	}
 	a.mp.ReturnNetBufferLists(head, flags)

@@ -519,3 +519,46 @@ func TestSmallExchange(t *testing.T) {
 		}
 	}
 }
+
+// TestReturnAfterCloseInShutdown: after a forced Shutdown a binding may
+// close while it still holds indicated NBLs. A return after Close is a
+// call after close (a verifier finding) and does not reach the miniport,
+// so the shim's ledger must go on saying the binding holds the NBLs, as
+// the miniport's pool does: the held report still counts them, and a
+// second return is again a call after close, not a double return.
+func TestReturnAfterCloseInShutdown(t *testing.T) {
+	r := newRig(t, nil, ndisshim.AdapterOptions{})
+	b, p := r.open("p1")
+	r.restart()
+	if _, err := r.m.indicateN(2, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.a.Shutdown(ndisshim.ShutdownBugCheck); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatalf("Close after Shutdown: %v", err)
+	}
+	nbls := p.take(2)
+	for i := range 2 {
+		b.ReturnNetBufferLists(ndisshim.Chain(nbls...), 0)
+		if c := r.m.counts(); c.returned != 0 || c.out != 2 {
+			t.Fatalf("return %d after Close reached the miniport: %+v", i+1, c)
+		}
+		h := r.a.HeldReport("check", time.Now())
+		if len(h.Held) != 1 || h.Held[0].Holder != "p1" || h.Held[0].Count != 2 || h.Held[0].What != "receive indications" {
+			t.Fatalf("after return %d: held report %+v, want the 2 receive indications still held by p1 (the miniport has not got them back)", i+1, h)
+		}
+	}
+	var kinds []ndisshim.FindingKind
+	for _, f := range r.found.get() {
+		kinds = append(kinds, f.Kind)
+		if f.Kind == ndisshim.FindCallAfterHalt && (f.Detail != "ReturnNetBufferLists" || f.Object != "binding p1") {
+			t.Errorf("finding %q, want a ReturnNetBufferLists by binding p1", f)
+		}
+	}
+	if want := []ndisshim.FindingKind{ndisshim.FindCallAfterHalt, ndisshim.FindCallAfterHalt}; !slices.Equal(kinds, want) {
+		t.Errorf("findings %v, want %v (one per return, no double return)", kinds, want)
+	}
+	verifierError(t, r.d.Deregister(), "unload of driver fakemp", ndisshim.FindAdapterNotHalted)
+}
