@@ -53,9 +53,15 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	// First thing: a stop signal that arrives during start-up is kept and
 	// honoured once the adapter runs (a halt), never the default death.
+	// SIGHUP has a channel of its own: a burst of them before ready must
+	// not fill the stop signals' buffer (signal.Notify drops what does
+	// not fit) and lose a SIGTERM.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	defer signal.Stop(hups)
 	o, err := parseFlags(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
@@ -105,10 +111,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 wait:
 	for {
 		select {
+		case <-hups:
+			m.nothingToReload()
 		case sig := <-sigs:
-			if m.nothingToReload(sig) {
-				continue
-			}
 			log.Info("signal received: pause, halt, unload", "signal", sig.String())
 			break wait
 		case r := <-m.removedCh:
@@ -120,7 +125,7 @@ wait:
 			break wait
 		}
 	}
-	return m.stop(sigs)
+	return m.stop(sigs, hups)
 }
 
 // nothingToReload answers SIGHUP: logged, otherwise ignored, and never
@@ -129,12 +134,8 @@ wait:
 // no reason to stop halfway through a test or a measurement (and its
 // default action, death, would leave the wire namespace behind). Stopping
 // is SIGTERM's and SIGINT's job.
-func (m *machine) nothingToReload(s os.Signal) bool {
-	if s != syscall.SIGHUP {
-		return false
-	}
+func (m *machine) nothingToReload() {
 	m.log.Info("SIGHUP: nothing to reload (stop with SIGTERM)")
-	return true
 }
 
 // withFix adds the fix to a permission error: the process lacks root.
@@ -255,9 +256,15 @@ func (m *machine) start() error {
 		Moderation: ndisshim.Moderation{Delay: o.moderation, Frames: 8, SmallFrame: 512, OneWay: true},
 		PollOnSend: o.pollOnSend,
 		Open:       m.openHardware, Configure: adapter.ConfigureTAP, VnetHdr: o.offload,
-		Unconfigure: func(name string) error { return tapdev.SetLinkUp(m.hwNetns, name, false) },
-		FailAt:      o.failAt,
-		Log:         m.log,
+		Unconfigure: func(name string) error {
+			// A forced exit's removeWire may move the link meanwhile.
+			m.endMu.Lock()
+			ns := m.hwNetns
+			m.endMu.Unlock()
+			return tapdev.SetLinkUp(ns, name, false)
+		},
+		FailAt: o.failAt,
+		Log:    m.log,
 	}
 	a, err := drv.AddAdapter(ndisshim.InitParameters{Name: o.hwTap, Config: cfg}, ndisshim.AdapterOptions{
 		WatchdogInterval: o.watchdog,

@@ -16,7 +16,7 @@ import (
 // stop runs pause → unbind → halt → unload and prints the exit report.
 // Further signals: the second says it is still draining, the third forces
 // ShutdownEx and exits 3 with what was still held.
-func (m *machine) stop(sigs <-chan os.Signal) int {
+func (m *machine) stop(sigs, hups <-chan os.Signal) int {
 	m.steadyTo = sampleSteady()
 	done := make(chan struct{})
 	forced := make(chan struct{})
@@ -26,10 +26,9 @@ func (m *machine) stop(sigs <-chan os.Signal) int {
 			select {
 			case <-done:
 				return
+			case <-hups: // SIGHUP does not count
+				m.nothingToReload()
 			case s := <-sigs:
-				if m.nothingToReload(s) { // SIGHUP does not count
-					continue
-				}
 				n++
 				if n == 2 {
 					r := m.a.HeldReport("halt", m.started)
@@ -48,26 +47,31 @@ func (m *machine) stop(sigs <-chan os.Signal) int {
 	}
 	res := make(chan result, 1)
 	go func() { c, err := m.halt(); res <- result{c, err} }()
+	var r result
 	select {
-	case r := <-res:
-		close(done)
-		if errors.Is(r.err, ndisshim.ErrDrainTimeout) {
-			m.log.Error("pause: gave up waiting (--halt-timeout); shutting down without freeing held memory", "err", r.err)
-			return m.force("--halt-timeout " + m.o.haltTimeout.String())
-		}
-		if r.err != nil {
-			m.log.Error("stop", "err", r.err)
-		}
-		// Done already on a clean halt; after a failed pause, here.
-		m.freezeMiniport()
-		m.stopObservers()
-		m.stopDumps()
-		m.closeCapture()
-		m.report(r.code, r.err)
-		return r.code
+	case r = <-res:
 	case <-forced:
-		return m.force("third signal")
+		select {
+		case r = <-res: // the halt ended as the third signal came: its result stands
+		default:
+			return m.force("third signal")
+		}
 	}
+	close(done)
+	if errors.Is(r.err, ndisshim.ErrDrainTimeout) {
+		m.log.Error("pause: gave up waiting (--halt-timeout); shutting down without freeing held memory", "err", r.err)
+		return m.force("--halt-timeout " + m.o.haltTimeout.String())
+	}
+	if r.err != nil {
+		m.log.Error("stop", "err", r.err)
+	}
+	// Done already on a clean halt; after a failed pause, here.
+	m.freezeMiniport()
+	m.stopObservers()
+	m.stopDumps()
+	m.closeCapture()
+	m.report(r.code, r.err)
+	return r.code
 }
 
 // halt is the orderly path. It returns the exit code.
