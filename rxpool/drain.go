@@ -85,7 +85,7 @@ func (p *Pool) held() HeldInfo {
 			continue
 		}
 		if w := b.w.Load(); w&stateMask == stIndicated {
-			age := time.Duration(now - min(now, w>>timeShift))
+			age := heldFor(now, w>>timeShift)
 			inds = append(inds, ind{i, age})
 			name := p.holderName(w)
 			x := byHolder[name]

@@ -6,7 +6,14 @@ package rxpool
 //
 //	bits 0-1   state: free, indicated or returned
 //	bits 2-9   holder id (index into Pool.holders) of the indication
-//	bits 10-63 nanoseconds since Pool.base when it was indicated
+//	bits 10-63 nanoseconds since Pool.base when it was indicated, modulo
+//	           2^54 (about 208 days)
+//
+// The clock wraps around rather than stopping at 2^54: a stopped clock
+// would give two indications of a block by the same holder the same word,
+// and a returner that loaded the first and was delayed would then win its
+// compare-and-swap against the second (ABA). Ages are differences modulo
+// 2^54, right for anything held less than 208 days.
 //
 // so marking a block indicated, with its holder and time, is one atomic
 // store, and taking it back is one compare-and-swap that exactly one of two
@@ -74,16 +81,19 @@ var (
 	ErrNotFilling     = errors.New("marked indicated while not filling")
 )
 
-// stamp is the ledger's clock: nanoseconds since the pool was made.
+// stamp is the ledger's clock: nanoseconds since the pool was made, modulo
+// 2^54 (see the top of the file).
 func (p *Pool) stamp() uint64 {
 	d := time.Since(p.base)
 	if d < 0 {
 		return 0
 	}
-	if d > maxStamp {
-		return maxStamp
-	}
-	return uint64(d)
+	return uint64(d) & maxStamp
+}
+
+// heldFor is how long before now (a stamp) a block was stamped then.
+func heldFor(now, then uint64) time.Duration {
+	return time.Duration((now - then) & maxStamp)
 }
 
 // index maps an NBL to its block: the NBL's index in the pool's NBL pool.
@@ -533,13 +543,12 @@ func (p *Pool) describe(w uint64, filling bool) string {
 	st := BlockState(w & stateMask)
 	switch st {
 	case StateIndicated, StateReturned:
-		now, then := p.stamp(), w>>timeShift
-		age := time.Duration(now - min(now, then))
+		a := heldFor(p.stamp(), w>>timeShift)
 		verb := "indicated"
 		if st == StateReturned {
 			verb = "returned, last indicated"
 		}
-		return fmt.Sprintf("%s to %s %s ago", verb, p.holderName(w), age.Round(time.Microsecond))
+		return fmt.Sprintf("%s to %s %s ago", verb, p.holderName(w), a.Round(time.Microsecond))
 	}
 	return st.String()
 }

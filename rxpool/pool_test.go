@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
@@ -469,4 +470,65 @@ func TestFreeRefusedRightAfterGet(t *testing.T) {
 		t.Fatalf("stats %+v, want 2 in use, 2 filling, 2 got", s)
 	}
 	p.Recycle(chain(b...))
+}
+
+// TestLedgerClockWraps: the ledger clock (54 bits of nanoseconds) wraps
+// around instead of running out after 2^54 ns (208 days).
+//
+// A pool up for longer than that: a block indicated, returned and indicated
+// again by the same holder must get two different ledger words, so that a
+// returner that loaded the first word and was delayed (a stale double
+// return) cannot take the block back from its second indication with its
+// compare-and-swap (ABA).
+//
+// A pool whose clock wraps while a block is held: the block's age must be
+// its real age.
+func TestLedgerClockWraps(t *testing.T) {
+	e := newEnv(t)
+	p := e.pool(smallConfig())
+	p.base = time.Now().Add(-time.Duration(maxStamp) - time.Hour)
+	a := getN(t, p, 1)
+	i := a[0].Index()
+	p.MarkIndicated(a[0])
+	stale := p.blocks[i].w.Load() // what the delayed returner loaded
+	if err := p.Return(a[0]); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Millisecond)
+	b := getN(t, p, 1)
+	if b[0] != a[0] {
+		t.Fatalf("Get gave block %d, want %d (the last put back)", b[0].Index(), i)
+	}
+	p.MarkIndicated(b[0])
+	w := p.blocks[i].w.Load()
+	if w == stale {
+		t.Errorf("block %d indicated twice, 1ms apart, by the same holder has the same ledger word %#x both times", i, w)
+	}
+	if p.blocks[i].w.CompareAndSwap(stale, stale&^stateMask|stReturned) { // Return's, with the stale word
+		p.blocks[i].w.Store(w) // undo, so that the cleanup can free the pool
+		t.Fatalf("a stale double return took block %d back from its second indication (ABA)", i)
+	}
+	if err := p.Return(b[0]); err != nil {
+		t.Fatal(err)
+	}
+
+	const ahead = 50 * time.Millisecond
+	p.base = time.Now().Add(-time.Duration(maxStamp) + ahead) // the clock wraps in 50ms
+	c := getN(t, p, 1)
+	p.MarkIndicated(c[0])
+	marked := time.Now()
+	if time.Since(p.base) > time.Duration(maxStamp) {
+		t.Fatalf("the test took more than %s to indicate: the clock wrapped before it", ahead)
+	}
+	for time.Since(p.base) <= time.Duration(maxStamp)+ahead {
+		time.Sleep(time.Millisecond)
+	}
+	wantMin := time.Since(marked)
+	h := p.Held()
+	if h.Indicated != 1 || h.Oldest < wantMin || h.Oldest > wantMin+time.Second {
+		t.Errorf("Held = %+v: want 1 indicated, for %s or a little more (held across the wrap)", h, wantMin)
+	}
+	if err := p.Return(c[0]); err != nil {
+		t.Fatal(err)
+	}
 }
