@@ -59,18 +59,32 @@ func (a *Adapter) IndicateReceive(nbls *NetBufferList, port PortNumber, count in
 	}
 	now := nanotime()
 	n := 0
+	var tail *NetBufferList
 	for nbl := nbls; nbl != nil; nbl = nbl.Next {
 		if !nbl.state.CompareAndSwap(nblOwned, nblIndicated) {
+			// Already indicated (and held) or in flight elsewhere: the
+			// miniport's bug. Passing it up again would have it returned
+			// twice; it leaves the chain, and its first holder returns it.
 			a.v.Record(Finding{Kind: FindIllegalIndication, Object: fmt.Sprintf("NBL %d of %s", nbl.index, nbl.pool), Where: callerSite(1),
-				Detail: "indicated while " + stateName(nbl.state.Load())})
+				Detail: "indicated while " + stateName(nbl.state.Load()) + "; not passed up"})
+			if tail == nil {
+				nbls = nbl.Next
+			} else {
+				tail.Next = nbl.Next
+			}
+			continue
 		}
 		nbl.SourceHandle = a
 		nbl.heldSince.Store(now)
 		nbl.bindingIdx.Store(last.idx)
+		tail = nbl
 		n++
 	}
-	if n != count {
-		// The chain is the truth; keep the counter honest.
+	// The chain (less what was refused) is the truth; keep the counter
+	// honest, and wake a pause if that brings it to zero.
+	if n < count {
+		a.rxDone(int64(count - n))
+	} else if n > count {
 		a.rxOutstanding.Add(int64(n - count))
 	}
 	for {
@@ -79,7 +93,9 @@ func (a *Adapter) IndicateReceive(nbls *NetBufferList, port PortNumber, count in
 			break
 		}
 	}
-	last.proto.ReceiveNetBufferLists(last, nbls, port, n, flags)
+	if n > 0 {
+		last.proto.ReceiveNetBufferLists(last, nbls, port, n, flags)
+	}
 	return nil
 }
 
@@ -175,13 +191,28 @@ func (b *Binding) SendNetBufferLists(nbls *NetBufferList, port PortNumber, flags
 	a := b.a
 	now := nanotime()
 	n := int64(0)
+	var tail *NetBufferList
 	for nbl := nbls; nbl != nil; nbl = nbl.Next {
 		if !nbl.state.CompareAndSwap(nblOwned, nblSent) {
-			a.v.Record(Finding{Kind: FindIllegalIndication, Object: nblName(nbl), Where: callerSite(1), Detail: "sent while " + stateName(nbl.state.Load())})
+			// Sent and not completed yet, or a receive NBL the protocol
+			// holds: the protocol's bug. Passing it down again would have
+			// it completed twice; it leaves the chain, and is not counted.
+			a.v.Record(Finding{Kind: FindIllegalIndication, Object: nblName(nbl), Where: callerSite(1),
+				Detail: "sent while " + stateName(nbl.state.Load()) + "; not passed down"})
+			if tail == nil {
+				nbls = nbl.Next
+			} else {
+				tail.Next = nbl.Next
+			}
+			continue
 		}
 		nbl.SourceHandle = b
 		nbl.heldSince.Store(now)
+		tail = nbl
 		n++
+	}
+	if n == 0 {
+		return
 	}
 	a.txOutstanding.Add(n)
 	b.txOutstanding.Add(n)

@@ -2,6 +2,7 @@ package ndisshim_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"strconv"
 	"strings"
@@ -499,4 +500,133 @@ func TestVerifierBadFrees(t *testing.T) {
 		t.Fatal(err)
 	}
 	verifierError(t, r.d.Deregister(), "unload of driver fakemp", ndisshim.FindBadFree)
+}
+
+// takeFree takes n receive NBLs off the fake miniport's free list and
+// marks them out, as if its DPC were about to indicate them.
+func (r *rig) takeFree(n int) []*ndisshim.NetBufferList {
+	r.t.Helper()
+	m := r.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.free) < n {
+		r.t.Fatalf("fake miniport has %d free NBLs, want %d", len(m.free), n)
+	}
+	out := append([]*ndisshim.NetBufferList(nil), m.free[len(m.free)-n:]...)
+	m.free = m.free[:len(m.free)-n]
+	for _, x := range out {
+		m.seq++
+		binary.LittleEndian.PutUint64(x.FirstNB.Data, m.seq)
+		x.FirstNB.SetBytes(0, 8)
+		m.out[x] = true
+		m.indicatedIdx[x.Index()]++
+		m.indicated++
+	}
+	return out
+}
+
+// TestVerifierRefusesDoubleIndication: an NBL indicated again while the
+// protocol still holds it is a finding and is not passed up again: the
+// protocol sees it once, returns it once, the miniport gets it back once,
+// and the adapter pauses and halts with nothing held.
+func TestVerifierRefusesDoubleIndication(t *testing.T) {
+	r := newRig(t, &fakeConfig{}, ndisshim.AdapterOptions{})
+	b, p := r.open("p1")
+	r.restart()
+	x := r.takeFree(2)
+	if err := r.a.IndicateReceive(ndisshim.Chain(x[0], x[1]), ndisshim.DefaultPort, 2, 0); err != nil {
+		t.Fatal(err)
+	}
+	// x[1] again, in a chain with nothing else, then behind a fresh NBL.
+	y := r.takeFree(1)
+	if err := r.a.IndicateReceive(ndisshim.Chain(x[1]), ndisshim.DefaultPort, 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.a.IndicateReceive(ndisshim.Chain(y[0], x[1]), ndisshim.DefaultPort, 2, 0); err != nil {
+		t.Fatal(err)
+	}
+	calls := p.calls()
+	if len(calls) != 2 || calls[1].count != 1 {
+		t.Fatalf("protocol saw %d indications (%+v), want 2: [x0 x1], then [y0] without the refused x1", len(calls), calls)
+	}
+	if got := p.heldCount(); got != 3 {
+		t.Errorf("protocol holds %d NBLs, want 3 (x0, x1, y0)", got)
+	}
+	if s := r.a.Stats().HeldNow; s != 3 {
+		t.Errorf("HeldNow %d, want 3 (the refused indications not counted)", s)
+	}
+	p.returnAll(b)
+	if s := r.a.Stats().HeldNow; s != 0 {
+		t.Errorf("HeldNow %d after the protocol returned everything, want 0", s)
+	}
+	r.m.mu.Lock()
+	back := r.m.returnedIdx[x[1].Index()]
+	r.m.mu.Unlock()
+	if back != 1 {
+		t.Errorf("the miniport got NBL %d back %d times, want once", x[1].Index(), back)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := r.a.Pause(ctx); err != nil {
+		t.Fatalf("Pause: %v", err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.a.Halt(context.Background(), ndisshim.HaltDeviceDisabled); err != nil {
+		verifierError(t, err, "halt of adapter tm0", ndisshim.FindIllegalIndication)
+	}
+	err := r.d.Deregister()
+	f := verifierError(t, err, "driver fakemp", ndisshim.FindIllegalIndication)
+	if !strings.Contains(f.Detail, "not passed up") {
+		t.Errorf("finding %q does not say the NBL was not passed up", f.Detail)
+	}
+}
+
+// TestVerifierRefusesDoubleSend: an NBL sent again while the miniport
+// still has it is a finding and is not passed down again: the miniport
+// sees it once, SendsNow counts it once, and once the miniport completes
+// it the adapter pauses with nothing outstanding.
+func TestVerifierRefusesDoubleSend(t *testing.T) {
+	r := newRig(t, &fakeConfig{faults: faults{holdSends: true}}, ndisshim.AdapterOptions{})
+	b, p := r.open("p1")
+	nbls, send := sendPool(t, b, 2)
+	r.restart()
+	send(ndisshim.Chain(nbls[0]))
+	send(ndisshim.Chain(nbls[0]))          // alone
+	send(ndisshim.Chain(nbls[1], nbls[0])) // behind a fresh one
+	if s := r.a.Stats().SendsNow; s != 2 {
+		t.Errorf("SendsNow %d, want 2 (the refused sends not counted)", s)
+	}
+	q := r.m.takeQueued()
+	if len(q) != 2 || q[0] != nbls[0] || q[1] != nbls[1] {
+		t.Fatalf("the miniport got %d sends, want nbl 0 then nbl 1 once each", len(q))
+	}
+	for _, n := range q {
+		n.Status = ndisshim.StatusSuccess
+	}
+	r.a.SendNetBufferListsComplete(ndisshim.Chain(q...), 0)
+	if s := r.a.Stats().SendsNow; s != 0 {
+		t.Errorf("SendsNow %d after the miniport completed both, want 0", s)
+	}
+	if pr := p.problems(); len(pr) > 0 {
+		t.Errorf("protocol problems: %v", pr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := r.a.Pause(ctx); err != nil {
+		t.Fatalf("Pause: %v", err)
+	}
+	freeSendPool(t, b, nbls)
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.a.Halt(context.Background(), ndisshim.HaltDeviceDisabled); err != nil {
+		verifierError(t, err, "halt of adapter tm0", ndisshim.FindIllegalIndication)
+	}
+	err := r.d.Deregister()
+	f := verifierError(t, err, "driver fakemp", ndisshim.FindIllegalIndication)
+	if !strings.Contains(f.Detail, "not passed down") {
+		t.Errorf("finding %q does not say the NBL was not passed down", f.Detail)
+	}
 }
