@@ -565,10 +565,22 @@ func TestVerifierRefusesDoubleIndication(t *testing.T) {
 	if back != 1 {
 		t.Errorf("the miniport got NBL %d back %d times, want once", x[1].Index(), back)
 	}
+	r.endWithIllegal(b, nil, "not passed up")
+}
+
+// endWithIllegal pauses (within 2s: nothing may be left outstanding),
+// runs beforeClose if set, closes b, halts and unloads, and checks that
+// the verifier reported an illegal indication whose detail says want.
+func (r *rig) endWithIllegal(b *ndisshim.Binding, beforeClose func(), want string) {
+	t := r.t
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := r.a.Pause(ctx); err != nil {
 		t.Fatalf("Pause: %v", err)
+	}
+	if beforeClose != nil {
+		beforeClose()
 	}
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
@@ -576,10 +588,9 @@ func TestVerifierRefusesDoubleIndication(t *testing.T) {
 	if err := r.a.Halt(context.Background(), ndisshim.HaltDeviceDisabled); err != nil {
 		verifierError(t, err, "halt of adapter tm0", ndisshim.FindIllegalIndication)
 	}
-	err := r.d.Deregister()
-	f := verifierError(t, err, "driver fakemp", ndisshim.FindIllegalIndication)
-	if !strings.Contains(f.Detail, "not passed up") {
-		t.Errorf("finding %q does not say the NBL was not passed up", f.Detail)
+	f := verifierError(t, r.d.Deregister(), "driver fakemp", ndisshim.FindIllegalIndication)
+	if !strings.Contains(f.Detail, want) {
+		t.Errorf("finding %q does not say %q", f.Detail, want)
 	}
 }
 
@@ -612,21 +623,5 @@ func TestVerifierRefusesDoubleSend(t *testing.T) {
 	if pr := p.problems(); len(pr) > 0 {
 		t.Errorf("protocol problems: %v", pr)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := r.a.Pause(ctx); err != nil {
-		t.Fatalf("Pause: %v", err)
-	}
-	freeSendPool(t, b, nbls)
-	if err := b.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.a.Halt(context.Background(), ndisshim.HaltDeviceDisabled); err != nil {
-		verifierError(t, err, "halt of adapter tm0", ndisshim.FindIllegalIndication)
-	}
-	err := r.d.Deregister()
-	f := verifierError(t, err, "driver fakemp", ndisshim.FindIllegalIndication)
-	if !strings.Contains(f.Detail, "not passed down") {
-		t.Errorf("finding %q does not say the NBL was not passed down", f.Detail)
-	}
+	r.endWithIllegal(b, func() { freeSendPool(t, b, nbls) }, "not passed down")
 }
