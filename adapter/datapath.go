@@ -52,6 +52,7 @@ func (q *queue) receive(rounds int) (frames, bytes int) {
 		if dropped > 0 {
 			m.ctr.RxDropNoBuffer.Add(int64(dropped))
 		}
+		m.ctr.countDeviceDrops(q.index, q.dev) // frames too long for their buffer, dropped by the device
 		frames += got
 		for _, n := range q.rx.Sizes[:got] {
 			bytes += n

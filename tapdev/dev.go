@@ -69,6 +69,16 @@ type Counters struct {
 	// EMSGSIZE, or an empty buffer): a NIC's tx error, not a failure of
 	// the batch.
 	TxErrors uint64
+	// RxOversize counts frames ReadBatch dropped because they were longer
+	// than the buffer they were read into (a jumbo frame on a TAP whose
+	// MTU was raised past what the reader's buffers hold). The kernel
+	// does not say so itself: a TAP's read copies what fits and returns
+	// at most the buffer's length (tun_chr_read_iter), and a
+	// SOCK_SEQPACKET read truncates the same way, so ReadBatch reads each
+	// frame with one guard byte behind the buffer and a read that reaches
+	// the guard is a frame that did not fit. A NIC's "frame too long"
+	// receive error: the adapter adds it to its RxDropOversize.
+	RxOversize uint64
 }
 
 // Dev is one frame-oriented fd: a TAP queue, or one end of a SOCK_SEQPACKET
@@ -100,9 +110,15 @@ type Dev struct {
 	// reader uses read(2) from then on. Only the reader touches it.
 	ringRefused bool
 
-	offloads  atomic.Uint64 // TUN_F_* flags SetOffload set
-	txDropped atomic.Uint64
-	txErrors  atomic.Uint64
+	// guard is the byte read(2) may reach behind a buffer (see
+	// readFrame); its content is never looked at. Only the reader
+	// touches it.
+	guard [1]byte
+
+	offloads   atomic.Uint64 // TUN_F_* flags SetOffload set
+	txDropped  atomic.Uint64
+	txErrors   atomic.Uint64
+	rxOversize atomic.Uint64
 }
 
 // newDev wraps fd (already non-blocking and close-on-exec) and makes the
@@ -126,9 +142,10 @@ func newDev(name string, fd int) (*Dev, error) {
 // Name is the TAP's interface name, or "socketpairN.a"/"socketpairN.b".
 func (d *Dev) Name() string { return d.name }
 
-// Counters returns the frames WriteBatch dropped or refused so far.
+// Counters returns the frames WriteBatch dropped or refused and the
+// frames ReadBatch dropped so far.
 func (d *Dev) Counters() Counters {
-	return Counters{TxDropped: d.txDropped.Load(), TxErrors: d.txErrors.Load()}
+	return Counters{TxDropped: d.txDropped.Load(), TxErrors: d.txErrors.Load(), RxOversize: d.rxOversize.Load()}
 }
 
 // errClosed is what every call on a closed Dev returns.
@@ -157,9 +174,12 @@ func (d *Dev) opError(op string, err error) error {
 // stores each frame's length in sizes[i]. It returns the number of frames
 // read; 0 with a nil error means nothing to read. On an error the frames
 // before it are valid: handle n frames, then the error. An error that means
-// the device is gone wraps ErrDeviceGone. Each buffer must hold a whole
+// the device is gone wraps ErrDeviceGone. Each buffer should hold a whole
 // frame (MTU + 14, plus VnetHdrLen with Options.VnetHdr; 65536 + VnetHdrLen
-// with offloads); a socketpair silently truncates longer frames.
+// with offloads): a frame longer than its buffer is dropped and counted
+// (Counters.RxOversize), and the next frame is read into that buffer, so
+// sizes[i] <= len(bufs[i]) always and n < len(bufs) still means the
+// device had nothing more.
 //
 // The caller owns bufs before, during and after the call; nothing is
 // retained and nothing is allocated.
@@ -185,8 +205,10 @@ func (d *Dev) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
 			}
 			n += m // refused: go on with read(2)
 		}
-		m, err := unix.Read(d.fd, bufs[n])
+		m, err := d.readFrame(bufs[n])
 		switch {
+		case err == nil && m > len(bufs[n]): // did not fit: truncated by the kernel
+			d.rxOversize.Add(1)
 		case err == nil && m > 0:
 			sizes[n] = m
 			n++
@@ -202,18 +224,32 @@ func (d *Dev) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
 	return n, nil
 }
 
+// readFrame reads one frame into buf: readv(2) into buf and the guard
+// byte behind it. The kernel copies what fits and returns how much it
+// copied (a TAP never returns more than the iovecs hold), so a result of
+// len(buf)+1 is a frame longer than buf, truncated; anything up to
+// len(buf) is the whole frame. It allocates nothing.
+func (d *Dev) readFrame(buf []byte) (int, error) {
+	iov := [2][]byte{buf, d.guard[:]}
+	return unix.Readv(d.fd, iov[:])
+}
+
 // ringAfter is how many frames ReadBatch reads with read(2) before it
 // drains the rest through the ring.
 const ringAfter = 2
 
 // readRing is ReadBatch through the io_uring: up to uringEntries reads per
-// system call, until bufs are full or a read finds the queue empty.
+// system call, until bufs are full or a read finds the queue empty. Frames
+// longer than their buffer are dropped and counted, as with read(2).
 func (d *Dev) readRing(bufs [][]byte, sizes []int) (int, error) {
 	n := 0
 	for n < len(bufs) {
 		k := min(len(bufs)-n, uringEntries)
-		got, eof, errno := d.ring.readBatch(d.fd, bufs[n:n+k], sizes[n:n+k])
+		got, oversize, eof, errno := d.ring.readBatch(d.fd, bufs[n:n+k], sizes[n:n+k])
 		n += got
+		if oversize > 0 {
+			d.rxOversize.Add(uint64(oversize))
+		}
 		switch {
 		case eof:
 			return n, fmt.Errorf("tapdev %s: read: %w (peer closed)", d.name, ErrDeviceGone)
@@ -222,7 +258,7 @@ func (d *Dev) readRing(bufs [][]byte, sizes []int) (int, error) {
 			return n, nil
 		case errno != 0:
 			return n, d.opError("read", errno)
-		case got < k:
+		case got+oversize < k: // a read found the queue empty
 			return n, nil
 		}
 	}

@@ -555,6 +555,56 @@ func TestReadPathsAgree(t *testing.T) {
 	})
 }
 
+// A frame longer than its buffer is dropped and counted (RxOversize), on
+// both read paths; no size exceeds its buffer; the frames around it, one
+// that fills its buffer exactly among them, come through intact, and the
+// batch goes on after a drop. A SOCK_SEQPACKET read truncates silently,
+// as a TAP's does (TestReadBatchDropsFrameLongerThanBuffer is the TAP).
+func TestReadBatchDropsFrameLongerThanBufferSocketpair(t *testing.T) {
+	readPaths(t, func(t *testing.T, a, b *Dev) {
+		const bufSize = 1600
+		var frames, want [][]byte
+		for i, size := range []int{100, 3000, 200, 300, 3000, 400, bufSize, bufSize + 1, 500} {
+			f := bytes.Repeat([]byte{byte(i)}, size)
+			frames = append(frames, f)
+			if size <= bufSize {
+				want = append(want, f)
+			}
+		}
+		if n, err := a.WriteBatch(frames); n != len(frames) || err != nil {
+			t.Fatalf("WriteBatch = %d, %v", n, err)
+		}
+		bufs, sizes := makeBufs(8, bufSize)
+		var got [][]byte
+		for {
+			n, err := b.ReadBatch(bufs, sizes)
+			if err != nil {
+				t.Fatalf("ReadBatch after %d frames: %v", len(got), err)
+			}
+			if n == 0 {
+				break
+			}
+			for i := range n {
+				if sizes[i] > len(bufs[i]) {
+					t.Fatalf("sizes[%d] = %d for a %d-byte buffer", i, sizes[i], len(bufs[i]))
+				}
+				got = append(got, bytes.Clone(bufs[i][:sizes[i]]))
+			}
+		}
+		if len(got) != len(want) {
+			t.Fatalf("read %d frames, want the %d that fit", len(got), len(want))
+		}
+		for i := range want {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Errorf("frame %d: %d bytes of %d, want %d bytes of %d", i, len(got[i]), got[i][0], len(want[i]), want[i][0])
+			}
+		}
+		if c := b.Counters(); c.RxOversize != 3 {
+			t.Errorf("Counters().RxOversize = %d, want 3", c.RxOversize)
+		}
+	})
+}
+
 // BenchmarkReadBatch: a batch of 64-byte frames read with one system call
 // per frame (read) against one per batch (io_uring), per batch size; the
 // frames are written outside the timer.

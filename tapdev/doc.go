@@ -33,6 +33,12 @@
 // or takes a lock other than the Dev's read-side gate (one RLock per batch,
 // not per frame). The kernel copies on both sides.
 //
+// A frame longer than the buffer it is read into never reaches the caller:
+// the kernel would copy what fits and report at most the buffer's length
+// (a TAP's read returns min(frame, buffer)), so each read is a readv(2)
+// into the buffer plus one guard byte, and a read that reaches the guard
+// is dropped and counted (Counters.RxOversize). sizes[i] <= len(bufs[i]).
+//
 // # Interrupt and teardown (gVisor's stopfd)
 //
 // Interrupt().Wait blocks in poll(2) on the data fd and an eventfd. Stop

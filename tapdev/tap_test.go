@@ -1,6 +1,7 @@
 package tapdev
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"net"
@@ -702,4 +703,152 @@ func TestWriteWhileLinkDown(t *testing.T) {
 		t.Errorf("WriteBatch after the link is set down again = %d, %v; want 0, ErrLinkDown", n, err)
 	}
 	t.Logf("write while down: %v", err)
+}
+
+// A frame longer than the buffer it is read into, on a real TAP: the
+// kernel's read (tun_chr_read_iter) copies what fits and returns at most
+// the buffer's length, so a jumbo frame would come up as a silently
+// truncated frame of exactly len(buf) bytes. ReadBatch must drop it, count
+// it in Counters.RxOversize, report no size above a buffer, and read the
+// frames after it intact: with read(2) and through the io_uring (from the
+// third frame of a batch on), with and without the virtio-net header. The
+// frames are put on the TAP's queue by an AF_PACKET socket inside the
+// test's namespace (the link's MTU is 9000, so the kernel takes an
+// 8000-byte frame); nothing leaves it.
+func TestReadBatchDropsFrameLongerThanBuffer(t *testing.T) {
+	for _, ring := range []bool{false, true} {
+		for _, vnet := range []bool{false, true} {
+			name := map[bool]string{true: "io_uring", false: "read"}[ring] + map[bool]string{true: "/vnet", false: ""}[vnet]
+			t.Run(name, func(t *testing.T) { testLongFrameOnTAP(t, ring, vnet) })
+		}
+	}
+}
+
+func testLongFrameOnTAP(t *testing.T, ring, vnet bool) {
+	ns := TempNetns(t, "tdt")
+	// No IPv6 on the TAP: no solicitations queued among the test's frames.
+	if err := inNetns(ns, func() error {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0)
+	}); err != nil {
+		t.Logf("disable IPv6 in %s: %v (foreign frames are skipped)", ns, err)
+	}
+	SetIOURing(ring)
+	defer SetIOURing(true)
+	name := RandomName("tdt")
+	d, _, err := OpenTAPAt(ns, name, Options{VnetHdr: vnet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if ring && d.ReadPath() != "io_uring" {
+		t.Skipf("io_uring not available here: %s", d.ReadPath())
+	}
+	if err := ConfigureLink(ns, name, LinkConfig{MTU: 9000, Up: true}); err != nil {
+		t.Fatal(err)
+	}
+	inject := packetInjector(t, ns, name)
+
+	const etherType = 0x88b5 // IEEE 802 local experimental
+	frame := func(size int, id byte) []byte {
+		f := make([]byte, size)
+		copy(f, []byte{0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, etherType >> 8, etherType & 0xff})
+		for i := 14; i < size; i++ {
+			f[i] = id + byte(i)
+		}
+		return f
+	}
+	const bufSize = 1600
+	var want [][]byte
+	var sent []int
+	fits := bufSize - d.vnetLen(vnet) // a frame that fills its buffer exactly
+	for i, size := range []int{100, 8000, 200, 300, 8000, 400, fits, fits + 1, 500} {
+		f := frame(size, byte(i))
+		inject(f)
+		sent = append(sent, size)
+		if size <= bufSize-d.vnetLen(vnet) {
+			want = append(want, f)
+		}
+	}
+	bufs, sizes := makeBufs(8, bufSize)
+	var got [][]byte
+	foreign := 0
+	for {
+		n, err := d.ReadBatch(bufs, sizes)
+		if err != nil {
+			t.Fatalf("ReadBatch after %d frames: %v", len(got), err)
+		}
+		if n == 0 {
+			break
+		}
+		for i := range n {
+			if sizes[i] > len(bufs[i]) {
+				t.Fatalf("sizes[%d] = %d for a %d-byte buffer", i, sizes[i], len(bufs[i]))
+			}
+			f := bufs[i][d.vnetLen(vnet):sizes[i]]
+			if len(f) < 14 || binary.BigEndian.Uint16(f[12:]) != etherType {
+				foreign++
+				continue
+			}
+			got = append(got, bytes.Clone(f))
+		}
+	}
+	if ring && d.ringRefused {
+		t.Errorf("the kernel refused reads through the ring: the io_uring path was not tested")
+	}
+	if len(got) != len(want) {
+		lens := make([]int, len(got))
+		for i, f := range got {
+			lens[i] = len(f)
+		}
+		t.Fatalf("sent frames of %v bytes into %d-byte buffers; read %d frames of %v bytes, want the %d that fit", sent, bufSize, len(got), lens, len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Errorf("frame %d: %d bytes, want %d bytes intact", i, len(got[i]), len(want[i]))
+		}
+	}
+	if c := d.Counters(); c.RxOversize != 3 {
+		t.Errorf("Counters().RxOversize = %d, want 3 (two 8000-byte frames, one a byte too long)", c.RxOversize)
+	}
+	t.Logf("%s: %d frames intact, %d dropped as longer than the buffer, %d foreign frames skipped", d.ReadPath(), len(got), d.Counters().RxOversize, foreign)
+}
+
+// vnetLen is the virtio-net header's length when vnet is set.
+func (d *Dev) vnetLen(vnet bool) int {
+	if vnet {
+		return VnetHdrLen
+	}
+	return 0
+}
+
+// packetInjector returns a function that puts a frame on the TAP name's
+// queue (the TAP's transmit side, what a reader of its fd sees) through an
+// AF_PACKET socket made inside ns, bypassing the qdisc so the frame is
+// queued when the call returns. The socket is closed in cleanup.
+func packetInjector(t *testing.T, ns, name string) func(frame []byte) {
+	t.Helper()
+	h, l, err := lookup(ns, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	var fd int
+	if err := inNetns(ns, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0) // 0: sends only, receives nothing
+		return err
+	}); err != nil {
+		t.Fatalf("packet socket in %s: %v", ns, err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1); err != nil {
+		t.Fatalf("PACKET_QDISC_BYPASS: %v", err)
+	}
+	to := &unix.SockaddrLinklayer{Ifindex: l.Attrs().Index}
+	return func(frame []byte) {
+		t.Helper()
+		if err := unix.Sendto(fd, frame, 0, to); err != nil {
+			t.Fatalf("send a %d-byte frame to %s in %s: %v", len(frame), name, ns, err)
+		}
+	}
 }

@@ -1,7 +1,7 @@
 package tapdev
 
 // Batched reads through io_uring: one io_uring_enter(2) reads up to
-// uringEntries frames (one IORING_OP_READ per buffer, RWF_NOWAIT), where
+// uringEntries frames (one IORING_OP_READV per buffer, RWF_NOWAIT), where
 // read(2) costs one system call per frame. A TAP has no batch read (no
 // recvmmsg on a character device), and with speculative-execution
 // mitigations the system call entry and exit are a large part of moving a
@@ -15,7 +15,11 @@ package tapdev
 // time), so it needs no lock. Every read completes inline: RWF_NOWAIT
 // makes an empty queue answer -EAGAIN at once instead of arming a poll, so
 // when io_uring_enter returns no read is in flight and the caller owns its
-// buffers again, as with read(2). Where io_uring is missing or refused
+// buffers again, as with read(2). Each read is a readv into the buffer and
+// one guard byte behind it, as Dev.readFrame does with read(2): the kernel
+// never reports more than the iovecs hold, so a read that reaches the
+// guard is a frame longer than its buffer (dropped, counted as
+// RxOversize). Where io_uring is missing or refused
 // (ENOSYS, EPERM from kernel.io_uring_disabled or a seccomp filter), or
 // TAPDEV_IO_URING=0 is in the environment, the Dev reads with read(2).
 
@@ -35,7 +39,7 @@ const (
 	sysIOURingSetup = 425
 	sysIOURingEnter = 426
 
-	ioringOpRead           = 22
+	ioringOpReadv          = 1
 	ioringEnterGetevents   = 1 << 0
 	ioringSetupSubmitAll   = 1 << 7
 	ioringSetupCoopTaskrun = 1 << 8
@@ -104,6 +108,13 @@ type uring struct {
 	sqArray                        []uint32
 	sqes                           []ioURingSQE
 	cqes                           []ioURingCQE
+
+	// iovs: two per read, the caller's buffer and the guard byte
+	// (readBatch sets the first and clears it when the reads are done,
+	// so no buffer is referenced between calls; the second always points
+	// at guard, whose content is never looked at).
+	iovs  []unix.Iovec
+	guard [1]byte
 }
 
 // useURing is on unless TAPDEV_IO_URING=0 (bench.sh's tapminiport-read) or
@@ -156,27 +167,34 @@ func newURing(n int) (*uring, error) {
 	r.sqArray = unsafe.Slice(u32(p.sqOff.array), p.sqEntries)
 	r.sqes = unsafe.Slice((*ioURingSQE)(unsafe.Pointer(&r.sqeMem[0])), p.sqEntries)
 	r.cqes = unsafe.Slice((*ioURingCQE)(unsafe.Add(base, p.cqOff.cqes)), p.cqEntries)
+	r.iovs = make([]unix.Iovec, 2*p.sqEntries)
+	for i := 1; i < len(r.iovs); i += 2 {
+		r.iovs[i] = unix.Iovec{Base: &r.guard[0], Len: 1}
+	}
 	return r, nil
 }
 
 // readBatch reads into bufs[:k] with k = min(len(bufs), entries) reads in
 // one io_uring_enter: frames land in bufs in order, sizes[i] for bufs[i].
-// It returns how many frames were read and, for the first read that
-// failed with something other than EAGAIN, its errno (and whether it was
-// EOF). Reads after an EAGAIN that found a frame (one arrived meanwhile)
-// are kept: their frame is moved down so bufs[:n] has no hole, which is
-// why every buffer of the batch must be as long as the first.
-func (r *uring) readBatch(fd int, bufs [][]byte, sizes []int) (n int, eof bool, errno unix.Errno) {
+// It returns how many frames were read, how many were dropped as longer
+// than their buffer (oversize; their buffer is a hole like an EAGAIN's)
+// and, for the first read that failed with something other than EAGAIN,
+// its errno (and whether it was EOF). Reads after an EAGAIN or a dropped
+// frame that found a frame are kept: their frame is moved down so bufs[:n]
+// has no hole, which is why every buffer of the batch must be as long as
+// the first. n+oversize < k means some read found the queue empty.
+func (r *uring) readBatch(fd int, bufs [][]byte, sizes []int) (n, oversize int, eof bool, errno unix.Errno) {
 	k := min(len(bufs), int(r.entries))
 	tail := atomic.LoadUint32(r.sqTail)
 	for i := 0; i < k; i++ {
 		idx := (tail + uint32(i)) & r.sqMask
-		sqe := &r.sqes[idx]
-		*sqe = ioURingSQE{opcode: ioringOpRead, fd: int32(fd), len: uint32(len(bufs[i])), rwFlags: rwfNowait, userData: uint64(i)}
-
+		iov := &r.iovs[2*i]
+		iov.Base = nil
 		if len(bufs[i]) > 0 {
-			sqe.addr = uint64(uintptr(unsafe.Pointer(&bufs[i][0])))
+			iov.Base = &bufs[i][0]
 		}
+		iov.SetLen(len(bufs[i]))
+		r.sqes[idx] = ioURingSQE{opcode: ioringOpReadv, fd: int32(fd), addr: uint64(uintptr(unsafe.Pointer(iov))), len: 2, rwFlags: rwfNowait, userData: uint64(i)}
 		r.sqArray[idx] = idx
 	}
 	atomic.StoreUint32(r.sqTail, tail+uint32(k))
@@ -193,7 +211,8 @@ func (r *uring) readBatch(fd int, bufs [][]byte, sizes []int) (n int, eof bool, 
 		if e != unix.EINTR {
 			if atomic.LoadUint32(r.sqHead) == tail { // nothing taken: take the entries back
 				atomic.StoreUint32(r.sqTail, tail)
-				return 0, false, e
+				r.clearIovs(k)
+				return 0, 0, false, e
 			}
 			// Some reads were taken before the failure: reap what completed.
 			errno = e
@@ -201,6 +220,7 @@ func (r *uring) readBatch(fd int, bufs [][]byte, sizes []int) (n int, eof bool, 
 		}
 	}
 	runtime.KeepAlive(bufs)
+	r.clearIovs(k)
 	// Every read completes inline (RWF_NOWAIT), so all k completions are
 	// posted: sizes by read index first, then compacted in order.
 	for i := range k {
@@ -216,6 +236,9 @@ func (r *uring) readBatch(fd int, bufs [][]byte, sizes []int) (n int, eof bool, 
 			continue
 		}
 		switch {
+		case int(c.res) > len(bufs[i]): // reached the guard: the frame did not fit
+			sizes[i] = -1
+			oversize++
 		case c.res > 0:
 			sizes[i] = int(c.res)
 		case c.res == 0:
@@ -240,7 +263,15 @@ func (r *uring) readBatch(fd int, bufs [][]byte, sizes []int) (n int, eof bool, 
 			eof = true
 		}
 	}
-	return n, eof, errno
+	return n, oversize, eof, errno
+}
+
+// clearIovs drops the references to the caller's buffers of the first k
+// reads.
+func (r *uring) clearIovs(k int) {
+	for i := range k {
+		r.iovs[2*i] = unix.Iovec{}
+	}
 }
 
 func (r *uring) close() {
