@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -603,6 +604,103 @@ func TestReadBatchDropsFrameLongerThanBufferSocketpair(t *testing.T) {
 			t.Errorf("Counters().RxOversize = %d, want 3", c.RxOversize)
 		}
 	})
+}
+
+// A short submit: io_uring_enter takes fewer SQEs than it is given (it
+// could not allocate a request or, without IORING_SETUP_SUBMIT_ALL, an SQE
+// failed its prep) and returns at once, without waiting, leaving the rest
+// in the SQ. The seam (uring.enter) makes the real kernel take only two of
+// the four ring reads of a batch. readBatch must submit the rest before it
+// reaps (all frames read, in order), or, when the kernel then refuses
+// (EAGAIN here), take them back and report the error; either way no SQE
+// outlives the call, so the next batch never runs a read into the
+// previous batch's buffers or takes a completion with a stale index.
+func TestURingShortSubmit(t *testing.T) {
+	for _, refuse := range []bool{false, true} {
+		t.Run(map[bool]string{false: "rest submitted", true: "rest refused"}[refuse], func(t *testing.T) {
+			a, b := socketpair(t)
+			if b.ReadPath() != "io_uring" {
+				t.Skipf("io_uring not available here: %s", b.ReadPath())
+			}
+			r := b.ring
+			real := r.enter
+			calls := 0
+			r.enter = func(toSubmit, minComplete uint32) (int, unix.Errno) {
+				calls++
+				switch {
+				case calls == 1 && toSubmit > 2:
+					return real(2, 2) // the kernel takes two SQEs and waits for their two completions
+				case calls == 2 && refuse:
+					return 0, unix.EAGAIN // and then takes none
+				}
+				return real(toSubmit, minComplete)
+			}
+			frame := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 60+i) }
+			write := func(from, to int) {
+				t.Helper()
+				for i := from; i < to; i++ {
+					if n, err := a.WriteBatch([][]byte{frame(i)}); n != 1 || err != nil {
+						t.Fatalf("WriteBatch frame %d = %d, %v", i, n, err)
+					}
+				}
+			}
+			var got []int // frame numbers read, in order
+			read := func(bufs [][]byte, sizes []int, wantErr error) {
+				t.Helper()
+				n, err := b.ReadBatch(bufs, sizes)
+				if !errors.Is(err, wantErr) || (wantErr == nil && err != nil) {
+					t.Fatalf("ReadBatch = %d, %v; want error %v", n, err, wantErr)
+				}
+				for i := range n {
+					f := bufs[i][:sizes[i]]
+					if len(f) == 0 || !bytes.Equal(f, frame(int(f[0]))) {
+						t.Fatalf("ReadBatch frame %d: %d bytes, not one written", i, len(f))
+					}
+					got = append(got, int(f[0]))
+				}
+				if h, tl := atomic.LoadUint32(r.sqHead), atomic.LoadUint32(r.sqTail); h != tl {
+					t.Fatalf("after ReadBatch the SQ still holds %d SQEs (head %d, tail %d)", tl-h, h, tl)
+				}
+			}
+			// Two frames by read(2), then the ring's four reads, two of
+			// them taken.
+			write(0, 6)
+			first, sizes := makeBufs(6, 2048)
+			var wantErr error
+			if refuse {
+				wantErr = unix.EAGAIN
+			}
+			read(first, sizes, wantErr)
+			if calls < 2 {
+				t.Fatalf("%d io_uring_enter calls: the seam did not shorten a submit", calls)
+			}
+			if refuse && len(got) != 4 || !refuse && len(got) != 6 {
+				t.Fatalf("first ReadBatch read frames %v", got)
+			}
+			// The first batch's buffers are the caller's again: mark them.
+			for _, buf := range first {
+				for i := range buf {
+					buf[i] = 0xee
+				}
+			}
+			write(6, 12)
+			second, sizes := makeBufs(8, 2048)
+			read(second, sizes, nil)
+			read(second, sizes, nil) // the rest, if any; then empty
+			if n, err := b.ReadBatch(second, sizes); n != 0 || err != nil {
+				t.Fatalf("ReadBatch on empty = %d, %v", n, err)
+			}
+			want := []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("frames read %v, want %v", got, want)
+			}
+			for j, buf := range first {
+				if bytes.Count(buf, []byte{0xee}) != len(buf) {
+					t.Errorf("the first batch's buffer %d was written after that batch returned", j)
+				}
+			}
+		})
+	}
 }
 
 // BenchmarkReadBatch: a batch of 64-byte frames read with one system call

@@ -115,6 +115,11 @@ type uring struct {
 	// at guard, whose content is never looked at).
 	iovs  []unix.Iovec
 	guard [1]byte
+
+	// enter is io_uring_enter(2) with IORING_ENTER_GETEVENTS on this
+	// ring: it returns how many SQEs the kernel took. A field so that a
+	// test can make the kernel take fewer than asked (a short submit).
+	enter func(toSubmit, minComplete uint32) (int, unix.Errno)
 }
 
 // useURing is on unless TAPDEV_IO_URING=0 (bench.sh's tapminiport-read) or
@@ -167,6 +172,7 @@ func newURing(n int) (*uring, error) {
 	r.sqArray = unsafe.Slice(u32(p.sqOff.array), p.sqEntries)
 	r.sqes = unsafe.Slice((*ioURingSQE)(unsafe.Pointer(&r.sqeMem[0])), p.sqEntries)
 	r.cqes = unsafe.Slice((*ioURingCQE)(unsafe.Add(base, p.cqOff.cqes)), p.cqEntries)
+	r.enter = r.sysEnter
 	r.iovs = make([]unix.Iovec, 2*p.sqEntries)
 	for i := 1; i < len(r.iovs); i += 2 {
 		r.iovs[i] = unix.Iovec{Base: &r.guard[0], Len: 1}
@@ -197,27 +203,40 @@ func (r *uring) readBatch(fd int, bufs [][]byte, sizes []int) (n, oversize int, 
 		r.sqes[idx] = ioURingSQE{opcode: ioringOpReadv, fd: int32(fd), addr: uint64(uintptr(unsafe.Pointer(iov))), len: 2, rwFlags: rwfNowait, userData: uint64(i)}
 		r.sqArray[idx] = idx
 	}
-	atomic.StoreUint32(r.sqTail, tail+uint32(k))
+	end := tail + uint32(k)
+	atomic.StoreUint32(r.sqTail, end)
+	// min_complete k: the kernel returns once all k reads have completed,
+	// which they do inline. It may take fewer SQEs than it is given (it
+	// could not allocate a request or, without IORING_SETUP_SUBMIT_ALL, an
+	// SQE failed its prep): then it returns that count at once, without
+	// waiting, and the rest stay in the SQ, so submit them again until
+	// all k are taken. It fails only when it took nothing in that call
+	// (EINTR: a signal during the wait, so retry). A failure, or a call
+	// that takes nothing, ends it: the SQEs not taken are taken back (the
+	// tail moves back to the head; only this reader submits), so that no
+	// SQE of this batch, with its buffer and its read index, is ever
+	// submitted by a later call. Their reads are holes, like an EAGAIN.
 	for {
-		// min_complete k: the kernel returns once all k reads have
-		// completed, which they do inline. io_uring_enter fails only when
-		// it submitted nothing in this call (EINTR: a signal during the
-		// wait, so retry what is not yet submitted and wait again).
-		pending := atomic.LoadUint32(r.sqTail) - atomic.LoadUint32(r.sqHead)
-		_, _, e := unix.Syscall6(sysIOURingEnter, uintptr(r.fd), uintptr(pending), uintptr(k), ioringEnterGetevents, 0, 0)
-		if e == 0 {
+		head := atomic.LoadUint32(r.sqHead)
+		if head == end {
 			break
 		}
-		if e != unix.EINTR {
-			if atomic.LoadUint32(r.sqHead) == tail { // nothing taken: take the entries back
-				atomic.StoreUint32(r.sqTail, tail)
-				r.clearIovs(k)
-				return 0, 0, false, e
-			}
-			// Some reads were taken before the failure: reap what completed.
-			errno = e
-			break
+		taken, e := r.enter(end-head, uint32(k))
+		if e == unix.EINTR {
+			continue
 		}
+		if e == 0 && taken > 0 {
+			continue
+		}
+		head = atomic.LoadUint32(r.sqHead)
+		atomic.StoreUint32(r.sqTail, head)
+		if head == tail { // nothing taken at all
+			r.clearIovs(k)
+			return 0, 0, false, e
+		}
+		// Some reads were taken: reap what completed.
+		errno = e
+		break
 	}
 	runtime.KeepAlive(bufs)
 	r.clearIovs(k)
@@ -264,6 +283,13 @@ func (r *uring) readBatch(fd int, bufs [][]byte, sizes []int) (n, oversize int, 
 		}
 	}
 	return n, oversize, eof, errno
+}
+
+// sysEnter is io_uring_enter(r.fd, toSubmit, minComplete,
+// IORING_ENTER_GETEVENTS): the number of SQEs taken, or the errno.
+func (r *uring) sysEnter(toSubmit, minComplete uint32) (int, unix.Errno) {
+	n, _, e := unix.Syscall6(sysIOURingEnter, uintptr(r.fd), uintptr(toSubmit), uintptr(minComplete), ioringEnterGetevents, 0, 0)
+	return int(n), e
 }
 
 // clearIovs drops the references to the caller's buffers of the first k
