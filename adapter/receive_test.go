@@ -197,7 +197,7 @@ func TestReceiveRuntAndOversize(t *testing.T) {
 		{frame(ourMAC, 1, 20), false},
 		{frame(ourMAC, 13, 21), false},
 		{frame(ourMAC, testMTU+19, 22), true},
-		{frame(ourMAC, 4000, 23), true}, // longer than the receive buffer: truncated, still oversize
+		{frame(ourMAC, 4000, 23), true}, // longer than the receive buffer: dropped by tapdev (RxOversize), counted as oversize
 		{frame(ourMAC, 6, 24), false},
 	}
 	// Interleave: good, bad, good, bad, ...

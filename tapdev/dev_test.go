@@ -575,23 +575,8 @@ func TestReadBatchDropsFrameLongerThanBufferSocketpair(t *testing.T) {
 		if n, err := a.WriteBatch(frames); n != len(frames) || err != nil {
 			t.Fatalf("WriteBatch = %d, %v", n, err)
 		}
-		bufs, sizes := makeBufs(8, bufSize)
 		var got [][]byte
-		for {
-			n, err := b.ReadBatch(bufs, sizes)
-			if err != nil {
-				t.Fatalf("ReadBatch after %d frames: %v", len(got), err)
-			}
-			if n == 0 {
-				break
-			}
-			for i := range n {
-				if sizes[i] > len(bufs[i]) {
-					t.Fatalf("sizes[%d] = %d for a %d-byte buffer", i, sizes[i], len(bufs[i]))
-				}
-				got = append(got, bytes.Clone(bufs[i][:sizes[i]]))
-			}
-		}
+		readAll(t, b, bufSize, func(f []byte) { got = append(got, bytes.Clone(f)) })
 		if len(got) != len(want) {
 			t.Fatalf("read %d frames, want the %d that fit", len(got), len(want))
 		}
@@ -738,5 +723,29 @@ func BenchmarkReadBatch(b *testing.B) {
 				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(loops*batch), "ns/frame")
 			})
 		}
+	}
+}
+
+// readAll reads d with batches of 8 bufSize-byte buffers until it has
+// nothing more, failing on an error or a size larger than its buffer, and
+// calls each with every frame read (valid only during the call).
+func readAll(t *testing.T, d *Dev, bufSize int, each func(frame []byte)) {
+	t.Helper()
+	bufs, sizes := makeBufs(8, bufSize)
+	for read := 0; ; {
+		n, err := d.ReadBatch(bufs, sizes)
+		if err != nil {
+			t.Fatalf("ReadBatch after %d frames: %v", read, err)
+		}
+		if n == 0 {
+			return
+		}
+		for i := range n {
+			if sizes[i] > len(bufs[i]) {
+				t.Fatalf("sizes[%d] = %d for a %d-byte buffer", i, sizes[i], len(bufs[i]))
+			}
+			each(bufs[i][:sizes[i]])
+		}
+		read += n
 	}
 }

@@ -769,29 +769,16 @@ func testLongFrameOnTAP(t *testing.T, ring, vnet bool) {
 			want = append(want, f)
 		}
 	}
-	bufs, sizes := makeBufs(8, bufSize)
 	var got [][]byte
 	foreign := 0
-	for {
-		n, err := d.ReadBatch(bufs, sizes)
-		if err != nil {
-			t.Fatalf("ReadBatch after %d frames: %v", len(got), err)
+	readAll(t, d, bufSize, func(f []byte) {
+		f = f[d.vnetLen(vnet):]
+		if len(f) < 14 || binary.BigEndian.Uint16(f[12:]) != etherType {
+			foreign++
+			return
 		}
-		if n == 0 {
-			break
-		}
-		for i := range n {
-			if sizes[i] > len(bufs[i]) {
-				t.Fatalf("sizes[%d] = %d for a %d-byte buffer", i, sizes[i], len(bufs[i]))
-			}
-			f := bufs[i][d.vnetLen(vnet):sizes[i]]
-			if len(f) < 14 || binary.BigEndian.Uint16(f[12:]) != etherType {
-				foreign++
-				continue
-			}
-			got = append(got, bytes.Clone(f))
-		}
-	}
+		got = append(got, bytes.Clone(f))
+	})
 	if ring && d.ringRefused {
 		t.Errorf("the kernel refused reads through the ring: the io_uring path was not tested")
 	}
