@@ -52,7 +52,9 @@ func (q *queue) receive(rounds int) (frames, bytes int) {
 		if dropped > 0 {
 			m.ctr.RxDropNoBuffer.Add(int64(dropped))
 		}
-		m.ctr.countDeviceDrops(q.index, q.dev) // frames too long for their buffer, dropped by the device
+		if q.devCounters != nil {
+			q.countDeviceDrops()
+		}
 		frames += got
 		for _, n := range q.rx.Sizes[:got] {
 			bytes += n
@@ -165,6 +167,21 @@ func (q *queue) indicate(got int) {
 	if resources {
 		m.ctr.ResourcesIndications.Add(1)
 		m.pool.Recycle(head) // ownership came back when the call returned
+	}
+}
+
+// countDeviceDrops adds to RxDropOversize the frames the queue's device
+// dropped since the last call because they were longer than the receive
+// buffer they were read into (tapdev.Counters.RxOversize: a jumbo frame on
+// a hardware TAP whose MTU was raised past the adapter's). It is the same
+// cause as a frame classify finds longer than the largest frame, a NIC's
+// "frame too long" receive error, so it is counted there (and in RcvError
+// and RcvDiscards). The DPC body calls it after each read (DPC exclusion
+// makes devOversize the body's alone).
+func (q *queue) countDeviceDrops() {
+	if now := q.devCounters().RxOversize; now > q.devOversize {
+		q.m.ctr.RxDropOversize.Add(int64(now - q.devOversize))
+		q.devOversize = now
 	}
 }
 

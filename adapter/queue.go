@@ -23,6 +23,7 @@ import (
 	"sync/atomic"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/tapdev"
 )
 
 // queue is one hardware queue: one fd of the TAP, its interrupt and DPC
@@ -39,6 +40,11 @@ type queue struct {
 	// receive DPC state: touched only by this queue's interrupt goroutine
 	rx  *ndisshim.BatchFiller // reads frames into receive NBLs of the pool
 	mod *ndisshim.Moderator   // the DPC's interrupt moderation; the opposite direction is the adapter's sends
+	// devCounters is dev's Counters (nil for a device without them, a
+	// test's fake), looked up once; devOversize is how many of its
+	// RxOversize drops RxDropOversize has counted (countDeviceDrops).
+	devCounters func() tapdev.Counters
+	devOversize uint64
 
 	// send state: txMu serializes writes to this queue's fd
 	txMu   sync.Mutex
@@ -77,6 +83,9 @@ func newQueue(m *Miniport, index int, dev Device) *queue {
 	q.rx = ndisshim.NewBatchFiller(m.cfg.Batch, make([]byte, maxGSOFrame+headroom), dev.ReadBatch,
 		func(dst []*ndisshim.NetBufferList) int { return m.pool.Get(dst) },
 		func(chain *ndisshim.NetBufferList) { m.pool.Recycle(chain) })
+	if d, ok := dev.(interface{ Counters() tapdev.Counters }); ok {
+		q.devCounters = d.Counters
+	}
 	return q
 }
 

@@ -5,8 +5,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/tapminiport/tapminiport/tapdev"
 )
 
 // IndicationBuckets are the lower bounds of the frames-per-indication
@@ -39,7 +37,7 @@ type Counters struct {
 	ResourcesIndications atomic.Int64 // indicate calls with RESOURCES
 	RxDropNoBuffer       atomic.Int64 // pool empty
 	RxDropRunt           atomic.Int64 // shorter than an Ethernet header
-	RxDropOversize       atomic.Int64 // longer than MTU + header + VLAN tag, or than the receive buffer (dropped by tapdev: countDeviceDrops)
+	RxDropOversize       atomic.Int64 // longer than MTU + header + VLAN tag, or than the receive buffer (dropped by tapdev: queue.countDeviceDrops)
 	RxDropBadVnetHdr     atomic.Int64 // malformed virtio-net header (offload mode)
 	RxDropFiltered       atomic.Int64 // not for us under the packet filter
 	RxDropNotReady       atomic.Int64 // paused, removed or no protocol bound
@@ -57,9 +55,6 @@ type Counters struct {
 	lastAt                         time.Time
 	lastRx, lastTx                 int64
 	RxFramesPerSec, TxFramesPerSec atomic.Int64
-	// devRxOversize[i] is the hardware queue i's tapdev.Counters.RxOversize
-	// already added to RxDropOversize (countDeviceDrops).
-	devRxOversize [MaxQueues]atomic.Uint64
 }
 
 // Snapshot is a copy of the counters at one moment.
@@ -105,26 +100,6 @@ func (c *Counters) framesPerIndication() (h [NumIndicationBuckets]int64) {
 		h[i] = c.FramesPerIndication[i].Load()
 	}
 	return h
-}
-
-// countDeviceDrops adds to RxDropOversize the frames hardware queue i's
-// device dropped since the last call because they were longer than the
-// receive buffer they were read into (tapdev.Counters.RxOversize: a jumbo
-// frame on a hardware TAP whose MTU was raised past the adapter's). It is
-// the same cause as a frame classify finds longer than the largest frame,
-// a NIC's "frame too long" receive error, so it is counted there (and in
-// RcvError and RcvDiscards). The queue's DPC calls it after each read; a
-// device without Counters (a test's fake) is skipped. No allocation: a
-// type assertion and a few atomic loads per batch.
-func (c *Counters) countDeviceDrops(i int, dev Device) {
-	d, ok := dev.(interface{ Counters() tapdev.Counters })
-	if !ok {
-		return
-	}
-	now := d.Counters().RxOversize
-	if prev := c.devRxOversize[i].Swap(now); now > prev {
-		c.RxDropOversize.Add(int64(now - prev))
-	}
 }
 
 // countIndication records one indication of n frames in the histogram.

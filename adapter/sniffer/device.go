@@ -56,6 +56,15 @@ func (d *device) Offloads() uint {
 	return 0
 }
 
+// Counters is the wrapped device's (zero when it has none), so the
+// miniport counts the device's drops with or without a capture.
+func (d *device) Counters() tapdev.Counters {
+	if c, ok := d.dev.(interface{ Counters() tapdev.Counters }); ok {
+		return c.Counters()
+	}
+	return tapdev.Counters{}
+}
+
 // ReadBatch reads from the inner device, then records the n frames it
 // returned — also when it returns an error, since the frames before an
 // error are valid — and returns exactly what the inner device returned.

@@ -698,3 +698,24 @@ func TestWriteErrorStopsRecording(t *testing.T) {
 		t.Errorf("file holds %d records; want the one before the failure", len(recs))
 	}
 }
+
+// The wrapper passes the device's counters through (the miniport reads
+// RxOversize from its queues' devices, captured or not): a frame longer
+// than its buffer is dropped and counted by the device, not recorded.
+func TestCountersPassThrough(t *testing.T) {
+	r := newRig(t, 0)
+	writeAll(t, r.peer, frame("long", 300), frame("fits", 60))
+	b, sizes := bufs(4, 100)
+	n, err := r.dev.ReadBatch(b, sizes)
+	if n != 1 || err != nil || sizes[0] != 60 {
+		t.Fatalf("ReadBatch = %d, %v (sizes %v); want the 60-byte frame only", n, err, sizes[:n])
+	}
+	c, ok := r.dev.(interface{ Counters() tapdev.Counters })
+	if !ok {
+		t.Fatal("the wrapped device has no Counters")
+	}
+	if got, want := c.Counters(), r.inner.Counters(); got != want || got.RxOversize != 1 {
+		t.Errorf("wrapped Counters %+v, device's %+v; want the same, RxOversize 1", got, want)
+	}
+	checkStats(t, r.w, 1, FileHeaderLen+RecordHeaderLen+60, 0)
+}
