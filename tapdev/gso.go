@@ -15,23 +15,26 @@ var ErrSegment = errors.New("cannot segment frame")
 
 // Frame layout constants used by GSOSplit and ChecksumFrame.
 const (
-	gsoEthLen      = 14
-	gsoVLANLen     = 4
-	gsoTypeVLAN    = 0x8100
-	gsoTypeIPv4    = 0x0800
-	gsoTypeIPv6    = 0x86dd
-	gsoIPv6HdrLen  = 40
-	gsoUDPHdrLen   = 8
-	gsoTCPMinLen   = 20
-	gsoProtoTCP    = 6
-	gsoProtoUDP    = 17
-	gsoTCPCsumOff  = 16
-	gsoUDPCsumOff  = 6
-	gsoTCPFlagsOff = 13
-	gsoTCPFlagFIN  = 0x01
-	gsoTCPFlagPSH  = 0x08
-	gsoTCPFlagCWR  = 0x80
-	gsoMaxIPLen    = 0xffff
+	gsoEthLen     = 14
+	gsoVLANLen    = 4
+	gsoTypeVLAN   = 0x8100
+	gsoTypeIPv4   = 0x0800
+	gsoTypeIPv6   = 0x86dd
+	gsoIPv6HdrLen = 40
+	gsoUDPHdrLen  = 8
+	gsoTCPMinLen  = 20
+	gsoProtoTCP   = 6
+	// IPv6 extension headers GSOSplit carries into every segment
+	gsoIPv6HopByHop = 0
+	gsoIPv6DestOpts = 60
+	gsoProtoUDP     = 17
+	gsoTCPCsumOff   = 16
+	gsoUDPCsumOff   = 6
+	gsoTCPFlagsOff  = 13
+	gsoTCPFlagFIN   = 0x01
+	gsoTCPFlagPSH   = 0x08
+	gsoTCPFlagCWR   = 0x80
+	gsoMaxIPLen     = 0xffff
 )
 
 // ChecksumFrame finishes a partial checksum in place, the way the kernel's
@@ -188,11 +191,27 @@ func parseGSOHeaders(frame []byte, h VnetHdr) (gsoLayout, error) {
 			return l, fmt.Errorf("%w: IPv6 payload length %d, but %d bytes follow the IPv6 header", ErrSegment, pl, ipLen-gsoIPv6HdrLen)
 		}
 		proto = frame[l.l3+6]
+		l.l4 = l.l3 + gsoIPv6HdrLen
+		// Hop-by-hop and destination options headers (a kernel may send
+		// them with TSO6) go into every segment with the other headers;
+		// the payload length covers them, the pseudo-header does not. A
+		// routing header would change the pseudo-header's destination,
+		// and a fragment cannot be segmented. Each is at least 8 bytes,
+		// so the walk ends.
+		for proto == gsoIPv6HopByHop || proto == gsoIPv6DestOpts {
+			if l.l4+8 > len(frame) {
+				return l, fmt.Errorf("%w: truncated IPv6 extension header", ErrSegment)
+			}
+			n := (int(frame[l.l4+1]) + 1) * 8
+			if l.l4+n > len(frame) {
+				return l, fmt.Errorf("%w: %d-byte IPv6 extension header in a %d-byte packet", ErrSegment, n, ipLen)
+			}
+			proto, l.l4 = frame[l.l4], l.l4+n
+		}
 		if proto != gsoProtoTCP && proto != gsoProtoUDP {
-			return l, fmt.Errorf("%w: IPv6 next header %d (extension headers are not supported)", ErrSegment, proto)
+			return l, fmt.Errorf("%w: IPv6 next header %d (of the extension headers only hop-by-hop and destination options are supported)", ErrSegment, proto)
 		}
 		l.v6 = true
-		l.l4 = l.l3 + gsoIPv6HdrLen
 	default:
 		return l, fmt.Errorf("%w: EtherType 0x%04x is neither IPv4 nor IPv6", ErrSegment, etherType)
 	}
@@ -234,8 +253,9 @@ func parseGSOHeaders(frame []byte, h VnetHdr) (gsoLayout, error) {
 //
 // h.GSOType must be VnetGSOTCPv4, VnetGSOTCPv6 or VnetGSOUDPL4, optionally
 // with VnetGSOECN, over Ethernet with at most one 802.1Q tag. The TCP or UDP
-// header is found from the IP header (IPv6 extension headers are not
-// supported); h.HdrLen must equal the end of that header. h.CsumStart and
+// header is found from the IP header (of IPv6 extension headers,
+// hop-by-hop and destination options are carried into every segment;
+// others are refused); h.HdrLen must equal the end of that header. h.CsumStart and
 // h.CsumOffset are not used: every segment gets a new IPv4 header checksum,
 // IP length, IPv4 ID (the first segment's plus i, for TCP and UDP alike, as
 // the kernel does), and a full TCP or UDP checksum including the pseudo

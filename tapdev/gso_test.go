@@ -20,6 +20,7 @@ type gsoSpec struct {
 	mss     int
 	tcpOpts int   // bytes of TCP options, a multiple of 4
 	ipOpts  int   // bytes of IPv4 options, a multiple of 4
+	v6Ext   []int // IPv6 extension headers after the fixed header: 0 hop-by-hop, 60 destination options, 43 routing (each 16 bytes)
 	flags   uint8 // TCP flags
 	ecn     bool  // VnetGSOECN in the header
 	seq     uint32
@@ -75,7 +76,7 @@ func gsoBuild(s gsoSpec) (frame []byte, h VnetHdr, payload []byte, l3, l4 int) {
 	}
 	ipHdr := 20 + s.ipOpts
 	if s.v6 {
-		ipHdr = 40
+		ipHdr = 40 + 16*len(s.v6Ext)
 	}
 	l4 = l3 + ipHdr
 	l4Hdr := 20 + s.tcpOpts
@@ -102,6 +103,22 @@ func gsoBuild(s gsoSpec) (frame []byte, h VnetHdr, payload []byte, l3, l4 int) {
 		binary.BigEndian.PutUint32(ip, 6<<28|0x12<<20|0xabcde)
 		binary.BigEndian.PutUint16(ip[4:], uint16(len(frame)-l3-40))
 		ip[6], ip[7] = proto, 64
+		if len(s.v6Ext) > 0 {
+			ip[6] = byte(s.v6Ext[0])
+		}
+		for i, kind := range s.v6Ext {
+			x := ip[40+16*i:]
+			next := proto
+			if i+1 < len(s.v6Ext) {
+				next = byte(s.v6Ext[i+1])
+			}
+			x[0], x[1] = next, 1 // 16 bytes
+			if kind == 43 {
+				x[2], x[3] = 4, 0 // routing type 4 (segment routing), 0 segments left
+			} else {
+				x[2], x[3] = 1, 12 // PadN over the rest
+			}
+		}
 		copy(ip[8:], []byte{0x20, 0x01, 0x0d, 0xb8, 15: 1})
 		copy(ip[24:], []byte{0x20, 0x01, 0x0d, 0xb8, 15: 2})
 		src, dst = ip[8:24], ip[24:40]
@@ -202,6 +219,9 @@ func gsoVerifySums(seg []byte) (ok bool, why string, payloadAt int) {
 			return false, "IPv6 payload length", 0
 		}
 		src, dst, proto, l4 = seg[l3+8:l3+24], seg[l3+24:l3+40], seg[l3+6], l3+40
+		for proto == 0 || proto == 60 || proto == 43 {
+			proto, l4 = seg[l4], l4+(int(seg[l4+1])+1)*8
+		}
 	default:
 		return false, "ethertype", 0
 	}
@@ -331,6 +351,9 @@ func TestGSOSplit(t *testing.T) {
 		{"odd MSS UDP", gsoSpec{udp: true, payload: 9999, mss: 1001}, 10},
 		{"IPv4 options", gsoSpec{ipOpts: 8, payload: 5000, mss: 1400, flags: 0x18}, 4},
 		{"MSS 1", gsoSpec{payload: 50, mss: 1, flags: ackPshFin | cwr}, 50},
+		{"TCPv6 destination options", gsoSpec{v6: true, v6Ext: []int{60}, payload: 20000, mss: 1412, tcpOpts: 12, flags: ackPshFin, seq: 9}, 15},
+		{"TCPv6 hop-by-hop then destination options", gsoSpec{v6: true, v6Ext: []int{0, 60}, payload: 20000, mss: 1396, flags: 0x18}, 15},
+		{"UDPv6 hop-by-hop", gsoSpec{v6: true, udp: true, v6Ext: []int{0}, payload: 9000, mss: 1436}, 7},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			frame, h, payload, l3, l4 := gsoBuild(tc.s)
@@ -462,17 +485,11 @@ func TestGSOSplitMalformed(t *testing.T) {
 		{"out too short", base, nil, 3, 0, ErrSegment},
 		{"out empty", base, nil, -1, 0, ErrSegment},
 		{"out buffer too small", base, nil, 0, 1000, ErrSegment},
-		{"IPv6 hop-by-hop header", gsoSpec{v6: true, payload: 3000, mss: 1400}, func(f []byte, h *VnetHdr) []byte {
-			// Insert an 8-byte hop-by-hop header (PadN) before TCP.
-			g := make([]byte, 0, len(f)+8)
-			g = append(g, f[:54]...)
-			g = append(g, 6, 0, 1, 4, 0, 0, 0, 0)
-			g = append(g, f[54:]...)
-			g[14+6] = 0
-			binary.BigEndian.PutUint16(g[14+4:], uint16(len(g)-54))
-			h.HdrLen += 8
-			h.CsumStart += 8
-			return g
+		// A routing header changes the pseudo-header's destination: refused.
+		{"IPv6 routing header", gsoSpec{v6: true, v6Ext: []int{43}, payload: 3000, mss: 1400}, nil, 0, 0, ErrSegment},
+		{"IPv6 extension header longer than the frame", gsoSpec{v6: true, v6Ext: []int{60}, payload: 10, mss: 100}, func(f []byte, h *VnetHdr) []byte {
+			f[14+40+1] = 255 // 2048 bytes
+			return f
 		}, 0, 0, ErrSegment},
 		{"IPv6 fragment header", gsoSpec{v6: true, payload: 3000, mss: 1400}, func(f []byte, h *VnetHdr) []byte { f[14+6] = 44; return f }, 0, 0, ErrSegment},
 		{"TCPv4 on an IPv6 frame", gsoSpec{v6: true, payload: 3000, mss: 1400}, func(f []byte, h *VnetHdr) []byte { h.GSOType = VnetGSOTCPv4; return f }, 0, 0, ErrBadVnetHdr},
