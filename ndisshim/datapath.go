@@ -67,11 +67,7 @@ func (a *Adapter) IndicateReceive(nbls *NetBufferList, port PortNumber, count in
 			// twice; it leaves the chain, and its first holder returns it.
 			a.v.Record(Finding{Kind: FindIllegalIndication, Object: fmt.Sprintf("NBL %d of %s", nbl.index, nbl.pool), Where: callerSite(1),
 				Detail: "indicated while " + stateName(nbl.state.Load()) + "; not passed up"})
-			if tail == nil {
-				nbls = nbl.Next
-			} else {
-				tail.Next = nbl.Next
-			}
+			unlink(&nbls, tail, nbl)
 			continue
 		}
 		nbl.SourceHandle = a
@@ -97,6 +93,17 @@ func (a *Adapter) IndicateReceive(nbls *NetBufferList, port PortNumber, count in
 		last.proto.ReceiveNetBufferLists(last, nbls, port, n, flags)
 	}
 	return nil
+}
+
+// unlink takes nbl out of the chain *head, prev being the NBL before it
+// (nil when nbl is the head); nbl's own Next is left as it is, so a walk
+// in progress goes on from it.
+func unlink(head **NetBufferList, prev, nbl *NetBufferList) {
+	if prev == nil {
+		*head = nbl.Next
+	} else {
+		prev.Next = nbl.Next
+	}
 }
 
 // ErrNoBinding is returned by IndicateReceive when no protocol is bound.
@@ -199,11 +206,7 @@ func (b *Binding) SendNetBufferLists(nbls *NetBufferList, port PortNumber, flags
 			// it completed twice; it leaves the chain, and is not counted.
 			a.v.Record(Finding{Kind: FindIllegalIndication, Object: nblName(nbl), Where: callerSite(1),
 				Detail: "sent while " + stateName(nbl.state.Load()) + "; not passed down"})
-			if tail == nil {
-				nbls = nbl.Next
-			} else {
-				tail.Next = nbl.Next
-			}
+			unlink(&nbls, tail, nbl)
 			continue
 		}
 		nbl.SourceHandle = b
