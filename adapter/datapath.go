@@ -189,8 +189,16 @@ func (q *queue) countDeviceDrops() {
 // Ethernet header and a VLAN tag.
 const maxGSOFrame = 65535 + 14 + 4
 
+// LinkChanged tells the miniport that the hardware TAP's link was set up
+// or down (a link watch: tapdev.WatchLink), as a NIC learns it from a link
+// interrupt, so the bindings and the OIDs know without waiting for a send.
+// A change it already knew of (a write found the link down first) does
+// nothing.
+func (m *Miniport) LinkChanged(up bool) { m.linkChanged(up) }
+
 // linkChanged records that the hardware TAP's link went down (a write
-// found it down) or came back (a write went through), says so in the log,
+// found it down, or LinkChanged) or came back (a write went through, or
+// LinkChanged), says so in the log,
 // and indicates the new link state to the bindings
 // (NDIS_STATUS_LINK_STATE), as a NIC does on a link interrupt. Queues
 // sending at once may all see the change: only the first reports it.

@@ -187,6 +187,7 @@ func (d *downDev) WriteBatch(bufs [][]byte) (int, error) {
 // bindings get one LINK_STATE disconnected, the OIDs say disconnected, and
 // once the link is up the next send goes through, the bindings get
 // connected, and the adapter still pauses, restarts and halts cleanly.
+// LinkChanged (the link watch) does the same without a send.
 func TestSendWhileHardwareLinkDown(t *testing.T) {
 	var dev *downDev
 	r := newRig(t, rigOptions{wrap: func(d *tapdev.Dev) Device { dev = &downDev{Dev: d}; return dev }})
@@ -253,6 +254,28 @@ func TestSendWhileHardwareLinkDown(t *testing.T) {
 	}
 	if got := media(); got != ndisshim.MediaStateConnected {
 		t.Errorf("OID_GEN_MEDIA_CONNECT_STATUS once up = %d, want connected", got)
+	}
+
+	// The link watch (tapdev.WatchLink) reports a change before any send
+	// finds it: the bindings and the OIDs know at once, and a change the
+	// miniport already knows of is not reported twice.
+	r.mp.LinkChanged(false)
+	r.mp.LinkChanged(false)
+	if got := links(); !slices.Equal(got, []bool{false, true, false}) {
+		t.Errorf("link state indications after LinkChanged(false) twice: %v; want ..., disconnected once more", got)
+	}
+	if got := media(); got != ndisshim.MediaStateDisconnected {
+		t.Errorf("OID_GEN_MEDIA_CONNECT_STATUS after LinkChanged(false) = %d, want disconnected", got)
+	}
+	r.mp.LinkChanged(true)
+	if got := links(); !slices.Equal(got, []bool{false, true, false, true}) {
+		t.Errorf("link state indications after LinkChanged(true): %v; want ..., connected", got)
+	}
+	if got := media(); got != ndisshim.MediaStateConnected {
+		t.Errorf("OID_GEN_MEDIA_CONNECT_STATUS after LinkChanged(true) = %d, want connected", got)
+	}
+	if c := r.counters(); c.TxDropLinkDown != 6 {
+		t.Errorf("link-down drops %d after the watch's changes, want still 6 (no send was made)", c.TxDropLinkDown)
 	}
 	r.pause()
 	r.restart()

@@ -252,7 +252,17 @@ func RandomMAC() net.HardwareAddr {
 // overrun can lose the event), the watch re-subscribes and checks the
 // link by index, so a removal is not missed.
 func WatchLinkRemoval(ns, name string, fn func()) (stop func(), err error) {
-	w := &linkWatch{ns: ns, name: name, fn: fn, stopCh: make(chan struct{}), exited: make(chan struct{})}
+	return WatchLink(ns, name, fn, nil)
+}
+
+// WatchLink is WatchLinkRemoval that also calls upDown (if not nil) each
+// time the link is set up or down (IFF_UP: `ip link set DEV up|down`), on
+// the watch's goroutine, in order. A link set down is a pulled cable for a
+// TAP: writes fail with EIO (ErrLinkDown) until it is up again. When stop
+// returns, no upDown call is running or will run. Changes while the
+// subscription is being renewed after a failure are not reported.
+func WatchLink(ns, name string, removed func(), upDown func(up bool)) (stop func(), err error) {
+	w := &linkWatch{ns: ns, name: name, fn: removed, upDown: upDown, stopCh: make(chan struct{}), exited: make(chan struct{})}
 	// Subscribe first, then find the index: a removal between the two is
 	// then in the channel.
 	sub, err := subscribeLinks(ns)
@@ -266,6 +276,7 @@ func WatchLinkRemoval(ns, name string, fn func()) (stop func(), err error) {
 	}
 	h.Close()
 	w.index = int32(l.Attrs().Index)
+	w.up = l.Attrs().RawFlags&unix.IFF_UP != 0
 	go w.routine(sub)
 	return w.stop, nil
 }
@@ -274,6 +285,8 @@ type linkWatch struct {
 	ns, name string
 	index    int32
 	fn       func()
+	upDown   func(up bool) // nil: removal only
+	up       bool          // IFF_UP as last seen (the routine's alone)
 
 	stopCh   chan struct{}
 	stopOnce sync.Once
@@ -345,8 +358,15 @@ func (w *linkWatch) follow(sub *linkSub) bool {
 			if !ok {
 				return false
 			}
-			if u.Header.Type == unix.RTM_DELLINK && u.Index == w.index {
+			if u.Index != w.index {
+				continue
+			}
+			if u.Header.Type == unix.RTM_DELLINK {
 				return true
+			}
+			if up := u.Attrs().RawFlags&unix.IFF_UP != 0; w.upDown != nil && up != w.up {
+				w.up = up
+				w.upDown(up)
 			}
 		}
 	}

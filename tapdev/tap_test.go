@@ -839,3 +839,58 @@ func packetInjector(t *testing.T, ns, name string) func(frame []byte) {
 		}
 	}
 }
+
+// WatchLink reports the link being set down and up (IFF_UP), in order,
+// once per change, and then its removal.
+func TestWatchLinkUpDown(t *testing.T) {
+	ns := TempNetns(t, "tdt")
+	name := RandomName("tdt")
+	d, _, err := OpenTAPAt(ns, name, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := SetLinkUp(ns, name, true); err != nil {
+		t.Fatal(err)
+	}
+	changes := make(chan bool, 8)
+	removed := make(chan struct{})
+	stop, err := WatchLink(ns, name, func() { close(removed) }, func(up bool) { changes <- up })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	next := func(want bool) {
+		t.Helper()
+		select {
+		case up := <-changes:
+			if up != want {
+				t.Fatalf("link change up=%v, want up=%v", up, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no link change to up=%v within 5s", want)
+		}
+	}
+	for _, up := range []bool{false, true, false} {
+		if err := SetLinkUp(ns, name, up); err != nil {
+			t.Fatal(err)
+		}
+		next(up)
+	}
+	if err := SetLinkUp(ns, name, false); err != nil { // no change: no call
+		t.Fatal(err)
+	}
+	if err := DeleteLink(ns, name); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-removed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("removal not reported within 5s")
+	}
+	select {
+	case up := <-changes:
+		t.Errorf("an extra link change up=%v (setting down a link that is down, or the removal)", up)
+	default:
+	}
+}

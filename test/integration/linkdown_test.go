@@ -7,22 +7,24 @@ import (
 )
 
 // TestHardwareLinkDownIsACablePull: `ip link set <hw> down` in the wire
-// namespace is a pulled cable, not a removal. While the link is down pings
-// go unanswered, the sends are dropped and counted as link-down, and the
-// log says so once; once it is up again pings are answered, the log says
-// the link is up, and SIGTERM still halts cleanly (exit 0, not 5) with
-// nothing left.
+// namespace is a pulled cable, not a removal. The log says so at once,
+// before any traffic (the link watch, as a NIC's link interrupt); while
+// the link is down pings go unanswered and the sends are dropped and
+// counted as link-down; once it is up the log says so, again without
+// traffic, pings are answered, and SIGTERM still halts cleanly (exit 0,
+// not 5) with nothing left.
 func TestHardwareLinkDownIsACablePull(t *testing.T) {
 	r := start(t)
 	pingWire(t, r)
 
 	mustIn(t, r.wire, 5*time.Second, "ip", "link", "set", r.hw, "down")
+	waitFor(t, r.stderr, "hardware link down", 5*time.Second)
 	if tx, rx, out := ping(t, r.host, "-c", "3", "-i", "0.2", "-W", "1", "198.18.0.2"); tx != 3 || rx != 0 {
 		t.Errorf("ping while the hardware link is down: %d of %d answered, want none:\n%s", rx, tx, out)
 	}
-	waitFor(t, r.stderr, "hardware link down", 5*time.Second)
 
 	mustIn(t, r.wire, 5*time.Second, "ip", "link", "set", r.hw, "up")
+	waitFor(t, r.stderr, "hardware link up", 5*time.Second)
 	// The wire's kernel brings its routes back and resolves the host
 	// again: give it a few seconds, then every ping must be answered.
 	deadline := time.Now().Add(10 * time.Second)
@@ -35,7 +37,6 @@ func TestHardwareLinkDownIsACablePull(t *testing.T) {
 		}
 	}
 	pingWire(t, r)
-	waitFor(t, r.stderr, "hardware link up", 5*time.Second)
 
 	rep := stopAndReport(t, r)
 	if n := reportInt(t, rep, `send drops: paused=\d+ oversize=\d+ link-down=(\d+)`); n < 3 {
