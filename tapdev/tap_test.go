@@ -675,12 +675,7 @@ func TestNoFdLeft(t *testing.T) {
 // writes work again once it is up.
 func TestWriteWhileLinkDown(t *testing.T) {
 	ns := TempNetns(t, "tdt") // set up, the link sends IPv6 solicitations: keep them in a namespace of ours
-	name := RandomName("tdt")
-	d, _, err := OpenTAPAt(ns, name, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d, name := openTAPIn(t, ns, Options{})
 	frame := make([]byte, 60)
 	copy(frame, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 1, 0x08, 0x06})
 	n, err := d.WriteBatch([][]byte{frame, frame})
@@ -734,12 +729,7 @@ func testLongFrameOnTAP(t *testing.T, ring, vnet bool) {
 	}
 	SetIOURing(ring)
 	defer SetIOURing(true)
-	name := RandomName("tdt")
-	d, _, err := OpenTAPAt(ns, name, Options{VnetHdr: vnet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d, name := openTAPIn(t, ns, Options{VnetHdr: vnet})
 	if ring && d.ReadPath() != "io_uring" {
 		t.Skipf("io_uring not available here: %s", d.ReadPath())
 	}
@@ -844,12 +834,7 @@ func packetInjector(t *testing.T, ns, name string) func(frame []byte) {
 // once per change, and then its removal.
 func TestWatchLinkUpDown(t *testing.T) {
 	ns := TempNetns(t, "tdt")
-	name := RandomName("tdt")
-	d, _, err := OpenTAPAt(ns, name, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	_, name := openTAPIn(t, ns, Options{})
 	if err := SetLinkUp(ns, name, true); err != nil {
 		t.Fatal(err)
 	}
@@ -893,4 +878,17 @@ func TestWatchLinkUpDown(t *testing.T) {
 		t.Errorf("an extra link change up=%v (setting down a link that is down, or the removal)", up)
 	default:
 	}
+}
+
+// openTAPIn creates a TAP called tdt + a random suffix in namespace ns (a
+// test's TempNetns) and closes it, which deletes it, in t.Cleanup.
+func openTAPIn(t *testing.T, ns string, o Options) (*Dev, string) {
+	t.Helper()
+	name := RandomName("tdt")
+	d, _, err := OpenTAPAt(ns, name, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d, name
 }
