@@ -197,13 +197,17 @@ func (d *Dev) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
 	// mostly find nothing. A queue that still has frames after
 	// ringAfter reads is drained through the ring.
 	n := 0
+	ring := d.ring != nil && !d.ringRefused
 	for n < len(bufs) {
-		if n == ringAfter && d.ring != nil && !d.ringRefused && sameLen(bufs[n:]) {
-			m, err := d.readRing(bufs[n:], sizes[n:])
-			if !d.ringRefused {
-				return n + m, err
+		if ring && n == ringAfter && sameLen(bufs[n:]) {
+			ring = false
+			m, refused, err := d.readRing(bufs[n:], sizes[n:])
+			n += m
+			if !refused {
+				return n, err
 			}
-			n += m // refused: go on with read(2)
+			// the ring refused the reads (for good, or for this
+			// call): go on with read(2)
 		}
 		m, err := d.readFrame(bufs[n])
 		switch {
@@ -240,9 +244,16 @@ const ringAfter = 2
 
 // readRing is ReadBatch through the io_uring: up to uringEntries reads per
 // system call, until bufs are full or a read finds the queue empty. Frames
-// longer than their buffer are dropped and counted, as with read(2).
-func (d *Dev) readRing(bufs [][]byte, sizes []int) (int, error) {
-	n := 0
+// longer than their buffer are dropped and counted, as with read(2). It
+// reports refused when the ring would not take the reads that are left:
+// the device does not take RWF_NOWAIT (EOPNOTSUPP; ringRefused is set, for
+// good), or the kernel could not take the requests this time (EAGAIN,
+// ENOMEM from io_uring_enter when it could not allocate them, EBUSY). The
+// caller then reads the rest with read(2): a frame is never left unread,
+// and a reader is never told of an error, because the ring was short of
+// something. (A read's own EAGAIN, the queue found empty, is not an error:
+// readBatch reports it as a hole.)
+func (d *Dev) readRing(bufs [][]byte, sizes []int) (n int, refused bool, err error) {
 	for n < len(bufs) {
 		k := min(len(bufs)-n, uringEntries)
 		got, oversize, eof, errno := d.ring.readBatch(d.fd, bufs[n:n+k], sizes[n:n+k])
@@ -252,17 +263,19 @@ func (d *Dev) readRing(bufs [][]byte, sizes []int) (int, error) {
 		}
 		switch {
 		case eof:
-			return n, fmt.Errorf("tapdev %s: read: %w (peer closed)", d.name, ErrDeviceGone)
+			return n, false, fmt.Errorf("tapdev %s: read: %w (peer closed)", d.name, ErrDeviceGone)
 		case errno == unix.EOPNOTSUPP && got == 0:
 			d.ringRefused = true
-			return n, nil
+			return n, true, nil
+		case errno == unix.EAGAIN || errno == unix.ENOMEM || errno == unix.EBUSY:
+			return n, true, nil
 		case errno != 0:
-			return n, d.opError("read", errno)
+			return n, false, d.opError("read", errno)
 		case got+oversize < k: // a read found the queue empty
-			return n, nil
+			return n, false, nil
 		}
 	}
-	return n, nil
+	return n, false, nil
 }
 
 // sameLen reports whether every buffer is as long as the first (the ring

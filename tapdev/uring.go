@@ -21,7 +21,9 @@ package tapdev
 // guard is a frame longer than its buffer (dropped, counted as
 // RxOversize). Where io_uring is missing or refused
 // (ENOSYS, EPERM from kernel.io_uring_disabled or a seccomp filter), or
-// TAPDEV_IO_URING=0 is in the environment, the Dev reads with read(2).
+// TAPDEV_IO_URING=0 is in the environment, the Dev reads with read(2); a
+// ring the kernel cannot take reads into for the moment (io_uring_enter:
+// EAGAIN, ENOMEM, EBUSY) has that call's remaining frames read with read(2).
 
 import (
 	"errors"
