@@ -270,7 +270,28 @@ func parseGSOHeaders(frame []byte, h VnetHdr) (gsoLayout, error) {
 // ErrSegment (malformed frame, or out or sizes too short or too small);
 // on error nothing has been written. GSOSplit does not allocate.
 func GSOSplit(frame []byte, h VnetHdr, out [][]byte, sizes []int) (int, error) {
+	if h.GSOType != VnetGSONone {
+		if n := SegmentCount(len(frame), h); len(out) < n || len(sizes) < n {
+			return 0, fmt.Errorf("%w: %d segments, but %d output buffers and %d sizes", ErrSegment, n, len(out), len(sizes))
+		}
+	}
+	return GSOSplitFrom(frame, h, 0, out, sizes)
+}
+
+// GSOSplitFrom is GSOSplit for part of the segments: it writes segment
+// first+j into out[j][:sizes[j]], for as many segments from first on as
+// out and sizes hold (the segments after them are left for another
+// call), and returns how many it wrote. A caller whose buffers cannot hold
+// every segment of a frame at once (a tiny MSS makes more than a thousand
+// of a 64 KiB frame) cuts it in parts: GSOSplitFrom(frame, h, 0, ...),
+// then from the first segment not yet written, until SegmentCount. The
+// segments are the same as GSOSplit's, whatever the parts. With
+// VnetGSONone first must be 0. It does not allocate.
+func GSOSplitFrom(frame []byte, h VnetHdr, first int, out [][]byte, sizes []int) (int, error) {
 	if h.GSOType == VnetGSONone {
+		if first != 0 {
+			return 0, fmt.Errorf("%w: segment %d of a frame without GSO", ErrSegment, first)
+		}
 		if len(out) < 1 || len(sizes) < 1 {
 			return 0, fmt.Errorf("%w: no output buffer", ErrSegment)
 		}
@@ -293,16 +314,20 @@ func GSOSplit(frame []byte, h VnetHdr, out [][]byte, sizes []int) (int, error) {
 		return 0, err
 	}
 	n := SegmentCount(len(frame), h)
-	if len(out) < n || len(sizes) < n {
-		return 0, fmt.Errorf("%w: %d segments, but %d output buffers and %d sizes", ErrSegment, n, len(out), len(sizes))
+	if first < 0 || first >= n {
+		return 0, fmt.Errorf("%w: segment %d of %d", ErrSegment, first, n)
+	}
+	end := min(n, first+min(len(out), len(sizes)))
+	if end == first {
+		return 0, fmt.Errorf("%w: no output buffer", ErrSegment)
 	}
 	mss := int(h.GSOSize)
 	hdrLen := l.hdrLen
 	payload := frame[hdrLen:]
-	for i := range n {
+	for i := first; i < end; i++ {
 		seg := min(mss, len(payload)-i*mss)
-		if cap(out[i]) < hdrLen+seg {
-			return 0, fmt.Errorf("%w: output buffer %d holds %d bytes, segment has %d", ErrSegment, i, cap(out[i]), hdrLen+seg)
+		if cap(out[i-first]) < hdrLen+seg {
+			return 0, fmt.Errorf("%w: output buffer %d holds %d bytes, segment has %d", ErrSegment, i-first, cap(out[i-first]), hdrLen+seg)
 		}
 	}
 
@@ -323,11 +348,11 @@ func GSOSplit(frame []byte, h VnetHdr, out [][]byte, sizes []int) (int, error) {
 	seq := binary.BigEndian.Uint32(frame[l4+4:])
 	tcpFlags := frame[l4+gsoTCPFlagsOff]
 
-	for i := range n {
+	for i := first; i < end; i++ {
 		data := payload[i*mss:]
 		data = data[:min(mss, len(data))]
 		size := hdrLen + len(data)
-		b := out[i][:size]
+		b := out[i-first][:size]
 		copy(b, frame[:hdrLen])
 		copy(b[hdrLen:], data)
 
@@ -361,9 +386,9 @@ func GSOSplit(frame []byte, h VnetHdr, out [][]byte, sizes []int) (int, error) {
 			c = 0xffff
 		}
 		binary.BigEndian.PutUint16(b[csumAt:], c)
-		sizes[i] = size
+		sizes[i-first] = size
 	}
-	return n, nil
+	return end - first, nil
 }
 
 // gsoSum adds b, read as big-endian 16-bit words (an odd last byte padded

@@ -373,6 +373,26 @@ func TestGSOSplit(t *testing.T) {
 				t.Fatal("GSOSplit changed its input")
 			}
 			gsoCheckSplit(t, tc.s, frame, payload, l3, l4, out, sizes, n)
+
+			// In parts (GSOSplitFrom), the same segments, whatever the
+			// part size.
+			for _, part := range []int{1, 3, 7} {
+				pout, psizes := gsoOut(part, int(h.HdrLen)+int(h.GSOSize))
+				for first := 0; first < n; first += part {
+					m, err := GSOSplitFrom(frame, h, first, pout, psizes)
+					if want := min(part, n-first); err != nil || m != want {
+						t.Fatalf("parts of %d: GSOSplitFrom(first %d) = %d, %v; want %d", part, first, m, err, want)
+					}
+					for j := range m {
+						if i := first + j; !bytes.Equal(pout[j][:psizes[j]], out[i][:sizes[i]]) {
+							t.Fatalf("parts of %d: segment %d differs from GSOSplit's", part, i)
+						}
+					}
+				}
+			}
+			if _, err := GSOSplitFrom(frame, h, n, out, sizes); !errors.Is(err, ErrSegment) {
+				t.Errorf("GSOSplitFrom past the last segment: %v, want ErrSegment", err)
+			}
 		})
 	}
 }

@@ -212,6 +212,66 @@ func TestSoftwareOffloadToWire(t *testing.T) {
 	}
 }
 
+// A tiny MSS (Linux's smallest, 48 bytes, net.ipv4.tcp_min_snd_mss) makes
+// 1334 segments of a 64000-byte large frame: more than the 1024 segments
+// the binding builds at once and more than its 512 send NBLs. Both ways
+// the frame is cut in parts, and every segment arrives, in order, with its
+// checksums right. (It was dropped as a segmentation failure: such a flow
+// stalled.)
+func TestSoftwareOffloadTinyMSS(t *testing.T) {
+	a, b := [4]byte{198, 18, 0, 1}, [4]byte{198, 18, 0, 2}
+	payload := payloadOf(64000)
+	tiny := lso
+	tiny.LSO.MSS = 48
+	const want = (64000 + 47) / 48
+	t.Run("to the wire", func(t *testing.T) {
+		r := newRigNIC(t, Config{VnetHdr: true}, &fakeNIC{caps: &ndisshim.OffloadCaps{}})
+		r.restart()
+		f := make([]byte, tapdev.VnetHdrLen)
+		tapdev.VnetHdrFromNBLInfo(tiny).Encode(f)
+		r.hostSend(append(f, tcp4Frame(b, a, 77, payload)...))
+		frames := func() [][]byte {
+			r.nic.mu.Lock()
+			defer r.nic.mu.Unlock()
+			var out [][]byte
+			for _, s := range r.nic.sends {
+				out = append(out, s...)
+			}
+			return out
+		}
+		shimtest.WaitFor(t, "the segments sent", func() bool {
+			c := r.s.Counters()
+			return len(frames()) >= want || c.DropSegment+c.DropNoSendBuffer > 0
+		})
+		got := frames()
+		if c := r.s.Counters(); len(got) != want || c.SegmentedToWire != 1 || c.DropSegment != 0 || c.DropNoSendBuffer != 0 {
+			t.Fatalf("%d segments sent, counters %+v; want %d, 1 segmented, nothing dropped", len(got), c, want)
+		}
+		if j := joinSegments(t, got, 77); !bytes.Equal(j, payload) {
+			t.Error("the segments' payloads differ from the large send's")
+		}
+	})
+	t.Run("to the host", func(t *testing.T) {
+		nic := &fakeNIC{info: tiny}
+		r := newRigNIC(t, Config{}, nic)
+		r.dev.sinkMu.Lock()
+		r.dev.sinkOn = true // 1334 frames at once: more than a socketpair holds
+		r.dev.sinkMu.Unlock()
+		r.restart()
+		r.nic.indicate(t, 0, tcp4Frame(a, b, 1000, payload))
+		shimtest.WaitFor(t, "the segments written", func() bool {
+			return len(r.dev.sinkFrames()) >= want || r.s.Counters().DropSegment > 0
+		})
+		got := r.dev.sinkFrames()
+		if c := r.s.Counters(); len(got) != want || c.SegmentedToHost != 1 || c.DropSegment != 0 || c.ToHostFrames != want {
+			t.Fatalf("%d segments written, counters %+v; want %d, 1 segmented, nothing dropped", len(got), c, want)
+		}
+		if j := joinSegments(t, got, 1000); !bytes.Equal(j, payload) {
+			t.Error("the segments' payloads differ from the large receive's")
+		}
+	})
+}
+
 // udp4Frame is an Ethernet/IPv4/UDP datagram with a full checksum.
 func udp4Frame(src, dst [4]byte, sport uint16, payload []byte) []byte {
 	f := make([]byte, 14+20+8+len(payload))

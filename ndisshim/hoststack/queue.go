@@ -32,8 +32,10 @@ import (
 // miniport's virtio-net header (NdisRetreatNetBufferDataStart).
 const sendHeadroom = tapdev.VnetHdrLen
 
-// maxSegments bounds the segments of one large frame cut in software (a
-// 64 KiB frame with an MSS of 88 bytes, the smallest IPv6 allows, makes 745).
+// maxSegments is how many segments of a large frame cut in software are
+// built at once: a 64 KiB frame with an MSS of 88 bytes makes 745, one
+// with Linux's smallest MSS (48, net.ipv4.tcp_min_snd_mss) 1366, so a
+// frame with more is cut in parts (tapdev.GSOSplitFrom).
 const maxSegments = 1024
 
 // segArena is the writer's room for frames it cuts or checksums: twice
@@ -155,25 +157,34 @@ func (w *writer) writeChain(head *ndisshim.NetBufferList) (int, *ndisshim.NetBuf
 				if h.GSOType != tapdev.VnetGSONone {
 					segLen = int(h.HdrLen) + int(h.GSOSize)
 				}
-				if k < 1 || k > len(w.segBufs) || k*segLen > len(w.arena) {
+				if k < 1 || segLen > len(w.arena) {
 					s.dropSegment.Add(1)
 					continue
 				}
-				if w.used+k*segLen > len(w.arena) || len(bufs)+k > cap(bufs) {
-					written += w.flush(bufs)
-					bufs, w.used = bufs[:0], 0
+				// Into the arena and the write batch as far as they
+				// hold, then written, and on (a tiny MSS makes more
+				// segments than either holds).
+				var err error
+				for first := 0; first < k && err == nil; {
+					if w.used+segLen > len(w.arena) || len(bufs) == cap(bufs) {
+						written += w.flush(bufs)
+						bufs, w.used = bufs[:0], 0
+					}
+					m := min(k-first, len(w.segBufs), (len(w.arena)-w.used)/segLen, cap(bufs)-len(bufs))
+					for j := 0; j < m; j++ {
+						w.segBufs[j] = w.arena[w.used : w.used+segLen : w.used+segLen]
+						w.used += segLen
+					}
+					var n int
+					n, err = tapdev.GSOSplitFrom(nb.Bytes(), h, first, w.segBufs[:m], w.segSizes[:m])
+					for j := 0; j < n; j++ {
+						bufs = append(bufs, w.segBufs[j][:w.segSizes[j]])
+					}
+					first += n
 				}
-				for j := 0; j < k; j++ {
-					w.segBufs[j] = w.arena[w.used : w.used+segLen : w.used+segLen]
-					w.used += segLen
-				}
-				n, err := tapdev.GSOSplit(nb.Bytes(), h, w.segBufs[:k], w.segSizes[:k])
 				if err != nil {
 					s.dropSegment.Add(1)
 					continue
-				}
-				for j := 0; j < n; j++ {
-					bufs = append(bufs, w.segBufs[j][:w.segSizes[j]])
 				}
 				if h.GSOType != tapdev.VnetGSONone {
 					s.segToHost.Add(1)
@@ -357,42 +368,61 @@ func (q *nicQueue) softOffload(nbl *ndisshim.NetBufferList, c *chain) bool {
 		return true
 	}
 	k := tapdev.SegmentCount(len(frame), h)
-	if k < 1 || k > len(q.segNBLs) {
+	if k < 1 {
 		s.dropSegment.Add(1)
 		return false
 	}
-	got := s.sendPool.AllocateBatch(q.segNBLs[:k])
-	if got < k {
-		// Send what is built: the completion gives its NBLs back.
-		s.sendPool.FreeChain(ndisshim.Chain(q.segNBLs[:got]...))
-		q.send(c)
-		if got = s.sendPool.AllocateBatch(q.segNBLs[:k]); got < k {
+	// The segments are built in parts of at most maxSegments, and of
+	// what the send pool has free: a part that is not the last is sent at
+	// once, so its NBLs come back for the next (the miniport completes a
+	// send as it writes it). A tiny MSS makes more segments than the pool
+	// holds.
+	for first := 0; first < k; {
+		m := min(k-first, len(q.segNBLs))
+		got := s.sendPool.AllocateBatch(q.segNBLs[:m])
+		if got < m {
+			// Send what is built: the completion gives its NBLs back.
 			s.sendPool.FreeChain(ndisshim.Chain(q.segNBLs[:got]...))
+			q.send(c)
+			got = s.sendPool.AllocateBatch(q.segNBLs[:m]) // all, or a smaller part
+		}
+		if got == 0 {
+			// The segments from first on are lost (TCP sends them again).
 			s.dropNoSendBuffer.Add(1)
-			return false
+			if first == 0 {
+				return false
+			}
+			break
+		}
+		for j := 0; j < got; j++ {
+			q.segBufs[j] = q.segNBLs[j].FirstNB.Data[sendHeadroom:]
+		}
+		n, err := tapdev.GSOSplitFrom(frame, h, first, q.segBufs[:got], q.segSizes[:got])
+		clear(q.segBufs[:got])
+		if err != nil {
+			s.sendPool.FreeChain(ndisshim.Chain(q.segNBLs[:got]...))
+			s.dropSegment.Add(1)
+			if first == 0 {
+				return false
+			}
+			break
+		}
+		for j := 0; j < got; j++ {
+			seg := q.segNBLs[j]
+			if j >= n {
+				seg.Next = nil
+				s.sendPool.FreeChain(seg)
+				continue
+			}
+			seg.Info = ndisshim.NBLInfo{}
+			seg.FirstNB.SetBytes(sendHeadroom, q.segSizes[j])
+			c.add(seg)
+		}
+		first += n
+		if first < k {
+			q.send(c)
 		}
 	}
-	for j := 0; j < k; j++ {
-		q.segBufs[j] = q.segNBLs[j].FirstNB.Data[sendHeadroom:]
-	}
-	n, err := tapdev.GSOSplit(frame, h, q.segBufs[:k], q.segSizes[:k])
-	if err != nil {
-		s.sendPool.FreeChain(ndisshim.Chain(q.segNBLs[:k]...))
-		s.dropSegment.Add(1)
-		return false
-	}
-	for j := 0; j < k; j++ {
-		seg := q.segNBLs[j]
-		if j >= n {
-			seg.Next = nil
-			s.sendPool.FreeChain(seg)
-			continue
-		}
-		seg.Info = ndisshim.NBLInfo{}
-		seg.FirstNB.SetBytes(sendHeadroom, q.segSizes[j])
-		c.add(seg)
-	}
-	clear(q.segBufs[:k])
 	s.segToWire.Add(1)
 	s.sendPool.FreeChain(nbl)
 	return true

@@ -226,6 +226,11 @@ type gatedDev struct {
 	*tapdev.Dev
 	reads, writes shimtest.Gate
 	silent        *shimtest.SilentSource
+	// sink, when set, takes the frames written instead of the
+	// socketpair (more than its buffer holds at once); under sinkMu
+	sinkMu sync.Mutex
+	sink   [][]byte
+	sinkOn bool
 }
 
 func (g *gatedDev) Interrupt() ndisshim.InterruptSource {
@@ -242,7 +247,23 @@ func (g *gatedDev) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
 
 func (g *gatedDev) WriteBatch(bufs [][]byte) (int, error) {
 	g.writes.Pass()
+	g.sinkMu.Lock()
+	if g.sinkOn {
+		for _, b := range bufs {
+			g.sink = append(g.sink, bytes.Clone(b))
+		}
+		g.sinkMu.Unlock()
+		return len(bufs), nil
+	}
+	g.sinkMu.Unlock()
 	return g.Dev.WriteBatch(bufs)
+}
+
+// sinkFrames returns the frames the sink took so far.
+func (g *gatedDev) sinkFrames() [][]byte {
+	g.sinkMu.Lock()
+	defer g.sinkMu.Unlock()
+	return append([][]byte(nil), g.sink...)
 }
 
 // rig is one driver with one adapter on the fake NIC, and the binding.
