@@ -185,6 +185,27 @@ func (q *queue) countDeviceDrops() {
 	}
 }
 
+// countDeviceTxDrops counts the frames of the last WriteBatch that the
+// queue's device dropped without an error, as its Counters say: no room
+// (tapdev TxDropped: EAGAIN, ENOBUFS) in TxDropNoRoom, refused (tapdev
+// TxErrors: EINVAL, EMSGSIZE from the TAP, a virtio-net header the kernel
+// would not take) in TxErrors. It returns how many that was. WriteBatch
+// does not say which frames they were, so their NBLs keep SUCCESS, as a
+// NIC completes a send its hardware dropped on the wire; the counters are
+// where a user sees them. The caller holds txMu (only this queue writes
+// to its device, so the difference since the last call is this batch's).
+func (q *queue) countDeviceTxDrops() int64 {
+	if q.devCounters == nil {
+		return 0
+	}
+	c := q.devCounters()
+	dropped, refused := int64(c.TxDropped-q.devTxDropped), int64(c.TxErrors-q.devTxErrors)
+	q.devTxDropped, q.devTxErrors = c.TxDropped, c.TxErrors
+	q.m.ctr.TxDropNoRoom.Add(dropped)
+	q.m.ctr.TxErrors.Add(refused)
+	return dropped + refused
+}
+
 // maxGSOFrame is the largest large-send frame: a 64 KiB IP packet behind an
 // Ethernet header and a VLAN tag.
 const maxGSOFrame = 65535 + 14 + 4
@@ -345,13 +366,20 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) int {
 	if len(bufs) > 0 {
 		w, err := q.dev.WriteBatch(bufs)
 		frames = w
+		lost := int64(len(bufs) - w)
+		if lost > 0 {
+			lost -= q.countDeviceTxDrops()
+		}
 		switch {
 		case err == nil:
 			linkUp = m.linkDown.Load()
+			if lost > 0 { // lost, and not counted by a device without Counters
+				m.ctr.TxErrors.Add(lost)
+			}
 		case errors.Is(err, tapdev.ErrLinkDown):
 			// A pulled cable: what was not written is dropped with
 			// MEDIA_DISCONNECTED, and the next send tries again.
-			m.ctr.TxDropLinkDown.Add(int64(len(bufs) - w))
+			m.ctr.TxDropLinkDown.Add(lost)
 			for nbl := nbls; nbl != nil; nbl = nbl.Next {
 				if mine(nbl) {
 					nbl.Status = ndisshim.StatusMediaDisconnected
@@ -359,7 +387,7 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) int {
 			}
 			linkDown = !m.linkDown.Load()
 		default:
-			m.ctr.TxErrors.Add(int64(len(bufs) - w))
+			m.ctr.TxErrors.Add(lost)
 			for nbl := nbls; nbl != nil; nbl = nbl.Next {
 				if mine(nbl) {
 					nbl.Status = ndisshim.StatusFailure

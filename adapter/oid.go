@@ -95,7 +95,7 @@ func (m *Miniport) query(req *ndisshim.OIDRequest) ndisshim.Status {
 		return req.WriteBytes(ndisshim.StatisticsInfo{
 			RcvDiscards: uint64(c.RxDrops()), RcvError: uint64(c.RxDropRunt + c.RxDropOversize),
 			DirectedFramesRcv: uint64(c.RxFrames), DirectedBytesRcv: uint64(c.RxBytes),
-			XmitError: uint64(c.TxErrors), XmitDiscards: uint64(c.TxDropPaused + c.TxDropOversize + c.TxDropLinkDown),
+			XmitError: uint64(c.TxErrors), XmitDiscards: uint64(c.TxDropPaused + c.TxDropOversize + c.TxDropLinkDown + c.TxDropNoRoom),
 			DirectedFramesXmit: uint64(c.TxFrames), DirectedBytesXmit: uint64(c.TxBytes),
 			RcvNoBuffer: uint64(c.RxDropNoBuffer),
 		}.Marshal())

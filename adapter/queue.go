@@ -49,6 +49,10 @@ type queue struct {
 	// send state: txMu serializes writes to this queue's fd
 	txMu   sync.Mutex
 	txBufs [][]byte
+	// devTxDropped, devTxErrors: how many of dev's TxDropped and
+	// TxErrors the adapter's counters have (countDeviceTxDrops; under
+	// txMu)
+	devTxDropped, devTxErrors uint64
 
 	// per-queue traffic (also summed into the adapter's Counters)
 	rxFrames, rxBytes atomic.Int64

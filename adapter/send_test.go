@@ -282,3 +282,94 @@ func TestSendWhileHardwareLinkDown(t *testing.T) {
 	r.pause()
 	r.halt()
 }
+
+// refusingDev is the socketpair end whose WriteBatch refuses every frame of
+// refuseLen bytes without an error, counting it as a tx error, as a TAP
+// refuses a frame with EINVAL (tapdev's WriteBatch goes on with the batch).
+type refusingDev struct {
+	*tapdev.Dev
+	refuseLen int
+	refused   atomic.Uint64
+}
+
+func (d *refusingDev) WriteBatch(bufs [][]byte) (int, error) {
+	n := 0
+	for _, b := range bufs {
+		if len(b) == d.refuseLen {
+			d.refused.Add(1)
+			continue
+		}
+		w, err := d.Dev.WriteBatch([][]byte{b})
+		n += w
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (d *refusingDev) Counters() tapdev.Counters {
+	c := d.Dev.Counters()
+	c.TxErrors += d.refused.Load()
+	return c
+}
+
+// Frames the hardware drops without an error are counted where a user
+// looks: a full device (no room: the socketpair's peer reads nothing) in
+// TxDropNoRoom, a refused frame in TxErrors, both in the statistics OID's
+// discards and errors, and every frame sent is written or counted once.
+// The adapter used to complete them SUCCESS and count nothing: tapdev
+// counted them, and no one read its counters.
+func TestSendDropsByDeviceCounted(t *testing.T) {
+	t.Run("no room", func(t *testing.T) {
+		r := newRig(t, rigOptions{})
+		r.restart()
+		sent := 0
+		for i := 0; i < 8 && r.counters().TxDropNoRoom == 0; i++ {
+			frames := make([][]byte, 32)
+			for j := range frames {
+				frames[j] = frame(peerMAC, testMTU+14, sent)
+				sent++
+			}
+			r.p.send(t, r.b, frames...)
+		}
+		c := r.counters()
+		if c.TxDropNoRoom == 0 {
+			t.Fatalf("%d frames of %d bytes sent to a peer that reads nothing, none counted as no room (tx frames %d, errors %d)", sent, testMTU+14, c.TxFrames, c.TxErrors)
+		}
+		if c.TxFrames+c.TxDropNoRoom != int64(sent) || c.TxErrors != 0 {
+			t.Errorf("sent %d: tx frames %d + no room %d, errors %d; want every frame written or counted once, no errors", sent, c.TxFrames, c.TxDropNoRoom, c.TxErrors)
+		}
+		if got := len(r.readPeer(int(c.TxFrames))); int64(got) != c.TxFrames {
+			t.Errorf("the wire got %d frames, TxFrames says %d", got, c.TxFrames)
+		}
+		q, st := r.query(ndisshim.OIDGenStatistics, 128)
+		if st != ndisshim.StatusSuccess {
+			t.Fatalf("statistics: %v", st)
+		}
+		s, err := ndisshim.UnmarshalStatistics(q.Answer())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.XmitDiscards != uint64(c.TxDropNoRoom) {
+			t.Errorf("statistics XmitDiscards %d, want the %d frames without room", s.XmitDiscards, c.TxDropNoRoom)
+		}
+		r.halt()
+	})
+	t.Run("refused", func(t *testing.T) {
+		var dev *refusingDev
+		r := newRig(t, rigOptions{wrap: func(d *tapdev.Dev) Device { dev = &refusingDev{Dev: d, refuseLen: 99}; return dev }})
+		r.restart()
+		r.p.send(t, r.b, frame(peerMAC, 100, 1), frame(peerMAC, 99, 2), frame(peerMAC, 100, 3), frame(peerMAC, 99, 4))
+		r.p.send(t, r.b, frame(peerMAC, 99, 5), frame(peerMAC, 100, 6))
+		c := r.counters()
+		if c.TxFrames != 3 || c.TxErrors != 3 || c.TxDropNoRoom != 0 {
+			t.Errorf("tx frames %d, errors %d, no room %d; want 3 written, 3 refused counted as errors, 0", c.TxFrames, c.TxErrors, c.TxDropNoRoom)
+		}
+		shimtest.EqualFrames(t, "on the wire", r.readPeer(3), [][]byte{frame(peerMAC, 100, 1), frame(peerMAC, 100, 3), frame(peerMAC, 100, 6)})
+		if q, st := r.query(ndisshim.OIDGenXmitError, 8); st != ndisshim.StatusSuccess || q.AnswerUint64() != 3 {
+			t.Errorf("OID_GEN_XMIT_ERROR = %d (%v), want 3", q.AnswerUint64(), st)
+		}
+		r.halt()
+	})
+}

@@ -44,7 +44,8 @@ type Counters struct {
 	TxDropPaused         atomic.Int64 // sends refused while paused or removed
 	TxDropOversize       atomic.Int64 // send larger than the MTU allows
 	TxDropLinkDown       atomic.Int64 // frames not written: the hardware TAP's link was down
-	TxErrors             atomic.Int64 // write failed
+	TxDropNoRoom         atomic.Int64 // frames the hardware TAP had no room for (tapdev TxDropped)
+	TxErrors             atomic.Int64 // write failed, or the hardware TAP refused the frame (tapdev TxErrors)
 	ModerationWaits      atomic.Int64 // receive DPC waits for interrupt moderation
 	RxPolls              atomic.Int64 // receive DPCs run by a small send (Config.PollOnSend)
 	RxPollFrames         atomic.Int64 // frames those runs indicated
@@ -66,6 +67,7 @@ type Snapshot struct {
 	RxDropFiltered, RxDropNotReady             int64
 	TxDropPaused, TxDropOversize, TxErrors     int64
 	TxDropLinkDown                             int64 // frames not written: the hardware TAP's link was down
+	TxDropNoRoom                               int64 // frames the hardware TAP had no room for
 	RxFramesPerSec, TxFramesPerSec             int64
 	PoolInUse, PoolHighWater, PoolExhaustions  int64
 	ModerationWaits                            int64 // receive DPC waits for interrupt moderation (all queues)
@@ -88,7 +90,7 @@ func (c *Counters) snapshot() Snapshot {
 		RxDropNoBuffer: c.RxDropNoBuffer.Load(), RxDropRunt: c.RxDropRunt.Load(), RxDropOversize: c.RxDropOversize.Load(), RxDropBadVnetHdr: c.RxDropBadVnetHdr.Load(),
 		RxDropFiltered: c.RxDropFiltered.Load(), RxDropNotReady: c.RxDropNotReady.Load(),
 		TxDropPaused: c.TxDropPaused.Load(), TxDropOversize: c.TxDropOversize.Load(), TxErrors: c.TxErrors.Load(),
-		TxDropLinkDown: c.TxDropLinkDown.Load(),
+		TxDropLinkDown: c.TxDropLinkDown.Load(), TxDropNoRoom: c.TxDropNoRoom.Load(),
 		RxFramesPerSec: c.RxFramesPerSec.Load(), TxFramesPerSec: c.TxFramesPerSec.Load(),
 		ModerationWaits: c.ModerationWaits.Load(), RxPolls: c.RxPolls.Load(), RxPollFrames: c.RxPollFrames.Load(),
 		FramesPerIndication: c.framesPerIndication(),

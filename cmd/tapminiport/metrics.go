@@ -133,7 +133,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for _, d := range []struct {
 		cause string
 		v     int64
-	}{{"paused", mp.TxDropPaused}, {"oversize", mp.TxDropOversize}, {"link_down", mp.TxDropLinkDown}, {"error", mp.TxErrors}} {
+	}{{"paused", mp.TxDropPaused}, {"oversize", mp.TxDropOversize}, {"link_down", mp.TxDropLinkDown}, {"no_room", mp.TxDropNoRoom}, {"error", mp.TxErrors}} {
 		counter(descTxDropped, d.v, q, d.cause)
 	}
 	st := s.stack

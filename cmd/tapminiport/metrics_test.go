@@ -244,7 +244,7 @@ func TestStatsLine(t *testing.T) {
 	}
 	for _, want := range []string{
 		" rx_pps=2000 rx_mbps=20.0 tx_pps=1000 tx_mbps=1.0 rx=1100 tx=550 held=12 pool=12/1024 pool_hw=64 resources=1 ",
-		" rx_drop=nobuf:4,runt:0,oversize:3,filtered:0,notready:0 tx_drop=paused:1,oversize:0,link_down:0,error:0 ",
+		" rx_drop=nobuf:4,runt:0,oversize:3,filtered:0,notready:0 tx_drop=paused:1,oversize:0,link_down:0,no_room:0,error:0 ",
 		" fpi=1:0,2-3:0,4-7:0,8-15:0,16-31:0,32-63:0,64+:15 ",
 	} {
 		if !strings.Contains(line, want) {

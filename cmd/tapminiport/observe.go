@@ -114,8 +114,8 @@ func statsLine(prev, cur sample, poolSize int) string {
 	fmt.Fprintf(&b, "stats q=%s rx_pps=%d rx_mbps=%.1f tx_pps=%d tx_mbps=%.1f rx=%d tx=%d held=%d pool=%d/%d pool_hw=%d resources=%d",
 		queueLabel(len(cur.queues)), rate(p.RxFrames, c.RxFrames), mbps(p.RxBytes, c.RxBytes), rate(p.TxFrames, c.TxFrames), mbps(p.TxBytes, c.TxBytes),
 		c.RxFrames, c.TxFrames, cur.shim.HeldNow, c.PoolInUse, poolSize, c.PoolHighWater, c.ResourcesIndications)
-	fmt.Fprintf(&b, " rx_drop=nobuf:%d,runt:%d,oversize:%d,filtered:%d,notready:%d tx_drop=paused:%d,oversize:%d,link_down:%d,error:%d",
-		c.RxDropNoBuffer, c.RxDropRunt, c.RxDropOversize, c.RxDropFiltered, c.RxDropNotReady, c.TxDropPaused, c.TxDropOversize, c.TxDropLinkDown, c.TxErrors)
+	fmt.Fprintf(&b, " rx_drop=nobuf:%d,runt:%d,oversize:%d,filtered:%d,notready:%d tx_drop=paused:%d,oversize:%d,link_down:%d,no_room:%d,error:%d",
+		c.RxDropNoBuffer, c.RxDropRunt, c.RxDropOversize, c.RxDropFiltered, c.RxDropNotReady, c.TxDropPaused, c.TxDropOversize, c.TxDropLinkDown, c.TxDropNoRoom, c.TxErrors)
 	b.WriteString(" fpi=")
 	for i := range c.FramesPerIndication {
 		if i > 0 {
@@ -232,7 +232,7 @@ func (m *machine) dump() string {
 	fmt.Fprintf(&b, "  host → wire: %d packets, %d bytes\n", c.TxFrames, c.TxBytes)
 	fmt.Fprintf(&b, "  receive drops: no-buffer=%d runt=%d oversize=%d filtered=%d not-ready=%d\n",
 		c.RxDropNoBuffer, c.RxDropRunt, c.RxDropOversize, c.RxDropFiltered, c.RxDropNotReady)
-	fmt.Fprintf(&b, "  send drops: paused=%d oversize=%d link-down=%d errors=%d\n", c.TxDropPaused, c.TxDropOversize, c.TxDropLinkDown, c.TxErrors)
+	fmt.Fprintf(&b, "  send drops: paused=%d oversize=%d link-down=%d no-room=%d errors=%d\n", c.TxDropPaused, c.TxDropOversize, c.TxDropLinkDown, c.TxDropNoRoom, c.TxErrors)
 	fmt.Fprintf(&b, "  receive pool: %d of %d in use, high-water %d, exhaustions %d\n", c.PoolInUse, m.o.rxBuffers, c.PoolHighWater, c.PoolExhaustions)
 	b.WriteString("  frames per indication:")
 	for i, n := range c.FramesPerIndication {

@@ -154,7 +154,7 @@ func (m *machine) report(code int, err error) {
 	fmt.Fprintf(w, "  host → wire: %d packets, %d bytes\n", c.TxFrames, c.TxBytes)
 	fmt.Fprintf(w, "  receive drops: no-buffer=%d runt=%d oversize=%d filtered=%d not-ready=%d\n",
 		c.RxDropNoBuffer, c.RxDropRunt, c.RxDropOversize, c.RxDropFiltered, c.RxDropNotReady)
-	fmt.Fprintf(w, "  send drops: paused=%d oversize=%d link-down=%d errors=%d\n", c.TxDropPaused, c.TxDropOversize, c.TxDropLinkDown, c.TxErrors)
+	fmt.Fprintf(w, "  send drops: paused=%d oversize=%d link-down=%d no-room=%d errors=%d\n", c.TxDropPaused, c.TxDropOversize, c.TxDropLinkDown, c.TxDropNoRoom, c.TxErrors)
 	fmt.Fprintf(w, "  stack drops: paused=%d no-send-buffer=%d send-failed=%d write-errors=%d; returned early (hold queue full): %d\n",
 		s.DropPaused, s.DropNoSendBuffer, s.SendFailed, s.WriteErrors, s.ReturnedEarly)
 	fmt.Fprintf(w, "  software offload: segmented to-host=%d to-wire=%d, checksummed to-host=%d to-wire=%d, coalesced udp=%d, dropped=%d\n",

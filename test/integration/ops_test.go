@@ -171,7 +171,7 @@ func TestMetricsAgreeWithExitReport(t *testing.T) {
 }
 
 var statsRe = regexp.MustCompile(`(?m)^stats q=0 rx_pps=\d+ rx_mbps=[\d.]+ tx_pps=\d+ tx_mbps=[\d.]+ rx=(\d+) tx=(\d+) held=\d+ pool=\d+/1024 pool_hw=\d+ resources=\d+ ` +
-	`rx_drop=nobuf:\d+,runt:\d+,oversize:\d+,filtered:\d+,notready:\d+ tx_drop=paused:\d+,oversize:\d+,link_down:\d+,error:\d+ ` +
+	`rx_drop=nobuf:\d+,runt:\d+,oversize:\d+,filtered:\d+,notready:\d+ tx_drop=paused:\d+,oversize:\d+,link_down:\d+,no_room:\d+,error:\d+ ` +
 	`fpi=1:\d+,2-3:\d+,4-7:\d+,8-15:\d+,16-31:\d+,32-63:\d+,64\+:\d+ state=(\w+)$`)
 
 // TestStatsLines: --stats 200ms prints a line every 200ms in the
