@@ -112,8 +112,7 @@ type Adapter struct {
 
 	transition sync.Mutex // serializes Pause, Restart, Halt, OpenAdapter, Close
 	state      atomic.Int32
-	rxOpen     atomic.Bool // indications accepted (Running, and Pausing until PauseEx returns)
-	txOpen     atomic.Bool // sends accepted (Running)
+	dp         dataPath    // whether indications and sends are accepted
 	removed    atomic.Bool // surprise-removed
 	shutdown   atomic.Bool // ShutdownEx called
 	halted     atomic.Bool
@@ -237,14 +236,17 @@ func (a *Adapter) Restart(ctx context.Context) error {
 		a.state.CompareAndSwap(int32(StateRestarting), int32(StatePaused))
 		return fmt.Errorf("ndisshim: restart adapter %s: %w", a.name, err)
 	}
-	// Open the data path before publishing Running: a Shutdown that stores
-	// its state after our CAS closes it after us; one before makes the CAS
-	// fail and we close it again. Either way Shutdown leaves it closed.
-	a.rxOpen.Store(true)
-	a.txOpen.Store(true)
-	if !a.state.CompareAndSwap(int32(StateRestarting), int32(StateRunning)) {
-		a.rxOpen.Store(false)
-		a.txOpen.Store(false)
+	// Open the data path before publishing Running. A Shutdown that
+	// closed it for good before this refuses the open (the data path is
+	// one word: see dataPath), so no send reaches the miniport after its
+	// ShutdownEx; one after the open closes it after us, and its state
+	// makes the CAS fail.
+	opened := a.dp.open()
+	if testHookRestartOpened != nil {
+		testHookRestartOpened(a)
+	}
+	if !opened || !a.state.CompareAndSwap(int32(StateRestarting), int32(StateRunning)) {
+		a.dp.close(dpRx | dpTx)
 		return a.illegal("restart", StateRestarting) // shut down meanwhile
 	}
 	for _, b := range *a.bindings.Load() {
@@ -268,7 +270,7 @@ func (a *Adapter) Pause(ctx context.Context) error {
 	if !a.state.CompareAndSwap(int32(StateRunning), int32(StatePausing)) { // see Restart
 		return a.illegal("pause", StateRunning)
 	}
-	a.txOpen.Store(false)
+	a.dp.close(dpTx)
 	for _, b := range *a.bindings.Load() {
 		if err := b.proto.NetPnPEvent(b, NetEventPause); err != nil {
 			a.log.Warn("binding failed pause", "binding", b.name, "err", err)
@@ -277,7 +279,7 @@ func (a *Adapter) Pause(ctx context.Context) error {
 	if err := a.mp.PauseEx(ctx); err != nil {
 		a.log.Warn("miniport PauseEx failed", "err", err)
 	}
-	a.rxOpen.Store(false)
+	a.dp.close(dpRx)
 	if err := a.waitDrain(ctx, "pause"); err != nil {
 		return err
 	}
@@ -356,10 +358,9 @@ func (a *Adapter) Shutdown(action ShutdownAction) error {
 	if !a.shutdown.CompareAndSwap(false, true) {
 		return nil
 	}
-	// State first, then close the data path: see Restart.
+	// State first, then close the data path for good: see Restart.
 	a.state.Store(int32(StateShutdown))
-	a.rxOpen.Store(false)
-	a.txOpen.Store(false)
+	a.dp.closeForGood(dpShut)
 	a.mp.ShutdownEx(action)
 	return nil
 }
@@ -375,7 +376,7 @@ func (a *Adapter) NotifySurpriseRemoval() {
 	if a.halting || a.State() == StateInitializing || !a.removed.CompareAndSwap(false, true) {
 		return
 	}
-	a.txOpen.Store(false)
+	a.dp.closeForGood(dpRemoved)
 	a.mp.DevicePnPEventNotify(PnPSurpriseRemoved)
 	a.IndicateStatus(StatusIndication{Code: StatusLinkState, Data: LinkState{Connected: false}})
 }
@@ -445,3 +446,47 @@ func (a *Adapter) wake() {
 		}
 	}
 }
+
+// dataPath says whether the adapter takes indications and sends, in one
+// word, so that opening it (Restart) cannot undo a close for good
+// (Shutdown, a surprise removal) that raced with it. As two flags, a
+// Shutdown that ran whole between a Restart's RestartEx and its opening
+// of the flags was undone until the Restart saw the state and closed them
+// again: for that instant a send could reach the miniport after its
+// ShutdownEx. The checks are one atomic load, as before.
+type dataPath struct{ v atomic.Uint32 }
+
+const (
+	dpRx      uint32 = 1 << iota // indications accepted (Running, and Pausing until PauseEx returns)
+	dpTx                         // sends accepted (Running)
+	dpShut                       // ShutdownEx called: neither, for good
+	dpRemoved                    // surprise-removed: no sends, for good
+)
+
+// testHookRestartOpened, if set, runs in Restart between opening the data
+// path and publishing Running (a test's seam for the race above).
+var testHookRestartOpened func(*Adapter)
+
+func (d *dataPath) rxOpen() bool { return d.v.Load()&(dpRx|dpShut) == dpRx }
+
+func (d *dataPath) txOpen() bool { return d.v.Load()&(dpTx|dpShut|dpRemoved) == dpTx }
+
+// open opens both directions unless a Shutdown closed the path for good
+// (a removal still keeps sends closed); it reports whether it did.
+func (d *dataPath) open() bool {
+	for {
+		v := d.v.Load()
+		if v&dpShut != 0 {
+			return false
+		}
+		if d.v.CompareAndSwap(v, v|dpRx|dpTx) {
+			return true
+		}
+	}
+}
+
+// close closes the directions named (dpRx, dpTx) until the next open.
+func (d *dataPath) close(dirs uint32) { d.v.And(^dirs) }
+
+// closeForGood records why (dpShut, dpRemoved) the path stays closed.
+func (d *dataPath) closeForGood(why uint32) { d.v.Or(why) }

@@ -35,7 +35,7 @@ import (
 // that is in flight (NetVMini's pattern).
 func (a *Adapter) IndicateReceive(nbls *NetBufferList, port PortNumber, count int, flags ReceiveFlags) error {
 	a.rxOutstanding.Add(int64(count))
-	if !a.rxOpen.Load() {
+	if !a.dp.rxOpen() {
 		a.rxDone(int64(count))
 		if a.halted.Load() {
 			a.v.Record(Finding{Kind: FindCallAfterHalt, Object: "adapter " + a.name, Where: callerSite(1), Detail: "IndicateReceive"})
@@ -219,7 +219,7 @@ func (b *Binding) SendNetBufferLists(nbls *NetBufferList, port PortNumber, flags
 	}
 	a.txOutstanding.Add(n)
 	b.txOutstanding.Add(n)
-	if !a.txOpen.Load() || b.closed.Load() {
+	if !a.dp.txOpen() || b.closed.Load() {
 		st := StatusPaused
 		if a.removed.Load() {
 			st = StatusNotAccepted

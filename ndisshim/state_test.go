@@ -617,6 +617,59 @@ func TestShutdownDuringFailingRestart(t *testing.T) {
 	verifierError(t, r.d.Deregister(), "unload of driver fakemp", ndisshim.FindAdapterNotHalted)
 }
 
+// TestShutdownBeforeRestartOpens: a Shutdown that runs whole after
+// RestartEx returned and before Restart opens the data path (here inside
+// RestartEx, the instant before; the seam looks in right after the open)
+// keeps it closed: no send reaches the miniport after its ShutdownEx and
+// no indication is taken. (The data path was two flags that Restart set
+// to open before it found the state Shutdown and closed them again: a send
+// in that instant reached the miniport, seen here as one more send.)
+func TestShutdownBeforeRestartOpens(t *testing.T) {
+	var a *ndisshim.Adapter
+	cfg := &fakeConfig{onRestart: func(ctx context.Context) error {
+		if err := a.Shutdown(ndisshim.ShutdownBugCheck); err != nil {
+			t.Errorf("Shutdown inside RestartEx: %v", err)
+		}
+		return nil
+	}}
+	r := newRig(t, cfg, ndisshim.AdapterOptions{})
+	a = r.a
+	b, p := r.open("p1")
+	nbls, send := sendPool(t, b, 1)
+	looked := false
+	defer ndisshim.SetTestHookRestartOpened(func(*ndisshim.Adapter) {
+		looked = true
+		r.m.mu.Lock()
+		before := r.m.sendsSeen
+		r.m.mu.Unlock()
+		send(nbls[0])
+		r.m.mu.Lock()
+		after := r.m.sendsSeen
+		r.m.mu.Unlock()
+		if after != before {
+			t.Errorf("a send after ShutdownEx reached the miniport (%d sends seen, %d before)", after, before)
+		}
+		if st := p.statuses[nbls[0]]; len(st) != 1 || st[0] != ndisshim.StatusPaused {
+			t.Errorf("send after ShutdownEx completed %v, want [PAUSED]", st)
+		}
+		if _, err := r.m.indicateN(1, false); !errors.Is(err, ndisshim.ErrNotReady) {
+			t.Errorf("indication after ShutdownEx: %v, want ErrNotReady", err)
+		}
+	})()
+	expectIllegal(t, r.a.Restart(context.Background()), "restart adapter tm0", ndisshim.StateShutdown)
+	if !looked {
+		t.Fatal("the seam after the open never ran")
+	}
+	if st := r.a.State(); st != ndisshim.StateShutdown {
+		t.Fatalf("state %s, want Shutdown", st)
+	}
+	freeSendPool(t, b, nbls)
+	if err := b.Close(); err != nil {
+		t.Fatalf("Close in Shutdown: %v", err)
+	}
+	verifierError(t, r.d.Deregister(), "unload of driver fakemp", ndisshim.FindAdapterNotHalted)
+}
+
 // TestShutdownWhilePauseWaits: Shutdown is legal while Pause waits for
 // NBLs; it does not cut the wait short (nothing held is given up), and
 // when the NBLs are back Pause reports that it could not complete because
