@@ -123,7 +123,7 @@ type Adapter struct {
 	shutMu  sync.RWMutex
 	halting bool
 
-	rxOutstanding atomic.Int64 // NBLs indicated and not returned (plus indications in flight)
+	rxOutstanding atomic.Int64 // NBLs indicated and not returned, plus one for each indicate call running in a protocol
 	txOutstanding atomic.Int64 // NBLs sent and not completed
 	waiters       atomic.Int32
 	drainCh       chan struct{}
@@ -199,7 +199,7 @@ func (a *Adapter) Removed() bool { return a.removed.Load() }
 
 // Stats are the shim's own counters for an adapter.
 type Stats struct {
-	HeldNow     int64 // receive NBLs the protocols hold now
+	HeldNow     int64 // receive NBLs the protocols hold now, plus one for each indicate call still running in a protocol
 	PeakHeld    int64 // the most they held at once
 	SendsNow    int64 // sends the miniport holds now
 	DrainedNBLs int64 // NBLs that came back while pause or halt waited for them

@@ -90,7 +90,15 @@ func (a *Adapter) IndicateReceive(nbls *NetBufferList, port PortNumber, count in
 		}
 	}
 	if n > 0 {
+		// The call is outstanding until it returns, not only its NBLs:
+		// a protocol may return the chain from inside it (hoststack
+		// does, then polls its queues), and a pause that found the
+		// count at zero then would go on to unbind and halt while the
+		// handler still runs (NDIS holds a reference on the binding for
+		// every indicate call).
+		a.rxOutstanding.Add(1)
 		last.proto.ReceiveNetBufferLists(last, nbls, port, n, flags)
+		a.rxDone(1)
 	}
 	return nil
 }

@@ -562,3 +562,45 @@ func TestReturnAfterCloseInShutdown(t *testing.T) {
 	}
 	verifierError(t, r.d.Deregister(), "unload of driver fakemp", ndisshim.FindAdapterNotHalted)
 }
+
+// A protocol may return an indication from inside its receive handler and
+// go on running there (hoststack returns the chain, then polls). Pause
+// waits for the handler to return, not only for the NBLs: until then the
+// adapter is not paused, so the binding is not unbound nor the adapter
+// halted under a running handler. (The count of held NBLs reached zero at
+// the return, and Pause went on at once.)
+func TestPauseWaitsForReceiveHandlerThatReturnedItsNBLs(t *testing.T) {
+	r := newRig(t, &fakeConfig{}, ndisshim.AdapterOptions{WatchdogInterval: time.Minute})
+	_, p := r.open("p1")
+	r.restart()
+	inside, release := make(chan struct{}), make(chan struct{})
+	p.onReceive = func(b *ndisshim.Binding, nbls *ndisshim.NetBufferList, count int, flags ndisshim.ReceiveFlags) {
+		b.ReturnNetBufferLists(nbls, 0)
+		close(inside)
+		<-release
+	}
+	indicated := make(chan error, 1)
+	go func() {
+		_, err := r.m.indicateN(1, false)
+		indicated <- err
+	}()
+	shimtest.Recv(t, "the receive handler", inside)
+	paused := make(chan error, 1)
+	go func() { paused <- r.a.Pause(context.Background()) }()
+	select {
+	case err := <-paused:
+		close(release)
+		t.Fatalf("Pause returned (%v) while the receive handler still ran", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	if err := shimtest.Recv(t, "the indication", indicated); err != nil {
+		t.Fatalf("indication: %v", err)
+	}
+	if err := shimtest.Recv(t, "Pause", paused); err != nil {
+		t.Fatalf("Pause once the handler returned: %v", err)
+	}
+	if st := r.a.State(); st != ndisshim.StatePaused {
+		t.Errorf("state %s, want Paused", st)
+	}
+}
