@@ -215,28 +215,60 @@ const maxGSOFrame = 65535 + 14 + 4
 // interrupt, so the bindings and the OIDs know without waiting for a send.
 // A change it already knew of (a write found the link down first) does
 // nothing.
-func (m *Miniport) LinkChanged(up bool) { m.linkChanged(up) }
+func (m *Miniport) LinkChanged(up bool) { m.setLink(up, 0, false) }
 
-// linkChanged records that the hardware TAP's link went down (a write
-// found it down, or LinkChanged) or came back (a write went through, or
-// LinkChanged), says so in the log,
-// and indicates the new link state to the bindings
-// (NDIS_STATUS_LINK_STATE), as a NIC does on a link interrupt. Queues
-// sending at once may all see the change: only the first reports it.
-func (m *Miniport) linkChanged(up bool) {
+// sendSawLink is what a send learned of the link from its write (down: EIO;
+// up: the write went through), gen being linkGen read before the write.
+// It is applied unless the link changed since (a send reports after
+// releasing its txMu, so the watch or another queue may have seen a newer
+// state: applied late, the old observation would stand for good).
+func (m *Miniport) sendSawLink(up bool, gen uint64) { m.setLink(up, gen, true) }
+
+// setLink records that the hardware TAP's link went down or came back,
+// says so in the log, and has the bindings told (NDIS_STATUS_LINK_STATE),
+// as a NIC does on a link interrupt. Queues sending at once may all see
+// the change: only the first records it.
+func (m *Miniport) setLink(up bool, gen uint64, fromSend bool) {
 	m.linkMu.Lock()
-	defer m.linkMu.Unlock()
-	if m.linkDown.Load() == !up {
+	if m.linkDown.Load() == !up || fromSend && m.linkGen.Load() != gen {
+		m.linkMu.Unlock()
 		return
 	}
 	m.linkDown.Store(!up)
+	m.linkGen.Add(1)
 	if up {
 		m.log.Info("hardware link up", "tap", m.cfg.HardwareName)
 	} else {
 		m.log.Warn("hardware link down: sends are dropped (MEDIA_DISCONNECTED, counted as link-down) until it is up", "tap", m.cfg.HardwareName)
 	}
-	m.a.IndicateStatus(ndisshim.StatusIndication{Code: ndisshim.StatusLinkState,
-		Data: ndisshim.LinkState{Connected: up, SpeedBps: m.cfg.LinkSpeedBps, Duplex: "full"}})
+	m.linkMu.Unlock()
+	m.reportLink()
+}
+
+// reportLink indicates the link state to the bindings until what they
+// were told last is the state. The indication runs with no lock held: a
+// protocol may send from its status handler, and that send may find the
+// link changed again (then setLink, finding a report running, leaves it to
+// this loop, which looks again before it stops). One goroutine reports at
+// a time, so the bindings see the changes in order; a change undone before
+// it was reported is not reported (the log has both).
+func (m *Miniport) reportLink() {
+	m.linkMu.Lock()
+	if m.linkReporting {
+		m.linkMu.Unlock()
+		return
+	}
+	m.linkReporting = true
+	for m.linkReportedDown != m.linkDown.Load() {
+		down := m.linkDown.Load()
+		m.linkMu.Unlock()
+		m.a.IndicateStatus(ndisshim.StatusIndication{Code: ndisshim.StatusLinkState,
+			Data: ndisshim.LinkState{Connected: !down, SpeedBps: m.cfg.LinkSpeedBps, Duplex: "full"}})
+		m.linkMu.Lock()
+		m.linkReportedDown = down
+	}
+	m.linkReporting = false
+	m.linkMu.Unlock()
 }
 
 // deviceError handles a read or write error on the hardware.
@@ -361,14 +393,24 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) int {
 			}
 			bytes += nb.Length
 		}
+		nbl.MiniportReserved[1] = uintptr(len(bufs)) // where its frames end in bufs (failUnwritten)
 	}
 	linkUp, linkDown := false, false // a change of the link to report once txMu is free
+	linkGen := m.linkGen.Load()      // the link's state as of before the write
 	if len(bufs) > 0 {
 		w, err := q.dev.WriteBatch(bufs)
 		frames = w
-		lost := int64(len(bufs) - w)
+		lost, devLost := int64(len(bufs)-w), int64(0)
 		if lost > 0 {
-			lost -= q.countDeviceTxDrops()
+			devLost = q.countDeviceTxDrops()
+			lost -= devLost
+			// The bytes of the frames written: exact when the device
+			// dropped none (bufs[:w]); when it did, it does not say
+			// which, and bufs[:w] stands for them.
+			bytes = 0
+			for _, b := range bufs[:w] {
+				bytes += len(b) - m.vnet
+			}
 		}
 		switch {
 		case err == nil:
@@ -380,35 +422,43 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) int {
 			// A pulled cable: what was not written is dropped with
 			// MEDIA_DISCONNECTED, and the next send tries again.
 			m.ctr.TxDropLinkDown.Add(lost)
-			for nbl := nbls; nbl != nil; nbl = nbl.Next {
-				if mine(nbl) {
-					nbl.Status = ndisshim.StatusMediaDisconnected
-				}
-			}
+			q.failUnwritten(nbls, w+int(devLost), ndisshim.StatusMediaDisconnected)
 			linkDown = !m.linkDown.Load()
 		default:
 			m.ctr.TxErrors.Add(lost)
-			for nbl := nbls; nbl != nil; nbl = nbl.Next {
-				if mine(nbl) {
-					nbl.Status = ndisshim.StatusFailure
-				}
-			}
+			q.failUnwritten(nbls, w+int(devLost), ndisshim.StatusFailure)
 			m.deviceError(err)
 		}
 	}
-	n := len(bufs)
 	clear(bufs) // drop references into the protocol's buffers
 	q.txBufs = bufs[:0]
 	q.txMu.Unlock()
 	if linkUp || linkDown {
 		// Not under txMu: a protocol may send from its status handler.
-		m.linkChanged(linkUp)
+		m.sendSawLink(linkUp, linkGen)
 	}
 	m.ctr.TxFrames.Add(int64(frames))
 	q.txFrames.Add(int64(frames))
-	if frames == n {
-		m.ctr.TxBytes.Add(int64(bytes))
-		q.txBytes.Add(int64(bytes))
-	}
+	m.ctr.TxBytes.Add(int64(bytes))
+	q.txBytes.Add(int64(bytes))
 	return frames
+}
+
+// failUnwritten completes with st each of q's NBLs in the chain that has
+// a frame at or after bufs[from], where a write error ended the batch:
+// an NBL whose frames all went out keeps SUCCESS, and one that failed
+// already (INVALID_LENGTH) keeps its status. send recorded where each
+// NBL's frames end in MiniportReserved[1].
+func (q *queue) failUnwritten(nbls *ndisshim.NetBufferList, from int, st ndisshim.Status) {
+	start := 0
+	for nbl := nbls; nbl != nil; nbl = nbl.Next {
+		if nbl.MiniportReserved[0] != uintptr(q.index) {
+			continue
+		}
+		end := int(nbl.MiniportReserved[1])
+		if end > from && end > start && nbl.Status == ndisshim.StatusSuccess {
+			nbl.Status = st
+		}
+		start = end
+	}
 }

@@ -59,11 +59,19 @@ type Miniport struct {
 	txEnabled  atomic.Bool // sends on (Running)
 	removed    atomic.Bool
 	nicDown    atomic.Bool // ShutdownEx or halt stopped the NIC
-	// linkDown: the last write to the hardware TAP found its link set down
-	// (a pulled cable: tapdev.ErrLinkDown); the next write that goes
-	// through clears it. Changed only under linkMu, by linkChanged.
-	linkDown atomic.Bool
-	linkMu   sync.Mutex
+	// linkDown: the hardware TAP's link is set down (a pulled cable: a
+	// write found tapdev.ErrLinkDown, or the link watch said so); a write
+	// that goes through, or the watch, clears it. Changed only under
+	// linkMu, by setLink; linkGen counts the changes (a send's
+	// observation made before the last change is stale). linkReporting
+	// and linkReportedDown (under linkMu) are reportLink's: whether a
+	// goroutine is indicating the state, and what the bindings were told
+	// last.
+	linkDown         atomic.Bool
+	linkGen          atomic.Uint64
+	linkMu           sync.Mutex
+	linkReporting    bool
+	linkReportedDown bool
 
 	filter    atomic.Uint32 // NDIS packet filter
 	lookahead atomic.Uint32

@@ -69,6 +69,9 @@ type fakeProto struct {
 	events    []ndisshim.NetPnPEvent
 	statuses  []ndisshim.StatusIndication
 	sendPool  *ndisshim.NBLPool
+	// onStatus, if set, runs in StatusEx after the indication is
+	// recorded (a protocol that sends from its status handler)
+	onStatus func(b *ndisshim.Binding, s ndisshim.StatusIndication)
 }
 
 var _ ndisshim.Protocol = (*fakeProto)(nil)
@@ -110,7 +113,11 @@ func (p *fakeProto) SendNetBufferListsComplete(b *ndisshim.Binding, nbls *ndissh
 func (p *fakeProto) StatusEx(b *ndisshim.Binding, s ndisshim.StatusIndication) {
 	p.mu.Lock()
 	p.statuses = append(p.statuses, s)
+	hook := p.onStatus
 	p.mu.Unlock()
+	if hook != nil {
+		hook(b, s)
+	}
 }
 
 func (p *fakeProto) NetPnPEvent(b *ndisshim.Binding, ev ndisshim.NetPnPEvent) error {

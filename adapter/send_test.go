@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
 	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
@@ -340,6 +341,9 @@ func TestSendDropsByDeviceCounted(t *testing.T) {
 		if c.TxFrames+c.TxDropNoRoom != int64(sent) || c.TxErrors != 0 {
 			t.Errorf("sent %d: tx frames %d + no room %d, errors %d; want every frame written or counted once, no errors", sent, c.TxFrames, c.TxDropNoRoom, c.TxErrors)
 		}
+		if c.TxBytes != c.TxFrames*(testMTU+14) {
+			t.Errorf("TxBytes %d for %d frames of %d bytes written", c.TxBytes, c.TxFrames, testMTU+14)
+		}
 		if got := len(r.readPeer(int(c.TxFrames))); int64(got) != c.TxFrames {
 			t.Errorf("the wire got %d frames, TxFrames says %d", got, c.TxFrames)
 		}
@@ -372,4 +376,119 @@ func TestSendDropsByDeviceCounted(t *testing.T) {
 		}
 		r.halt()
 	})
+}
+
+// A protocol may send from its status handler (a gratuitous ARP when the
+// link comes up). When that send finds the link down again, the miniport
+// records it and tells the bindings, in order, without deadlocking: the
+// link state was indicated under the link lock, which the nested send's
+// report then waited for on the same goroutine.
+func TestSendFromLinkStatusHandler(t *testing.T) {
+	var dev *downDev
+	r := newRig(t, rigOptions{wrap: func(d *tapdev.Dev) Device { dev = &downDev{Dev: d}; return dev }})
+	r.restart()
+	r.p.mu.Lock()
+	r.p.onStatus = func(b *ndisshim.Binding, s ndisshim.StatusIndication) {
+		if ls, ok := s.Data.(ndisshim.LinkState); ok && ls.Connected {
+			r.p.send(t, b, frame(peerMAC, 60, 1)) // the ARP
+		}
+	}
+	r.p.mu.Unlock()
+	r.mp.LinkChanged(false)
+	dev.down.Store(true) // the link went down again before the watch said up
+	done := make(chan struct{})
+	go func() {
+		r.mp.LinkChanged(true)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("LinkChanged(true) did not return in 5 s: the status handler's send deadlocked")
+	}
+	var got []bool
+	r.p.mu.Lock()
+	for _, s := range r.p.statuses {
+		if ls, ok := s.Data.(ndisshim.LinkState); ok && s.Code == ndisshim.StatusLinkState {
+			got = append(got, ls.Connected)
+		}
+	}
+	r.p.onStatus = nil
+	r.p.mu.Unlock()
+	if !slices.Equal(got, []bool{false, true, false}) {
+		t.Errorf("link state indications %v, want disconnected, connected, disconnected (the ARP found it down)", got)
+	}
+	if !r.mp.linkDown.Load() {
+		t.Error("the miniport thinks the link is up after a send found it down")
+	}
+	if c := r.counters(); c.TxDropLinkDown != 1 {
+		t.Errorf("link-down drops %d, want the ARP", c.TxDropLinkDown)
+	}
+	dev.down.Store(false)
+	r.pause()
+	r.halt()
+}
+
+// What a send learned of the link before a later change is stale: a send
+// that found the link down, and reports it only after the watch said down
+// and then up again, does not put the miniport back to down for good (the
+// link is up and, on an idle link, nothing would correct it).
+func TestStaleLinkObservationIgnored(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.restart()
+	gen := r.mp.linkGen.Load() // the send reads it, then its write fails with EIO
+	r.mp.LinkChanged(false)    // the watch: down
+	r.mp.LinkChanged(true)     // the watch: up again
+	r.mp.sendSawLink(false, gen)
+	if r.mp.linkDown.Load() {
+		t.Error("a stale link-down observation marked the link down after the watch said up")
+	}
+	gen = r.mp.linkGen.Load()
+	r.mp.sendSawLink(false, gen) // a current one is taken
+	if !r.mp.linkDown.Load() {
+		t.Error("a current link-down observation was ignored")
+	}
+	r.mp.LinkChanged(true)
+	r.pause()
+	r.halt()
+}
+
+// cutDev is the socketpair end whose WriteBatch writes the first k frames
+// of a batch and then fails with tapdev.ErrLinkDown (the link was set down
+// in the middle of the batch).
+type cutDev struct {
+	*tapdev.Dev
+	k int
+}
+
+func (d *cutDev) WriteBatch(bufs [][]byte) (int, error) {
+	n, err := d.Dev.WriteBatch(bufs[:min(d.k, len(bufs))])
+	if err != nil || n == len(bufs) {
+		return n, err
+	}
+	return n, fmt.Errorf("tapdev %s: write: %w (EIO: the link is set down)", d.Name(), tapdev.ErrLinkDown)
+}
+
+// A batch an error cuts short: the NBLs whose frames went out complete
+// SUCCESS and count their bytes, only the ones not written get the
+// error's status, and an NBL refused before the write keeps its
+// INVALID_LENGTH. (Every NBL of the batch got MEDIA_DISCONNECTED, and no
+// byte was counted for the frames written.)
+func TestSendCutShortByLinkDown(t *testing.T) {
+	r := newRig(t, rigOptions{wrap: func(d *tapdev.Dev) Device { return &cutDev{Dev: d, k: 2} }})
+	r.restart()
+	r.p.send(t, r.b, frame(peerMAC, 100, 1), frame(peerMAC, 200, 2), frame(peerMAC, 300, 3), frame(peerMAC, 13, 4))
+	cs := r.p.completions()
+	want := []ndisshim.Status{ndisshim.StatusSuccess, ndisshim.StatusSuccess, ndisshim.StatusMediaDisconnected, ndisshim.StatusInvalidLength}
+	if len(cs) != 1 || !slices.Equal(cs[0].statuses, want) {
+		t.Errorf("completions %v, want one chain %v", cs, want)
+	}
+	c := r.counters()
+	if c.TxFrames != 2 || c.TxBytes != 300 || c.TxDropLinkDown != 1 || c.TxDropOversize != 1 {
+		t.Errorf("tx frames %d, bytes %d, link-down %d, oversize %d; want 2, 300, 1, 1", c.TxFrames, c.TxBytes, c.TxDropLinkDown, c.TxDropOversize)
+	}
+	shimtest.EqualFrames(t, "on the wire", r.readPeer(2), [][]byte{frame(peerMAC, 100, 1), frame(peerMAC, 200, 2)})
+	r.mp.LinkChanged(true)
+	r.pause()
+	r.halt()
 }
