@@ -302,3 +302,20 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// ShutdownEx may come while the shim runs RestartEx (the shim takes no
+// lock for it): a RestartEx after ShutdownEx fails and leaves the NIC
+// off. (It turned receive and send back on after ShutdownEx had turned
+// them off.)
+func TestRestartExAfterShutdownExKeepsNICOff(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.mp.ShutdownEx(ndisshim.ShutdownPowerOff)
+	err := r.mp.RestartEx(context.Background())
+	if !errors.Is(err, ndisshim.ErrIllegalState) {
+		t.Errorf("RestartEx after ShutdownEx: %v, want an ErrIllegalState error", err)
+	}
+	if r.mp.rxEnabled.Load() || r.mp.txEnabled.Load() {
+		t.Errorf("after RestartEx following ShutdownEx: receive on %v, send on %v; want both off", r.mp.rxEnabled.Load(), r.mp.txEnabled.Load())
+	}
+	r.halt()
+}

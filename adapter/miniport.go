@@ -59,6 +59,7 @@ type Miniport struct {
 	txEnabled  atomic.Bool // sends on (Running)
 	removed    atomic.Bool
 	nicDown    atomic.Bool // ShutdownEx or halt stopped the NIC
+	shut       atomic.Bool // ShutdownEx was called: no RestartEx turns the NIC on again
 	// linkDown: the hardware TAP's link is set down (a pulled cable: a
 	// write found tapdev.ErrLinkDown, or the link watch said so); a write
 	// that goes through, or the watch, clears it. Changed only under
@@ -339,14 +340,25 @@ func (m *Miniport) RestartEx(ctx context.Context) error {
 	if m.removed.Load() {
 		return fmt.Errorf("adapter %s: %w", m.cfg.HardwareName, ndisshim.ErrRemoved)
 	}
-	m.rxEnabled.Store(true)
-	m.txEnabled.Store(true)
-	return nil
+	// ShutdownEx may come at any moment, even while this runs (the shim
+	// takes no lock for it): enable, then look again, so a ShutdownEx
+	// before or during the restart leaves the NIC off.
+	if !m.shut.Load() {
+		m.rxEnabled.Store(true)
+		m.txEnabled.Store(true)
+		if !m.shut.Load() {
+			return nil
+		}
+		m.rxEnabled.Store(false)
+		m.txEnabled.Store(false)
+	}
+	return fmt.Errorf("adapter %s: restart after ShutdownEx: %w", m.cfg.HardwareName, ndisshim.ErrIllegalState)
 }
 
 // ShutdownEx is MiniportShutdownEx: put the NIC in its initial state (link
 // down), freeing nothing and waiting for nothing.
 func (m *Miniport) ShutdownEx(action ndisshim.ShutdownAction) {
+	m.shut.Store(true) // first: see RestartEx
 	m.rxEnabled.Store(false)
 	m.txEnabled.Store(false)
 	m.stopNIC()
