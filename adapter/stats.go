@@ -48,7 +48,7 @@ type Counters struct {
 	TxErrors             atomic.Int64 // write failed, or the hardware TAP refused the frame (tapdev TxErrors)
 	ModerationWaits      atomic.Int64 // receive DPC waits for interrupt moderation
 	RxPolls              atomic.Int64 // receive DPCs run by a small send (Config.PollOnSend)
-	RxPollFrames         atomic.Int64 // frames those runs indicated
+	RxPollFrames         atomic.Int64 // frames those runs read (indicated, or dropped as runts, filtered, ...)
 	// FramesPerIndication counts indications by their number of frames
 	// (the buckets of IndicationBuckets): one atomic add per indication.
 	FramesPerIndication            [NumIndicationBuckets]atomic.Int64
@@ -71,7 +71,7 @@ type Snapshot struct {
 	RxFramesPerSec, TxFramesPerSec             int64
 	PoolInUse, PoolHighWater, PoolExhaustions  int64
 	ModerationWaits                            int64 // receive DPC waits for interrupt moderation (all queues)
-	RxPolls, RxPollFrames                      int64 // receive DPCs run by small sends, and the frames they indicated
+	RxPolls, RxPollFrames                      int64 // receive DPCs run by small sends, and the frames they read
 	// FramesPerIndication[i] counts indications whose frame count falls
 	// in bucket i (IndicationBuckets); their sum is the indications
 	// counted so far and the frames in them sum to RxFrames.

@@ -45,7 +45,7 @@ var (
 	descSoftOffload   = desc("stack_software_offload_total", "Frames the stack cut, checksummed or coalesced in software because the other side could not take them as they were.", "kind")
 	descReturnedEarly = desc("stack_returned_early_total", "Receive NBLs the stack returned at once because its hold queue was full.")
 	descPolls         = desc("rx_send_polls_total", "Receive DPCs a small send ran on its own goroutine (--rx-poll-on-send).")
-	descPollFrames    = desc("rx_send_poll_frames_total", "Frames the receive DPCs run by small sends indicated.")
+	descPollFrames    = desc("rx_send_poll_frames_total", "Frames the receive DPCs run by small sends read from the hardware TAP.")
 	descNICPolls      = desc("stack_nic_polls_total", "NIC TAP reader runs a small indication made on its own goroutine (--nic-poll-on-receive).")
 	descNICPollFrames = desc("stack_nic_poll_frames_total", "Host frames the NIC TAP reader runs made by small indications sent down.")
 	descModWaits      = desc("interrupt_moderation_waits_total", "Times a receive DPC (receive_dpc) or the NIC TAP reader (nic_reader) waited for interrupt moderation after a busy one-way wake-up.", "dpc")
