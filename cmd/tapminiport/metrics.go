@@ -140,7 +140,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for _, d := range []struct {
 		cause string
 		v     int64
-	}{{"paused", st.DropPaused}, {"no_send_buffer", st.DropNoSendBuffer},
+	}{{"paused", st.DropPaused}, {"no_send_buffer", st.DropNoSendBuffer}, {"oversize", st.DropOversize}, {"no_room", st.ToHostNoRoom},
 		{"send_failed", st.SendFailed}, {"write_error", st.WriteErrors}} {
 		counter(descStackDropped, d.v, d.cause)
 	}

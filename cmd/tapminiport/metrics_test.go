@@ -19,11 +19,11 @@ import (
 func fakeSample() sample {
 	s := sample{at: time.Now(), state: ndisshim.StateRunning,
 		shim:     ndisshim.Stats{HeldNow: 12, PeakHeld: 40, DrainedNBLs: 3},
-		stack:    hoststack.Counters{ReturnedEarly: 2},
+		stack:    hoststack.Counters{ReturnedEarly: 2, DropOversize: 8, ToHostNoRoom: 9, WriteErrors: 10},
 		findings: 1,
 		pcap:     pcapStats{on: true, path: "/tmp/x.pcap", frames: 9, bytes: 900, skipped: 1},
 		mp: adapter.Snapshot{RxFrames: 100, RxBytes: 150000, TxFrames: 50, TxBytes: 4000, Indications: 10, ResourcesIndications: 1,
-			RxDropNoBuffer: 4, RxDropOversize: 3, TxDropPaused: 1, PoolInUse: 12, PoolHighWater: 64},
+			RxDropNoBuffer: 4, RxDropOversize: 3, TxDropPaused: 1, TxDropLinkDown: 7, TxDropNoRoom: 5, TxErrors: 6, PoolInUse: 12, PoolHighWater: 64},
 	}
 	// 10 indications: 2 of 1 frame, 3 of 2–3, 5 of 16–31 (frames sum to RxFrames).
 	s.mp.FramesPerIndication = [adapter.NumIndicationBuckets]int64{2, 3, 0, 0, 5, 0, 0}
@@ -95,6 +95,12 @@ func TestCollectorReadsTheSample(t *testing.T) {
 		{"tapminiport_rx_dropped_total", map[string]string{"queue": "0", "cause": "oversize"}, 3},
 		{"tapminiport_rx_dropped_total", map[string]string{"queue": "0", "cause": "runt"}, 0},
 		{"tapminiport_tx_dropped_total", map[string]string{"queue": "0", "cause": "paused"}, 1},
+		{"tapminiport_tx_dropped_total", map[string]string{"queue": "0", "cause": "link_down"}, 7},
+		{"tapminiport_tx_dropped_total", map[string]string{"queue": "0", "cause": "no_room"}, 5},
+		{"tapminiport_tx_dropped_total", map[string]string{"queue": "0", "cause": "error"}, 6},
+		{"tapminiport_stack_dropped_total", map[string]string{"cause": "oversize"}, 8},
+		{"tapminiport_stack_dropped_total", map[string]string{"cause": "no_room"}, 9},
+		{"tapminiport_stack_dropped_total", map[string]string{"cause": "write_error"}, 10},
 		{"tapminiport_stack_returned_early_total", map[string]string{}, 2},
 		{"tapminiport_pool_exhaustions_total", q, 0},
 		{"tapminiport_drained_nbls_total", nil, 3},
@@ -244,7 +250,7 @@ func TestStatsLine(t *testing.T) {
 	}
 	for _, want := range []string{
 		" rx_pps=2000 rx_mbps=20.0 tx_pps=1000 tx_mbps=1.0 rx=1100 tx=550 held=12 pool=12/1024 pool_hw=64 resources=1 ",
-		" rx_drop=nobuf:4,runt:0,oversize:3,filtered:0,notready:0 tx_drop=paused:1,oversize:0,link_down:0,no_room:0,error:0 ",
+		" rx_drop=nobuf:4,runt:0,oversize:3,filtered:0,notready:0 tx_drop=paused:1,oversize:0,link_down:7,no_room:5,error:6 ",
 		" fpi=1:0,2-3:0,4-7:0,8-15:0,16-31:0,32-63:0,64+:15 ",
 	} {
 		if !strings.Contains(line, want) {

@@ -101,7 +101,7 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 // queues the line is q=all and one shorter line per queue follows it
 // (stats q=0 rx_pps=.. rx_mbps=.. tx_pps=.. tx_mbps=.. rx=.. tx=..).
 //
-//	stats q=0 rx_pps=81234 rx_mbps=954.1 tx_pps=40123 tx_mbps=2.6 rx=123456 tx=65432 held=312 pool=312/1024 pool_hw=1024 resources=0 rx_drop=nobuf:0,runt:0,oversize:0,filtered:0,notready:0 tx_drop=paused:0,oversize:0,link_down:0,error:0 fpi=1:3,2-3:0,4-7:0,8-15:1,16-31:0,32-63:5,64+:120 state=Running
+//	stats q=0 rx_pps=81234 rx_mbps=954.1 tx_pps=40123 tx_mbps=2.6 rx=123456 tx=65432 held=312 pool=312/1024 pool_hw=1024 resources=0 rx_drop=nobuf:0,runt:0,oversize:0,filtered:0,notready:0 tx_drop=paused:0,oversize:0,link_down:0,no_room:0,error:0 fpi=1:3,2-3:0,4-7:0,8-15:1,16-31:0,32-63:5,64+:120 state=Running
 func statsLine(prev, cur sample, poolSize int) string {
 	dt := cur.at.Sub(prev.at).Seconds()
 	if dt <= 0 {
@@ -241,8 +241,8 @@ func (m *machine) dump() string {
 	b.WriteString("\n")
 	st := s.stack
 	fmt.Fprintf(&b, "binding %s: to host %d frames, to wire %d frames, RESOURCES writes %d\n", hoststack.ProtocolName, st.ToHostFrames, st.ToWireFrames, st.ResourcesWrites)
-	fmt.Fprintf(&b, "  stack: returned-early=%d drops: paused=%d no-send-buffer=%d send-failed=%d write-errors=%d\n",
-		st.ReturnedEarly, st.DropPaused, st.DropNoSendBuffer, st.SendFailed, st.WriteErrors)
+	fmt.Fprintf(&b, "  stack: returned-early=%d drops: paused=%d no-send-buffer=%d oversize=%d no-room=%d send-failed=%d write-errors=%d\n",
+		st.ReturnedEarly, st.DropPaused, st.DropNoSendBuffer, st.DropOversize, st.ToHostNoRoom, st.SendFailed, st.WriteErrors)
 	if s.pcap.on {
 		fmt.Fprintf(&b, "pcap %s: %d frames, %d bytes captured, %d skipped\n", s.pcap.path, s.pcap.frames, s.pcap.bytes, s.pcap.skipped)
 	}

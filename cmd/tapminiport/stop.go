@@ -155,8 +155,8 @@ func (m *machine) report(code int, err error) {
 	fmt.Fprintf(w, "  receive drops: no-buffer=%d runt=%d oversize=%d filtered=%d not-ready=%d\n",
 		c.RxDropNoBuffer, c.RxDropRunt, c.RxDropOversize, c.RxDropFiltered, c.RxDropNotReady)
 	fmt.Fprintf(w, "  send drops: paused=%d oversize=%d link-down=%d no-room=%d errors=%d\n", c.TxDropPaused, c.TxDropOversize, c.TxDropLinkDown, c.TxDropNoRoom, c.TxErrors)
-	fmt.Fprintf(w, "  stack drops: paused=%d no-send-buffer=%d send-failed=%d write-errors=%d; returned early (hold queue full): %d\n",
-		s.DropPaused, s.DropNoSendBuffer, s.SendFailed, s.WriteErrors, s.ReturnedEarly)
+	fmt.Fprintf(w, "  stack drops: paused=%d no-send-buffer=%d oversize=%d no-room=%d send-failed=%d write-errors=%d; returned early (hold queue full): %d\n",
+		s.DropPaused, s.DropNoSendBuffer, s.DropOversize, s.ToHostNoRoom, s.SendFailed, s.WriteErrors, s.ReturnedEarly)
 	fmt.Fprintf(w, "  software offload: segmented to-host=%d to-wire=%d, checksummed to-host=%d to-wire=%d, coalesced udp=%d, dropped=%d\n",
 		s.SegmentedToHost, s.SegmentedToWire, s.ChecksummedToHost, s.ChecksummedToWire, s.Coalesced, s.DropSegment)
 	if m.o.moderation > 0 {

@@ -115,17 +115,21 @@ func (c Config) Validate() error {
 type Counters struct {
 	// Frames count what crosses the NIC TAP and the miniport as the far
 	// side sees it (segments of a frame cut in software, each datagram of a
-	// coalesced send); bytes count the frames as indicated or read.
+	// coalesced send); ToHostBytes counts the frames as indicated,
+	// ToWireBytes as sent down (a frame cut in software: its segments,
+	// headers included).
 	ToHostFrames, ToHostBytes int64 // written to the NIC TAP
 	ToWireFrames, ToWireBytes int64 // read from the NIC TAP and sent down
 	ReturnedEarly             int64 // NBLs returned at once, not held: the hold queue was full
 	DropPaused                int64 // host frames read while the binding was paused
-	DropNoSendBuffer          int64 // host frames dropped: every send NBL in flight
+	DropNoSendBuffer          int64 // host frames dropped, or the rest of one cut in software: every send NBL in flight
 	SendFailed                int64 // sends completed with a failure status
 	ResourcesWrites           int64 // frames written during a RESOURCES indication
 	CorruptHeld               int64 // held frames whose bytes changed (CheckHeld)
-	WriteErrors               int64
+	WriteErrors               int64 // frames to the host a write failed or the NIC TAP refused (EINVAL)
+	ToHostNoRoom              int64 // frames to the host the NIC TAP had no room for (EAGAIN, ENOBUFS)
 	DropBadVnetHdr            int64 // host frames with a malformed virtio-net header
+	DropOversize              int64 // host frames longer than a send buffer (the NIC TAP's MTU raised past the adapter's): dropped by the read
 	// Software offload: frames the binding segmented or checksummed
 	// because the other side could not take them as they were.
 	SegmentedToHost, SegmentedToWire     int64 // large frames cut into segments
@@ -173,7 +177,8 @@ type Stack struct {
 	modWaits                                             atomic.Int64 // the readers' moderation waits
 	returnedEarly, dropPaused, dropNoSendBuffer          atomic.Int64
 	sendFailed, resourcesWrites, corruptHeld, writeErrs  atomic.Int64
-	dropBadVnetHdr                                       atomic.Int64
+	dropBadVnetHdr, dropOversize, toHostNoRoom           atomic.Int64
+	writeWarned                                          atomic.Bool // the first write error was logged
 	segToHost, segToWire, csumToHost, csumToWire         atomic.Int64
 	dropSegment, coalesced                               atomic.Int64
 	polls, pollFrames                                    atomic.Int64
@@ -326,6 +331,7 @@ func (s *Stack) Counters() Counters {
 		ReturnedEarly: s.returnedEarly.Load(), DropPaused: s.dropPaused.Load(), DropNoSendBuffer: s.dropNoSendBuffer.Load(),
 		SendFailed: s.sendFailed.Load(), ResourcesWrites: s.resourcesWrites.Load(), CorruptHeld: s.corruptHeld.Load(),
 		WriteErrors: s.writeErrs.Load(), DropBadVnetHdr: s.dropBadVnetHdr.Load(),
+		DropOversize: s.dropOversize.Load(), ToHostNoRoom: s.toHostNoRoom.Load(),
 		SegmentedToHost: s.segToHost.Load(), SegmentedToWire: s.segToWire.Load(),
 		ChecksummedToHost: s.csumToHost.Load(), ChecksummedToWire: s.csumToWire.Load(), DropSegment: s.dropSegment.Load(),
 		Coalesced: s.coalesced.Load(), ModerationWaits: s.modWaits.Load(),

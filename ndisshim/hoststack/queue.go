@@ -57,6 +57,11 @@ type nicQueue struct {
 	// poller runs q.poll after a small indication (Config.PollOnReceive):
 	// armed after registration, disarmed before deregistration
 	poller ndisshim.Poller
+	// devCounters is dev's Counters (nil for a device without them),
+	// looked up once; devOversize is how many of its RxOversize drops
+	// dropOversize has (reader only)
+	devCounters func() tapdev.Counters
+	devOversize uint64
 
 	w writer
 }
@@ -73,6 +78,10 @@ type writer struct {
 	used     int
 	segBufs  [][]byte
 	segSizes []int
+	// the device's drop counters, as for the reader: how many of its
+	// TxDropped and TxErrors the stack's counters have (under mu)
+	devCounters               func() tapdev.Counters
+	devTxDropped, devTxErrors uint64
 }
 
 func newNICQueue(s *Stack, index int, dev Device) *nicQueue {
@@ -86,6 +95,9 @@ func newNICQueue(s *Stack, index int, dev Device) *nicQueue {
 		func(dst []*ndisshim.NetBufferList) int { return s.sendPool.AllocateBatch(dst) },
 		func(chain *ndisshim.NetBufferList) { s.sendPool.FreeChain(chain) })
 	q.w = writer{s: s, dev: dev, bufs: make([][]byte, 0, 256)}
+	if d, ok := dev.(interface{ Counters() tapdev.Counters }); ok {
+		q.devCounters, q.w.devCounters = d.Counters, d.Counters
+	}
 	if s.vnet > 0 {
 		// frames read from the NIC TAP may need cutting for the miniport
 		q.segNBLs = make([]*ndisshim.NetBufferList, maxSegments)
@@ -210,11 +222,24 @@ func (w *writer) flush(bufs [][]byte) int {
 	}
 	s := w.s
 	n, err := w.dev.WriteBatch(bufs)
-	if err != nil {
-		s.writeErrs.Add(int64(len(bufs) - n))
-		if s.writeErrs.Load() == int64(len(bufs)-n) { // the first failure: say it once
-			s.log.Warn("write to NIC TAP failed (counted as write-errors from now on)", "nic", s.cfg.NICName, "err", err)
+	if lost := int64(len(bufs) - n); lost > 0 {
+		// Frames the NIC TAP dropped or refused without an error are in
+		// its counters; the rest are what an error left unwritten (or
+		// lost by a device without counters).
+		if w.devCounters != nil {
+			c := w.devCounters()
+			dropped, refused := int64(c.TxDropped-w.devTxDropped), int64(c.TxErrors-w.devTxErrors)
+			w.devTxDropped, w.devTxErrors = c.TxDropped, c.TxErrors
+			s.toHostNoRoom.Add(dropped)
+			s.writeErrs.Add(refused)
+			lost -= dropped + refused
 		}
+		if lost > 0 {
+			s.writeErrs.Add(lost)
+		}
+	}
+	if err != nil && s.writeWarned.CompareAndSwap(false, true) { // the first failure: say it once
+		s.log.Warn("write to NIC TAP failed (counted as write-errors from now on)", "nic", s.cfg.NICName, "err", err)
 	}
 	clear(bufs) // drop references into the miniport's buffers
 	s.toHostFrames.Add(int64(n))
@@ -253,6 +278,12 @@ func (q *nicQueue) read(rounds int) (frames, bytes int) {
 		got, dropped, empty, err := q.rd.Fill(sendHeadroom - s.vnet)
 		if dropped > 0 {
 			s.dropNoSendBuffer.Add(int64(dropped))
+		}
+		if q.devCounters != nil {
+			if now := q.devCounters().RxOversize; now > q.devOversize {
+				s.dropOversize.Add(int64(now - q.devOversize))
+				q.devOversize = now
+			}
 		}
 		frames += got
 		for _, n := range q.rd.Sizes[:got] {
