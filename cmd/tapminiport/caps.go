@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"syscall"
 	"unsafe"
 )
@@ -44,4 +45,34 @@ func dropCapabilities(namespaces bool) (kept []string, err error) {
 		return nil, fmt.Errorf("capset: %w", e)
 	}
 	return kept, nil
+}
+
+// missingCapabilities names what of CAP_NET_ADMIN (and CAP_SYS_ADMIN,
+// for a run that works in namespaces) the process lacks in its effective
+// set ("" when it has them, or when the kernel would not say). A start
+// without them fails at its first TAP or namespace; preflight asks first,
+// so the message is the same whatever /dev/net/tun's mode lets an
+// unprivileged user open.
+func missingCapabilities(namespaces bool) string {
+	hdr := struct {
+		version uint32
+		pid     int32
+	}{0x20080522, 0} // _LINUX_CAPABILITY_VERSION_3, this thread
+	var data [2]struct{ effective, permitted, inheritable uint32 }
+	if _, _, e := syscall.RawSyscall(syscall.SYS_CAPGET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
+		return ""
+	}
+	var missing []string
+	for _, c := range []struct {
+		bit  uint
+		name string
+	}{{capNetAdmin, "CAP_NET_ADMIN"}, {capSysAdmin, "CAP_SYS_ADMIN"}} {
+		if c.bit == capSysAdmin && !namespaces {
+			continue
+		}
+		if data[0].effective&(1<<c.bit) == 0 {
+			missing = append(missing, c.name)
+		}
+	}
+	return strings.Join(missing, " and ")
 }

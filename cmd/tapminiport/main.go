@@ -76,7 +76,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	stderr = &lockedWriter{w: stderr} // slog, --stats lines and SIGUSR1 dumps share it
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
-	if err := preflight(); err != nil {
+	if err := preflight(!o.noWire || o.nicNetns != ""); err != nil {
 		fmt.Fprintf(stderr, "tapminiport: %v\n", err)
 		return exitStart
 	}
@@ -146,10 +146,18 @@ func withFix(err error) error {
 	return err
 }
 
-// preflight names the fix when the process cannot create TAPs.
-func preflight() error {
+// preflight names the fix when the process cannot create TAPs (or, with
+// namespaces, namespaces).
+func preflight(namespaces bool) error {
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		return fmt.Errorf("/dev/net/tun is missing: load the tun module (modprobe tun) or run where TAP devices exist: %w", err)
+	}
+	if m := missingCapabilities(namespaces); m != "" {
+		need, what := "CAP_NET_ADMIN", "TAPs"
+		if namespaces {
+			need, what = "CAP_NET_ADMIN and CAP_SYS_ADMIN", "TAPs and namespaces"
+		}
+		return fmt.Errorf("needs root or %s (it creates %s; %s missing): run with sudo", need, what, m)
 	}
 	f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
 	if err != nil {
@@ -435,14 +443,20 @@ func (m *machine) banner() {
 	}
 	fmt.Fprintf(w, "tapminiport %s: adapter %s running\n", adapter.Version, o.hwTap)
 	fmt.Fprintf(w, "  host stack: NIC TAP %s in %s, MAC %s, MTU %d, addresses %s\n", o.nicTap, nicNs, m.mp.MAC(), o.mtu, prefixList{&o.nicAddrs})
-	if o.noWire {
+	switch {
+	case o.noWire:
 		fmt.Fprintf(w, "  wire: hardware TAP %s, not addressed (--no-wire)\n", o.hwTap)
-	} else {
+	case o.nicNetns == "":
+		// Traffic to try only from the host stack's own namespace: from
+		// the current one (often the root namespace) it is the user's
+		// call, not a suggestion.
 		fmt.Fprintf(w, "  wire partner: hardware TAP %s in netns %s, addresses %s\n", o.hwTap, o.wireNetns, prefixList{&o.wireAddrs})
-		exec := ""
-		if o.nicNetns != "" {
-			exec = "ip netns exec " + o.nicNetns + " "
-		}
+		fmt.Fprintf(w, "  try: give --nic-netns NAME to have the host stack in a namespace of its own, and commands to try here\n")
+	default:
+		fmt.Fprintf(w, "  wire partner: hardware TAP %s in netns %s, addresses %s\n", o.hwTap, o.wireNetns, prefixList{&o.wireAddrs})
+		// The iperf3 server ends on its own (one client, or the
+		// timeout), so it never outlives the run's wire namespace.
+		exec := "ip netns exec " + o.nicNetns + " "
 		peer4, peer6 := "", ""
 		for _, p := range o.wireAddrs {
 			if p.Addr().Is4() && peer4 == "" {
@@ -454,7 +468,7 @@ func (m *machine) banner() {
 		fmt.Fprintf(w, "  try:\n")
 		if peer4 != "" {
 			fmt.Fprintf(w, "    %sping -c 3 %s\n", exec, peer4)
-			fmt.Fprintf(w, "    ip netns exec %s iperf3 -s -1 -D; %siperf3 -c %s -t 5\n", o.wireNetns, exec, peer4)
+			fmt.Fprintf(w, "    ip netns exec %s timeout 30 iperf3 -s -1 & sleep 0.5; %siperf3 -c %s -t 5\n", o.wireNetns, exec, peer4)
 		}
 		if peer6 != "" {
 			fmt.Fprintf(w, "    %sping -6 -c 3 %s\n", exec, peer6)
