@@ -248,7 +248,8 @@ const ringAfter = 2
 // reports refused when the ring would not take the reads that are left:
 // the device does not take RWF_NOWAIT (EOPNOTSUPP; ringRefused is set, for
 // good), or the kernel could not take the requests this time (EAGAIN,
-// ENOMEM from io_uring_enter when it could not allocate them, EBUSY). The
+// ENOMEM from io_uring_enter when it could not allocate them, EBUSY; a
+// call that takes none and names no error reads as EAGAIN). The
 // caller then reads the rest with read(2): a frame is never left unread,
 // and a reader is never told of an error, because the ring was short of
 // something. (A read's own EAGAIN, the queue found empty, is not an error:
@@ -313,11 +314,15 @@ func ReadPathOf(dev FrameDevice) string {
 // device has no room for (EAGAIN, ENOBUFS) is dropped and counted
 // (Counters.TxDropped), a frame the device refuses (EINVAL, EMSGSIZE, empty)
 // is counted as a tx error, and the batch goes on: neither is an error, so
-// n < len(bufs) with a nil error means drops. An error ends the batch:
-// bufs[n] and the rest were not written. One that means the device is gone
-// wraps ErrDeviceGone; one that means the link is down (EIO from a TAP)
-// wraps ErrLinkDown, and the caller decides what the unwritten frames
-// become (nothing is counted here).
+// n < len(bufs) with a nil error means drops. An error ends the batch at
+// the frame that met it: that frame and the rest were not written. n
+// counts frames written, not where the batch stopped: with frames dropped
+// or refused before the error, the first unwritten frame is bufs[n+lost],
+// lost being this call's increase of Counters().TxDropped+TxErrors (every
+// frame before it was written, dropped or refused). An error that means
+// the device is gone wraps ErrDeviceGone; one that means the link is down
+// (EIO from a TAP) wraps ErrLinkDown, and the caller decides what the
+// unwritten frames become (nothing is counted here).
 //
 // The caller owns bufs; the kernel has copied each frame when WriteBatch
 // returns. Nothing is allocated.

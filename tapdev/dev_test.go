@@ -600,18 +600,23 @@ func TestReadBatchDropsFrameLongerThanBufferSocketpair(t *testing.T) {
 // (EAGAIN, or ENOMEM for the first call: it could not allocate a request),
 // take them back, and ReadBatch reads those frames with read(2) instead,
 // with no error to the reader (the reader used to get the EAGAIN as a read
-// error, and the frames waited for the next wake-up). Either way no SQE
+// error, and the frames waited for the next wake-up). A call that takes
+// none and names no error is such a refusal too, not an empty queue (the
+// frames not taken used to wait for the next wake-up). Either way no SQE
 // outlives the call, so the next batch never runs a read into the
 // previous batch's buffers or takes a completion with a stale index.
 func TestURingShortSubmit(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
-		refuse unix.Errno // what io_uring_enter answers after the short submit (0: takes the rest)
-		taken  uint32     // how many SQEs the first call takes
+		taken  uint32     // how many SQEs the first call takes (0: it takes none, answering refuse)
+		stall  bool       // after those, a call takes none, answering refuse (else the rest is taken)
+		refuse unix.Errno // the errno of a call that takes none (0: none)
 	}{
-		{"rest submitted", 0, 2},
-		{"rest refused", unix.EAGAIN, 2},
-		{"all refused", unix.ENOMEM, 0},
+		{"rest submitted", 2, false, 0},
+		{"rest refused", 2, true, unix.EAGAIN},
+		{"all refused", 0, true, unix.ENOMEM},
+		{"rest not taken, no error", 2, true, 0},
+		{"none taken, no error", 0, true, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := socketpair(t)
@@ -628,7 +633,7 @@ func TestURingShortSubmit(t *testing.T) {
 					return 0, tc.refuse // the kernel could not allocate a request: takes none
 				case calls == 1 && toSubmit > tc.taken:
 					return real(tc.taken, tc.taken) // takes two SQEs and waits for their two completions
-				case calls == 2 && tc.refuse != 0:
+				case calls == 2 && tc.stall:
 					return 0, tc.refuse // and then takes none
 				}
 				return real(toSubmit, minComplete)

@@ -187,8 +187,14 @@ func onThrowawayThread(fn func() error) error {
 	return <-errc
 }
 
+// setNetns is netns.Set: a variable so that a test can make leaving a
+// namespace fail.
+var setNetns = netns.Set
+
 // inNetns runs fn on a throwaway thread that is in namespace ns ("" runs
-// fn on the caller's goroutine).
+// fn on the caller's goroutine). Its error can be fn's success followed by
+// a failure to leave ns: whatever fn opened is then still the caller's to
+// close.
 func inNetns(ns string, fn func() error) error {
 	if ns == "" {
 		return fn()
@@ -204,11 +210,11 @@ func inNetns(ns string, fn func() error) error {
 			return err
 		}
 		defer orig.Close()
-		if err := netns.Set(target); err != nil {
+		if err := setNetns(target); err != nil {
 			return fmt.Errorf("tapdev: enter netns %q: %w", ns, err)
 		}
 		ferr := fn()
-		if err := netns.Set(orig); err != nil {
+		if err := setNetns(orig); err != nil {
 			return errors.Join(ferr, fmt.Errorf("tapdev: leave netns %q: %w", ns, err))
 		}
 		return ferr

@@ -68,13 +68,21 @@ func OpenTAPAt(ns, name string, o Options) (d *Dev, created bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
-	var fd int
+	fd := -1
 	var ifname string
 	err = inNetns(ns, func() error {
 		var err error
 		fd, ifname, err = openQueue(name, o)
 		return err
 	})
+	if err != nil && fd >= 0 {
+		// The queue opened but the thread could not leave ns: the
+		// error is returned, so the queue must not outlive it (it
+		// would keep a TAP we created, and ns, alive).
+		if cerr := closeQueue(fd, prior); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}
 	if errors.Is(err, unix.EBUSY) {
 		return nil, false, fmt.Errorf("tapdev: open tap %q %s: %w (a single-queue TAP takes one queue: is another process attached?)", name, where(ns), err)
 	}
@@ -94,6 +102,20 @@ func OpenTAPAt(ns, name string, o Options) (d *Dev, created bool, err error) {
 		return nil, false, err
 	}
 	return d, prior == nil, nil
+}
+
+// closeQueue closes a queue OpenTAPAt opened and will not return. A
+// pre-existing persistent TAP gets its persist flag back first (water
+// cleared it), so that closing our queue does not delete it.
+func closeQueue(fd int, prior *tapState) error {
+	var err error
+	if prior != nil && prior.persist {
+		if e := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); e != nil {
+			err = fmt.Errorf("restore persist flag (the pre-existing TAP is lost): %w", e)
+		}
+	}
+	unix.Close(fd)
+	return err
 }
 
 // validIfName is the kernel's dev_valid_name, plus "" (kernel's choice).
@@ -168,8 +190,12 @@ func openQueue(name string, o Options) (int, string, error) {
 	return openWater(name, o.MultiQueue)
 }
 
-// openMu serialises water opens so that the stray-fd sweep after a failed
-// open only sees water's fd.
+// openMu serialises every open of /dev/net/tun in the process (openWater
+// and openVnet), so that the stray-fd sweep after a failed water open only
+// sees water's fd: another opener's fd is unattached, and so looks stray,
+// from its open until its TUNSETIFF. Nothing calls openWater or openVnet
+// with openMu held (it is not reentrant); openWater takes
+// syscall.ForkLock after it.
 var openMu sync.Mutex
 
 // openWater opens the queue through water, then trades water's *os.File
@@ -226,8 +252,13 @@ func openWater(name string, mq bool) (int, string, error) {
 }
 
 // openVnet opens the queue without water, which can neither set
-// IFF_VNET_HDR nor keep it (its TUNSETIFF flags replace the TAP's).
+// IFF_VNET_HDR nor keep it (its TUNSETIFF flags replace the TAP's). It
+// holds openMu: until TUNSETIFF its fd is attached to no TAP, and a
+// failed water open on another goroutine would sweep it as water's
+// (closing our fd, or a reused fd number when we close it).
 func openVnet(name string, mq bool) (int, string, error) {
+	openMu.Lock()
+	defer openMu.Unlock()
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, "", err
@@ -274,7 +305,8 @@ func tunFds() map[int]bool {
 
 // closeStrayTunFds closes the /dev/net/tun fds that were not open before
 // and are attached to no TAP (fdinfo "iff:" empty): water's leaked fd. Only
-// safe with openMu held, since tapdev is the only opener of /dev/net/tun.
+// safe with openMu held, since tapdev is the only opener of /dev/net/tun
+// and holds openMu from each open until the fd is attached or closed.
 func closeStrayTunFds(before map[int]bool) {
 	for fd := range tunFds() {
 		if before[fd] {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
@@ -167,6 +168,51 @@ func TestStrayTunFdSweep(t *testing.T) {
 	}
 }
 
+// A failed water open sweeps, holding openMu, the /dev/net/tun fds that
+// are attached to no TAP (TestStrayTunFdSweep). A VnetHdr open's fd is one
+// from its open until its TUNSETIFF, so that open must wait for openMu as
+// well: else the sweep can close its fd under it (TUNSETIFF then fails
+// with EBADF, or its close hits a reused fd number). The race is too
+// narrow to hit on demand; this checks that a VnetHdr open does not run
+// while a sweep holds openMu, and succeeds once it is done.
+func TestVnetOpenWaitsForSweep(t *testing.T) {
+	RequireRoot(t)
+	name := RandomName("tdt")
+	type result struct {
+		d   *Dev
+		err error
+	}
+	done := make(chan result, 1)
+	openMu.Lock()
+	held := true
+	defer func() {
+		if held {
+			openMu.Unlock()
+		}
+	}()
+	before := tunFds()
+	go func() {
+		d, _, err := OpenTAP(name, Options{VnetHdr: true})
+		done <- result{d, err}
+	}()
+	select {
+	case r := <-done:
+		if r.d != nil {
+			r.d.Close()
+		}
+		t.Fatalf("a VnetHdr open returned (err %v) while a sweep held openMu: the sweep could have closed its fd", r.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	closeStrayTunFds(before)
+	openMu.Unlock()
+	held = false
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("VnetHdr open after the sweep: %v", r.err)
+	}
+	r.d.Close()
+}
+
 func TestMultiQueue(t *testing.T) {
 	RequireRoot(t)
 	name := RandomName("tdt")
@@ -248,6 +294,73 @@ func TestOpenTAPAtNamespace(t *testing.T) {
 	d.Close()
 	if LinkExists(ns, name) {
 		t.Error("TAP still in the namespace after Close")
+	}
+}
+
+// When the queue opens in the namespace but the thread then fails to
+// leave it, OpenTAPAt returns an error and must not leave the queue open
+// behind it: no /dev/net/tun fd stays open, a TAP it created is gone, and
+// a pre-existing persistent TAP is still there and still persistent (its
+// flag restored before the close, as after a successful open).
+func TestOpenTAPAtLeaveFailsClosesQueue(t *testing.T) {
+	ns := TempNetns(t, "tdt")
+	RequireTool(t, "ip")
+	pre := RandomName("tdt")
+	run(t, "ip", "-n", ns, "tuntap", "add", "mode", "tap", "name", pre)
+	errLeave := errors.New("injected setns failure")
+	calls := 0
+	setNetns = func(h netns.NsHandle) error {
+		calls++
+		if err := netns.Set(h); err != nil {
+			return err
+		}
+		if calls%2 == 0 { // the second of each pair: leaving
+			return errLeave
+		}
+		return nil
+	}
+	t.Cleanup(func() { setNetns = netns.Set })
+	for _, tc := range []struct {
+		name string
+		link string
+		o    Options
+	}{
+		{"created", RandomName("tdt"), Options{}},
+		{"created, VnetHdr", RandomName("tdt"), Options{VnetHdr: true}},
+		{"pre-existing persistent", pre, Options{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			calls = 0
+			before := len(tunFds())
+			d, _, err := OpenTAPAt(ns, tc.link, tc.o)
+			if d != nil {
+				d.Close()
+			}
+			if !errors.Is(err, errLeave) {
+				t.Fatalf("OpenTAPAt with a failing setns back = %v; want the leave error", err)
+			}
+			if after := len(tunFds()); after != before {
+				t.Errorf("/dev/net/tun fds: %d before, %d after the failed open", before, after)
+			}
+			if tc.link != pre {
+				if LinkExists(ns, tc.link) {
+					t.Errorf("the TAP %s the failed open created is still in %s", tc.link, ns)
+				}
+				return
+			}
+			h, err := handleAt(ns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h.Close()
+			l, err := h.LinkByName(pre)
+			if err != nil {
+				t.Fatalf("the pre-existing TAP is gone after the failed open: %v", err)
+			}
+			if tt, ok := l.(*netlink.Tuntap); !ok || tt.NonPersist {
+				t.Errorf("the pre-existing TAP lost its persist flag (a %s link, flags %#x)", l.Type(), l.Attrs().RawFlags)
+			}
+		})
 	}
 }
 

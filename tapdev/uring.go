@@ -23,7 +23,8 @@ package tapdev
 // (ENOSYS, EPERM from kernel.io_uring_disabled or a seccomp filter), or
 // TAPDEV_IO_URING=0 is in the environment, the Dev reads with read(2); a
 // ring the kernel cannot take reads into for the moment (io_uring_enter:
-// EAGAIN, ENOMEM, EBUSY) has that call's remaining frames read with read(2).
+// EAGAIN, ENOMEM, EBUSY, or no read taken and no error) has that call's
+// remaining frames read with read(2).
 
 import (
 	"errors"
@@ -190,7 +191,10 @@ func newURing(n int) (*uring, error) {
 // its errno (and whether it was EOF). Reads after an EAGAIN or a dropped
 // frame that found a frame are kept: their frame is moved down so bufs[:n]
 // has no hole, which is why every buffer of the batch must be as long as
-// the first. n+oversize < k means some read found the queue empty.
+// the first. n+oversize < k with errno 0 means some read found the queue
+// empty. When io_uring_enter did not take every read, errno is what it
+// failed with, EAGAIN if it took none and named no error: the reads not
+// taken are holes that say nothing about the queue.
 func (r *uring) readBatch(fd int, bufs [][]byte, sizes []int) (n, oversize int, eof bool, errno unix.Errno) {
 	k := min(len(bufs), int(r.entries))
 	tail := atomic.LoadUint32(r.sqTail)
@@ -217,7 +221,12 @@ func (r *uring) readBatch(fd int, bufs [][]byte, sizes []int) (n, oversize int, 
 	// that takes nothing, ends it: the SQEs not taken are taken back (the
 	// tail moves back to the head; only this reader submits), so that no
 	// SQE of this batch, with its buffer and its read index, is ever
-	// submitted by a later call. Their reads are holes, like an EAGAIN.
+	// submitted by a later call. Their reads are holes, like an EAGAIN's,
+	// but unlike one they say nothing about the queue, so the call
+	// reports an errno: the failure's, or EAGAIN for a call that took
+	// nothing and named no error (the kernel could not take them now).
+	// Otherwise the caller would take the holes for an empty queue and
+	// leave frames queued until the next wake-up.
 	for {
 		head := atomic.LoadUint32(r.sqHead)
 		if head == end {
@@ -229,6 +238,9 @@ func (r *uring) readBatch(fd int, bufs [][]byte, sizes []int) (n, oversize int, 
 		}
 		if e == 0 && taken > 0 {
 			continue
+		}
+		if e == 0 {
+			e = unix.EAGAIN
 		}
 		head = atomic.LoadUint32(r.sqHead)
 		atomic.StoreUint32(r.sqTail, head)

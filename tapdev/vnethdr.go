@@ -92,7 +92,19 @@ func (h VnetHdr) Encode(b []byte) {
 // a checksum offload request (NDIS_TCP_IP_CHECKSUM_NET_BUFFER_LIST_INFO),
 // DATA_VALID a verified receive checksum, GSO a large send
 // (NDIS_TCP_LARGE_SEND_OFFLOAD_NET_BUFFER_LIST_INFO v2).
+//
+// The GSO type says the IP version for TCP only: a UDP segmentation (USO)
+// header is the same for IPv4 and IPv6, and NBLInfo, which does not see
+// the frame, marks it IPv4. Use NBLInfoFor when the frame is at hand.
 func (h VnetHdr) NBLInfo() ndisshim.NBLInfo {
+	return h.NBLInfoFor(nil)
+}
+
+// NBLInfoFor is NBLInfo for the Ethernet frame that follows the header:
+// a USO send is IPv6 when the frame is (EtherType 0x86DD, untagged or
+// behind one 802.1Q tag), so that OffloadCaps.Takes checks USOIPv6 for
+// it, not USOIPv4. frame is only read; nil reads as IPv4.
+func (h VnetHdr) NBLInfoFor(frame []byte) ndisshim.NBLInfo {
 	var in ndisshim.NBLInfo
 	if h.Flags&VnetFlagNeedsCsum != 0 {
 		in.Checksum = ndisshim.ChecksumInfo{NeedsChecksum: true, CsumStart: h.CsumStart, CsumOffset: h.CsumOffset}
@@ -100,13 +112,24 @@ func (h VnetHdr) NBLInfo() ndisshim.NBLInfo {
 	in.Checksum.ChecksumValid = h.Flags&VnetFlagDataValid != 0
 	switch h.GSOType &^ VnetGSOECN {
 	case VnetGSOTCPv4, VnetGSOTCPv6, VnetGSOUDPL4:
-		in.LSO = ndisshim.LSOInfo{MSS: h.GSOSize, HeaderLen: h.HdrLen, IPv6: h.GSOType&^VnetGSOECN == VnetGSOTCPv6,
-			UDP: h.GSOType&^VnetGSOECN == VnetGSOUDPL4, ECN: h.GSOType&VnetGSOECN != 0}
+		udp := h.GSOType&^VnetGSOECN == VnetGSOUDPL4
+		in.LSO = ndisshim.LSOInfo{MSS: h.GSOSize, HeaderLen: h.HdrLen,
+			IPv6: h.GSOType&^VnetGSOECN == VnetGSOTCPv6 || udp && isIPv6Frame(frame),
+			UDP:  udp, ECN: h.GSOType&VnetGSOECN != 0}
 	}
 	return in
 }
 
-// VnetHdrFromNBLInfo is the inverse of NBLInfo, for a frame going out on a
+// isIPv6Frame reports whether an Ethernet frame carries IPv6, untagged or
+// behind one 802.1Q tag (as GSOSplit parses it).
+func isIPv6Frame(f []byte) bool {
+	if len(f) >= gsoEthLen+gsoVLANLen && binary.BigEndian.Uint16(f[12:]) == gsoTypeVLAN {
+		return binary.BigEndian.Uint16(f[16:]) == gsoTypeIPv6
+	}
+	return len(f) >= gsoEthLen && binary.BigEndian.Uint16(f[12:]) == gsoTypeIPv6
+}
+
+// VnetHdrFromNBLInfo is the inverse of NBLInfo and NBLInfoFor, for a frame going out on a
 // TAP opened with Options.VnetHdr.
 func VnetHdrFromNBLInfo(in ndisshim.NBLInfo) VnetHdr {
 	var h VnetHdr

@@ -1,6 +1,7 @@
 package tapdev
 
 import (
+	"encoding/binary"
 	"errors"
 	"testing"
 
@@ -85,4 +86,61 @@ func FuzzDecodeVnetHdr(f *testing.F) {
 			t.Fatalf("accepted checksum location %+v for a %d-byte frame", h, frameLen)
 		}
 	})
+}
+
+// A USO send says its IP version only in its frame: NBLInfoFor reads it
+// there (untagged, or behind one 802.1Q tag), so a miniport that offers
+// USO for IPv6 only takes an IPv6 USO send and one that offers it for
+// IPv4 only does not. NBLInfo, without the frame, keeps calling it IPv4.
+func TestVnetHdrNBLInfoForUSOIPv6(t *testing.T) {
+	eth := func(types ...uint16) []byte {
+		f := make([]byte, 12, 100)
+		for _, et := range types {
+			f = binary.BigEndian.AppendUint16(f, et)
+			if et == 0x8100 {
+				f = append(f, 0, 5) // the tag: VLAN 5
+			}
+		}
+		return append(f, make([]byte, 60)...)
+	}
+	uso := VnetHdr{Flags: VnetFlagNeedsCsum, GSOType: VnetGSOUDPL4, HdrLen: 62, GSOSize: 1232, CsumStart: 54, CsumOffset: 6}
+	tso6 := VnetHdr{Flags: VnetFlagNeedsCsum, GSOType: VnetGSOTCPv6, HdrLen: 74, GSOSize: 1428, CsumStart: 54, CsumOffset: 16}
+	tso4 := VnetHdr{Flags: VnetFlagNeedsCsum, GSOType: VnetGSOTCPv4, HdrLen: 54, GSOSize: 1448, CsumStart: 34, CsumOffset: 16}
+	usoV6Only := ndisshim.OffloadCaps{Checksum: 1, USOIPv6: 1}
+	usoV4Only := ndisshim.OffloadCaps{Checksum: 1, USOIPv4: 1}
+	for _, tc := range []struct {
+		name  string
+		h     VnetHdr
+		frame []byte
+		v6    bool
+	}{
+		{"USO over IPv6", uso, eth(0x86dd), true},
+		{"USO over IPv6 behind an 802.1Q tag", uso, eth(0x8100, 0x86dd), true},
+		{"USO over IPv4", uso, eth(0x0800), false},
+		{"USO over IPv4 behind an 802.1Q tag", uso, eth(0x8100, 0x0800), false},
+		{"USO without a frame", uso, nil, false},
+		{"USO, frame shorter than an Ethernet header", uso, []byte{0, 1, 2}, false},
+		{"TSO6", tso6, eth(0x86dd), true},
+		{"TSO4", tso4, eth(0x0800), false},
+	} {
+		in := tc.h.NBLInfoFor(tc.frame)
+		if in.LSO.IPv6 != tc.v6 || in.LSO.UDP != (tc.h.GSOType == VnetGSOUDPL4) || in.LSO.MSS != tc.h.GSOSize {
+			t.Errorf("%s: NBLInfoFor LSO = %+v, want IPv6=%v", tc.name, in.LSO, tc.v6)
+		}
+		if back := VnetHdrFromNBLInfo(in); back != tc.h {
+			t.Errorf("%s: header %+v → NBL info %+v → %+v", tc.name, tc.h, in, back)
+		}
+		if tc.h.GSOType != VnetGSOUDPL4 {
+			continue
+		}
+		if got := usoV6Only.Takes(in); got != tc.v6 {
+			t.Errorf("%s: a miniport with USO for IPv6 only takes it: %v, want %v", tc.name, got, tc.v6)
+		}
+		if got := usoV4Only.Takes(in); got == tc.v6 {
+			t.Errorf("%s: a miniport with USO for IPv4 only takes it: %v, want %v", tc.name, got, !tc.v6)
+		}
+	}
+	if in := uso.NBLInfo(); in.LSO.IPv6 || !in.LSO.UDP {
+		t.Errorf("NBLInfo of a USO header = %+v, want UDP over IPv4 (it cannot see the frame)", in.LSO)
+	}
 }
