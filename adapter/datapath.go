@@ -125,7 +125,7 @@ func (q *queue) indicate(got int) {
 		}
 		nbl.FirstNB.SetBytes(headroom, size)
 		if m.vnet > 0 {
-			nbl.Info = vh.NBLInfo()
+			nbl.Info = vh.NBLInfoFor(nbl.FirstNB.Bytes()) // USO: IPv4 or IPv6 from the frame
 		}
 		if len(m.queues) > 1 {
 			nbl.Info.HashValue = flowHash(nbl.FirstNB.Bytes())

@@ -419,3 +419,41 @@ func TestQueuesWriterPerFlow(t *testing.T) {
 	})
 	shimtest.EqualFrames(t, "queue 1", got, [][]byte{frames[1], frames[2], frames[4]})
 }
+
+// A USO send over IPv6 goes down whole to a miniport that offers USO for
+// IPv6 only: the stack reads the IP version from the frame. (The
+// virtio-net header says only "UDP L4", and it was taken for IPv4: such a
+// miniport got it cut in software, one NBL per datagram.)
+func TestUSOOverIPv6ToMiniportWithUSO6Only(t *testing.T) {
+	caps := ndisshim.OffloadCaps{Checksum: 1, USOIPv6: 65535, MinSegmentCount: 2}
+	r := newRigNIC(t, Config{VnetHdr: true, CoalesceUDP: false}, &fakeNIC{caps: &caps})
+	r.restart()
+	payload := payloadOf(3000)
+	f := make([]byte, 14+40+8+len(payload))
+	copy(f, wireMAC)
+	copy(f[6:], nicMAC)
+	binary.BigEndian.PutUint16(f[12:], 0x86dd)
+	ip := f[14:54]
+	ip[0] = 0x60
+	binary.BigEndian.PutUint16(ip[4:], uint16(8+len(payload)))
+	ip[6], ip[7] = 17, 64
+	ip[8], ip[23] = 0x20, 1 // 2001:2::1 → 2001:2::2
+	ip[9], ip[11] = 0x01, 0x02
+	ip[24], ip[25], ip[27], ip[39] = 0x20, 0x01, 0x02, 2
+	udp := f[54:]
+	binary.BigEndian.PutUint16(udp[0:], 40000)
+	binary.BigEndian.PutUint16(udp[2:], 5201)
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
+	copy(udp[8:], payload)
+	h := tapdev.VnetHdr{Flags: tapdev.VnetFlagNeedsCsum, GSOType: tapdev.VnetGSOUDPL4, HdrLen: 62, GSOSize: 1000, CsumStart: 54, CsumOffset: 6}
+	vh := make([]byte, tapdev.VnetHdrLen)
+	h.Encode(vh)
+	r.hostSend(append(vh, f...))
+	shimtest.WaitFor(t, "the send", func() bool { r.nic.mu.Lock(); defer r.nic.mu.Unlock(); return len(r.nic.sendInfos) >= 1 })
+	r.nic.mu.Lock()
+	infos := append([]ndisshim.NBLInfo(nil), r.nic.sendInfos...)
+	r.nic.mu.Unlock()
+	if c := r.s.Counters(); len(infos) != 1 || !infos[0].LSO.UDP || !infos[0].LSO.IPv6 || infos[0].LSO.MSS != 1000 || c.SegmentedToWire != 0 {
+		t.Errorf("%d NBLs sent (first %+v), segmented in software %d; want one USO send marked IPv6, none cut", len(infos), infos[0].LSO, c.SegmentedToWire)
+	}
+}

@@ -356,7 +356,7 @@ func (q *nicQueue) sendBatch(got int) {
 				nbl.Next, bad = bad, nbl
 				continue
 			}
-			nbl.Info = h.NBLInfo()
+			nbl.Info = h.NBLInfoFor(nbl.FirstNB.Data[sendHeadroom : sendHeadroom+size]) // USO: IPv4 or IPv6 from the frame
 		}
 		nbl.FirstNB.SetBytes(sendHeadroom, size) // the headroom stays in front for the miniport
 		if s.vnet > 0 && !s.caps.Takes(nbl.Info) {
