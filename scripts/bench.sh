@@ -45,9 +45,14 @@ ensure_tools
 s=$(run_suffix)
 VA=tmba$s VB=tmbb$s HOST=tmbh$s WIRE=tmbw$s HW=tmhw$s NIC=tmn$s FA=tmbfa$s FB=tmbfb$s
 OUT=$(mktemp -d)
-PID=""
+# PID: the running contender (tapminiport or tapfwd), LOGS: its output
+# files, SRV: the running iperf3 server (timeout's PID; a TERM to timeout
+# reaches iperf3). cleanup kills both by PID before the namespaces go, so
+# that nothing is left running in an unnamed namespace.
+PID="" LOGS=() SRV=""
 cleanup() {
 	set +e
+	[ -n "$SRV" ] && kill "$SRV" 2>/dev/null && wait "$SRV" 2>/dev/null
 	[ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
 	for ns in "$VA" "$VB" "$HOST" "$WIRE" "$FA" "$FB"; do ip netns del "$ns" 2>/dev/null; done
 	rm -rf "$OUT"
@@ -69,26 +74,34 @@ for ns in "$FA" "$FB"; do ip -n "$ns" link set lo up; done
 
 start_tm() {
 	"$OUT/tapminiport" --hw-tap "$HW" --nic-tap "$NIC" --nic-netns "$HOST" --wire-netns "$WIRE" "$@" >"$OUT/tm.out" 2>"$OUT/tm.err" &
-	PID=$!
+	PID=$! LOGS=("$OUT/tm.out" "$OUT/tm.err")
 	for _ in $(seq 100); do grep -q '^ready$' "$OUT/tm.out" && return 0; sleep 0.1; done
 	echo "tapminiport did not start" >&2; cat "$OUT/tm.err" >&2; exit 1
 }
 start_fwd() { # start_fwd [--offload]: tapfwd between fa$s (in FA) and fb$s (in FB)
 	"$OUT/tapfwd" -a "fa$s" -b "fb$s" -up=false "$@" >"$OUT/fwd.out" 2>&1 &
-	PID=$!
+	PID=$! LOGS=("$OUT/fwd.out")
 	for _ in $(seq 100); do grep -q '^ready$' "$OUT/fwd.out" && break; sleep 0.1; done
 	grep -q '^ready$' "$OUT/fwd.out" || { echo "tapfwd did not start" >&2; cat "$OUT/fwd.out" >&2; exit 1; }
 	ip link set "fa$s" netns "$FA"; ip link set "fb$s" netns "$FB"
 	ip -n "$FA" addr add 198.18.2.1/24 dev "fa$s"; ip -n "$FB" addr add 198.18.2.2/24 dev "fb$s"
 	ip -n "$FA" link set "fa$s" up; ip -n "$FB" link set "fb$s" up
 }
-stop_tm() { kill -TERM "$PID"; wait "$PID" || { echo "process $PID exited non-zero" >&2; cat "$OUT/tm.out" >&2; }; PID=""; }
+# stop_tm: stops the contender start_tm or start_fwd started and prints its
+# output (LOGS) when it exits non-zero; a contender that failed (or is gone
+# already) is reported, and the bench goes on with the next.
+stop_tm() {
+	kill -TERM "$PID" 2>/dev/null || true
+	wait "$PID" || { echo "process $PID exited non-zero" >&2; cat "${LOGS[@]}" >&2 || true; }
+	PID="" LOGS=()
+}
 
 # listening NS: wait (bounded) until iperf3's server listens in NS.
 listening() { for _ in $(seq 50); do ip netns exec "$1" ss -ltn 2>/dev/null | grep -q ':5201 ' && return 0; sleep 0.1; done; return 0; }
 
-# cpu_ticks PID: the process's user + system time so far, in clock ticks
-cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+# cpu_ticks PID: the process's user + system time so far, in clock ticks;
+# nothing when the process is gone (a failed measurement, not an abort)
+cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || true; }
 
 # CPU_RATE is the rate of the CPU-per-GB test: one every offload contender
 # reaches in a slow hour here, so that all do the same work.
@@ -98,16 +111,19 @@ CPU_RATE=5G
 record() { if [ -n "$3" ]; then echo "$1 $2 $3 $r" >>"$OUT/results"; echo "  $1 $2 $3" >&2; else echo "  $1 $2: measurement failed (left out of the medians)" >&2; fi; }
 
 # iperf CLIENT_NS SERVER_NS SERVER_ADDR ARGS...: one iperf3 client run of
-# SECS seconds against a one-off server in SERVER_NS; prints the client's
-# output (nothing when it failed: the caller records a failed measurement).
+# SECS seconds against a one-off server in SERVER_NS; writes the client's
+# output to $OUT/iperf.out (no result in it when it failed: the caller
+# records a failed measurement). Call it as a command, not inside $(...):
+# the server's PID must be set in this shell for cleanup to kill it.
 iperf() {
-	local cns=$1 sns=$2 addr=$3 srv
+	local cns=$1 sns=$2 addr=$3
 	shift 3
 	timeout $((SECS + 15)) ip netns exec "$sns" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
-	srv=$!
+	SRV=$!
 	listening "$sns"
-	timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -t "$SECS" "$@" 2>&1 || true
-	wait "$srv" || true
+	timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -t "$SECS" "$@" >"$OUT/iperf.out" 2>&1 || true
+	wait "$SRV" || true
+	SRV=""
 }
 
 # measure NAME CLIENT_NS SERVER_NS SERVER_ADDR: appends "name metric value" lines
@@ -118,14 +134,14 @@ measure() {
 		local flags=${CC:+-C $CC}
 		case $test in down) flags+=" -R" ;; p4_up) flags+=" -P 4" ;; p4_down) flags+=" -P 4 -R" ;; esac
 		# one stream: its receiver line; -P 4: the [SUM] receiver line
-		out=$(iperf "$cns" "$sns" "$addr" $flags -f g |
-			awk -v p4="${test%%_*}" '/receiver/ && (p4 != "p4" || /SUM/) { for (i = 1; i <= NF; i++) if ($i == "Gbits/sec") v = $(i-1) } END { print v }')
+		iperf "$cns" "$sns" "$addr" $flags -f g
+		out=$(awk -v p4="${test%%_*}" '/receiver/ && (p4 != "p4" || /SUM/) { for (i = 1; i <= NF; i++) if ($i == "Gbits/sec") v = $(i-1) } END { print v }' "$OUT/iperf.out")
 		record "$name" "tcp_$test" "$out"
 	done
 	[ -n "$SINGLE" ] && return
 	# UDP 64-byte payloads, as fast as the sender goes; delivered = total - lost
-	out=$(iperf "$cns" "$sns" "$addr" -u -b 0 -l 64 |
-		awk -v secs="$SECS" '/receiver/ { split($0, a, /[ \/()]+/); for (i = 1; i <= length(a); i++) if (a[i] ~ /^[0-9]+$/ && a[i+1] ~ /^[0-9]+$/ && a[i+2] ~ /%$/) { printf "%.0f", (a[i+1] - a[i]) / secs; exit } }')
+	iperf "$cns" "$sns" "$addr" -u -b 0 -l 64
+	out=$(awk -v secs="$SECS" '/receiver/ { split($0, a, /[ \/()]+/); for (i = 1; i <= length(a); i++) if (a[i] ~ /^[0-9]+$/ && a[i+1] ~ /^[0-9]+$/ && a[i+2] ~ /%$/) { printf "%.0f", (a[i+1] - a[i]) / secs; exit } }' "$OUT/iperf.out")
 	[ -n "$out" ] && out=$(awk -v p="$out" 'BEGIN { printf "%.1f", p / 1000 }')
 	record "$name" udp64_kpps "$out"
 	if [ -n "$PID" ]; then
@@ -133,9 +149,10 @@ measure() {
 		# fixed rate (the same work for every contender that reaches it)
 		local t0 t1
 		t0=$(cpu_ticks "$PID")
-		out=$(iperf "$cns" "$sns" "$addr" -b "$CPU_RATE" ${CC:+-C $CC} -f g |
-			awk '/receiver/ { for (i = 1; i <= NF; i++) if ($i == "GBytes") v = $(i-1) } END { print v }')
+		iperf "$cns" "$sns" "$addr" -b "$CPU_RATE" ${CC:+-C $CC} -f g
+		out=$(awk '/receiver/ { for (i = 1; i <= NF; i++) if ($i == "GBytes") v = $(i-1) } END { print v }' "$OUT/iperf.out")
 		t1=$(cpu_ticks "$PID")
+		[ -n "$t0" ] && [ -n "$t1" ] || out=""
 		[ -n "$out" ] && out=$(awk -v gib="$out" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { if (gib > 0) printf "%.3f", t / hz / (gib * 1.073741824) }')
 		record "$name" cpu_gb "$out"
 	fi

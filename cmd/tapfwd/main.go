@@ -11,6 +11,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -42,6 +43,12 @@ func run(an, bn string, offload, up bool) error {
 	if an == bn {
 		return errors.New("-a and -b name the same TAP")
 	}
+	// Catch the stop signals before anything opens: a SIGTERM or SIGINT
+	// sent during the open or right on "ready" then stops the forwarder
+	// as one sent later does (exit 0), instead of killing it with the
+	// default action (status 143, a failed contender to bench.sh).
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	opts := tapdev.Options{VnetHdr: offload}
 	da, _, err := tapdev.OpenTAP(an, opts)
 	if err != nil {
@@ -77,9 +84,7 @@ func run(an, bn string, offload, up bool) error {
 	}
 	go func() { defer wg.Done(); fwd(da, db) }()
 	go func() { defer wg.Done(); fwd(db, da) }()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	<-sigs
+	<-ctx.Done()
 	da.Interrupt().Stop()
 	db.Interrupt().Stop()
 	wg.Wait()
