@@ -150,7 +150,7 @@ measure() {
 		local t0 t1
 		t0=$(cpu_ticks "$PID")
 		iperf "$cns" "$sns" "$addr" -b "$CPU_RATE" ${CC:+-C $CC} -f g
-		out=$(awk '/receiver/ { for (i = 1; i <= NF; i++) if ($i == "GBytes") v = $(i-1) } END { print v }' "$OUT/iperf.out")
+		out=$(awk '/receiver/ { for (i = 1; i <= NF; i++) { if ($i == "GBytes") v = $(i-1); if ($i == "MBytes") v = $(i-1) / 1024 } } END { print v }' "$OUT/iperf.out")
 		t1=$(cpu_ticks "$PID")
 		[ -n "$t0" ] && [ -n "$t1" ] || out=""
 		[ -n "$out" ] && out=$(awk -v gib="$out" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { if (gib > 0) printf "%.3f", t / hz / (gib * 1.073741824) }')
