@@ -764,3 +764,25 @@ func readAll(t *testing.T, d *Dev, bufSize int, each func(frame []byte)) {
 		read += n
 	}
 }
+
+// A poll(2) that fails for want of memory is tried again, not taken for a
+// dead device: the interrupt goroutine used to end on it, and with it the
+// receive path, while the adapter stayed Running.
+func TestInterruptWaitRetriesENOMEM(t *testing.T) {
+	a, b := socketpair(t)
+	fails := 0
+	poll = func(fds []unix.PollFd, timeout int) (int, error) {
+		if fails < 2 {
+			fails++
+			return 0, unix.ENOMEM
+		}
+		return unix.Poll(fds, timeout)
+	}
+	defer func() { poll = unix.Poll }()
+	if n, err := a.WriteBatch([][]byte{make([]byte, 60)}); n != 1 || err != nil {
+		t.Fatalf("WriteBatch = %d, %v", n, err)
+	}
+	if err := b.Interrupt().Wait(); err != nil || fails != 2 {
+		t.Fatalf("Wait after two ENOMEM polls = %v (%d failed polls); want nil: readable", err, fails)
+	}
+}

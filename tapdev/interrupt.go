@@ -3,6 +3,7 @@ package tapdev
 import (
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -50,8 +51,18 @@ func (s *interruptSource) Wait() error {
 	s.fds[0] = unix.PollFd{Fd: int32(d.fd), Events: unix.POLLIN}
 	s.fds[1] = unix.PollFd{Fd: int32(d.efd), Events: unix.POLLIN}
 	for {
-		_, err := unix.Poll(s.fds[:], -1)
+		_, err := poll(s.fds[:], -1)
 		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.ENOMEM || err == unix.EAGAIN {
+			// The kernel could not allocate poll's tables this time:
+			// not a dead device, so try again shortly rather than end
+			// the receive path for good on a passing shortage.
+			time.Sleep(time.Millisecond)
+			if s.stopped.Load() {
+				return ndisshim.ErrInterruptStopped
+			}
 			continue
 		}
 		if err != nil {
@@ -79,3 +90,6 @@ func (s *interruptSource) Stop() {
 		s.d.kick()
 	}
 }
+
+// poll is unix.Poll; a variable so that a test can make it fail.
+var poll = unix.Poll
