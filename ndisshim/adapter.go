@@ -123,7 +123,8 @@ type Adapter struct {
 	shutMu  sync.RWMutex
 	halting bool
 
-	rxOutstanding atomic.Int64 // NBLs indicated and not returned, plus one for each indicate call running in a protocol
+	rxOutstanding atomic.Int64 // NBLs indicated and not returned
+	rxCalls       atomic.Int64 // indicate calls running in a protocol (IndicateReceive)
 	txOutstanding atomic.Int64 // NBLs sent and not completed
 	waiters       atomic.Int32
 	drainCh       chan struct{}
@@ -199,7 +200,7 @@ func (a *Adapter) Removed() bool { return a.removed.Load() }
 
 // Stats are the shim's own counters for an adapter.
 type Stats struct {
-	HeldNow     int64 // receive NBLs the protocols hold now, plus one for each indicate call still running in a protocol
+	HeldNow     int64 // receive NBLs the protocols hold now
 	PeakHeld    int64 // the most they held at once
 	SendsNow    int64 // sends the miniport holds now
 	DrainedNBLs int64 // NBLs that came back while pause or halt waited for them
@@ -392,9 +393,16 @@ func (a *Adapter) IndicateStatus(s StatusIndication) {
 	}
 }
 
+// allBack reports whether no receive NBL is held, no indicate call runs
+// in a protocol and no send is outstanding. rxOutstanding is read before
+// rxCalls: see IndicateReceive.
+func (a *Adapter) allBack() bool {
+	return a.rxOutstanding.Load() == 0 && a.rxCalls.Load() == 0 && a.txOutstanding.Load() == 0
+}
+
 // waitDrain waits until no receive indication and no send is outstanding.
 func (a *Adapter) waitDrain(ctx context.Context, phase string) error {
-	if a.rxOutstanding.Load() == 0 && a.txOutstanding.Load() == 0 {
+	if a.allBack() {
 		return nil
 	}
 	a.waiters.Add(1)
@@ -406,7 +414,7 @@ func (a *Adapter) waitDrain(ctx context.Context, phase string) error {
 	defer poll.Stop()
 	first := true
 	for {
-		if a.rxOutstanding.Load() == 0 && a.txOutstanding.Load() == 0 {
+		if a.allBack() {
 			a.log.Debug(phase+": drained", "took", time.Since(start))
 			return nil
 		}

@@ -92,13 +92,17 @@ func (a *Adapter) IndicateReceive(nbls *NetBufferList, port PortNumber, count in
 	if n > 0 {
 		// The call is outstanding until it returns, not only its NBLs:
 		// a protocol may return the chain from inside it (hoststack
-		// does, then polls its queues), and a pause that found the
-		// count at zero then would go on to unbind and halt while the
-		// handler still runs (NDIS holds a reference on the binding for
-		// every indicate call).
-		a.rxOutstanding.Add(1)
+		// does, then polls its queues), and a pause that found no NBL
+		// held then would go on to unbind and halt while the handler
+		// still runs (NDIS holds a reference on the binding for every
+		// indicate call). Counted before the call, so before any of its
+		// returns: a drain that reads rxOutstanding and then rxCalls
+		// cannot see both at zero while it runs.
+		a.rxCalls.Add(1)
 		last.proto.ReceiveNetBufferLists(last, nbls, port, n, flags)
-		a.rxDone(1)
+		if a.rxCalls.Add(-1) == 0 {
+			a.wake()
+		}
 	}
 	return nil
 }

@@ -568,9 +568,16 @@ func TestReturnAfterCloseInShutdown(t *testing.T) {
 // waits for the handler to return, not only for the NBLs: until then the
 // adapter is not paused, so the binding is not unbound nor the adapter
 // halted under a running handler. (The count of held NBLs reached zero at
-// the return, and Pause went on at once.)
+// the return, and Pause went on at once.) The wait says what it waits for;
+// the held count stays the NBLs held.
 func TestPauseWaitsForReceiveHandlerThatReturnedItsNBLs(t *testing.T) {
-	r := newRig(t, &fakeConfig{}, ndisshim.AdapterOptions{WatchdogInterval: time.Minute})
+	reports := make(chan ndisshim.HeldReport, 16)
+	r := newRig(t, &fakeConfig{}, ndisshim.AdapterOptions{WatchdogInterval: time.Minute, OnHeld: func(h ndisshim.HeldReport) {
+		select {
+		case reports <- h:
+		default:
+		}
+	}})
 	_, p := r.open("p1")
 	r.restart()
 	inside, release := make(chan struct{}), make(chan struct{})
@@ -592,6 +599,13 @@ func TestPauseWaitsForReceiveHandlerThatReturnedItsNBLs(t *testing.T) {
 		close(release)
 		t.Fatalf("Pause returned (%v) while the receive handler still ran", err)
 	case <-time.After(100 * time.Millisecond):
+	}
+	rep := shimtest.Recv(t, "the pause's held report", reports)
+	if want := "1 receive handler call running in p1"; rep.String() != want || rep.Total() != 1 {
+		t.Errorf("held report %q (total %d), want %q", rep.String(), rep.Total(), want)
+	}
+	if s := r.a.Stats(); s.HeldNow != 0 {
+		t.Errorf("HeldNow %d while the handler runs with its NBLs returned, want 0", s.HeldNow)
 	}
 	close(release)
 	if err := shimtest.Recv(t, "the indication", indicated); err != nil {

@@ -21,25 +21,39 @@ type HeldReport struct {
 	Adapter string
 	Waited  time.Duration
 	Held    []Held
+	// Calls is how many receive indications are still running in a
+	// protocol's handler (their NBLs may be back already), CallsIn the
+	// binding that gets them.
+	Calls   int
+	CallsIn string
 }
 
-// Total is the number of NBLs held.
+// Total is the number of NBLs held, plus the indicate calls still
+// running: what the wait is for.
 func (r HeldReport) Total() int {
-	t := 0
+	t := r.Calls
 	for _, h := range r.Held {
 		t += h.Count
 	}
 	return t
 }
 
-// String reads like "37 receive indications held by hoststack, oldest 42ms".
+// String reads like "37 receive indications held by hoststack, oldest
+// 42ms", with "; 1 receive handler call running in hoststack" while one is.
 func (r HeldReport) String() string {
-	if len(r.Held) == 0 {
+	if r.Total() == 0 {
 		return "nothing held"
 	}
-	parts := make([]string, len(r.Held))
-	for i, h := range r.Held {
-		parts[i] = fmt.Sprintf("%d %s held by %s, oldest %s", h.Count, h.What, h.Holder, h.Oldest.Round(time.Millisecond))
+	parts := make([]string, 0, len(r.Held)+1)
+	for _, h := range r.Held {
+		parts = append(parts, fmt.Sprintf("%d %s held by %s, oldest %s", h.Count, h.What, h.Holder, h.Oldest.Round(time.Millisecond)))
+	}
+	if r.Calls > 0 {
+		noun := "calls"
+		if r.Calls == 1 {
+			noun = "call"
+		}
+		parts = append(parts, fmt.Sprintf("%d receive handler %s running in %s", r.Calls, noun, r.CallsIn))
 	}
 	return strings.Join(parts, "; ")
 }
@@ -93,7 +107,10 @@ func (a *Adapter) HeldReport(phase string, since time.Time) HeldReport {
 	for _, b := range binds {
 		walk(&b.Resources, "sends", nblSent, func(*NetBufferList) string { return "miniport " + a.name })
 	}
-	r := HeldReport{Phase: phase, Adapter: a.name, Waited: time.Since(since)}
+	r := HeldReport{Phase: phase, Adapter: a.name, Waited: time.Since(since), Calls: int(a.rxCalls.Load())}
+	if bs := *a.bindings.Load(); r.Calls > 0 && len(bs) > 0 {
+		r.CallsIn = bs[len(bs)-1].name // the binding that gets indications without RESOURCES
+	}
 	for _, h := range agg {
 		r.Held = append(r.Held, *h)
 	}
