@@ -457,3 +457,16 @@ func TestUSOOverIPv6ToMiniportWithUSO6Only(t *testing.T) {
 		t.Errorf("%d NBLs sent (first %+v), segmented in software %d; want one USO send marked IPv6, none cut", len(infos), infos[0].LSO, c.SegmentedToWire)
 	}
 }
+
+// An empty frame that asks for a checksum is dropped and counted, not cut:
+// cutting it in parts divided by its length (0) and took the DPC down.
+func TestEmptyFrameNeedingChecksumDropped(t *testing.T) {
+	nic := &fakeNIC{info: ndisshim.NBLInfo{Checksum: lso.Checksum}}
+	r := newRigNIC(t, Config{}, nic)
+	r.restart()
+	r.nic.indicate(t, 0, []byte{})
+	shimtest.WaitFor(t, "the empty frame counted", func() bool { return r.s.Counters().DropSegment == 1 })
+	if got := r.hostRead(4); len(got) != 0 {
+		t.Errorf("an empty frame wrote %d frames to the host", len(got))
+	}
+}

@@ -169,7 +169,7 @@ func (w *writer) writeChain(head *ndisshim.NetBufferList) (int, *ndisshim.NetBuf
 				if h.GSOType != tapdev.VnetGSONone {
 					segLen = int(h.HdrLen) + int(h.GSOSize)
 				}
-				if k < 1 || segLen > len(w.arena) {
+				if k < 1 || segLen < 1 || segLen > len(w.arena) {
 					s.dropSegment.Add(1)
 					continue
 				}
