@@ -767,7 +767,8 @@ func readAll(t *testing.T, d *Dev, bufSize int, each func(frame []byte)) {
 
 // A poll(2) that fails for want of memory is tried again, not taken for a
 // dead device: the interrupt goroutine used to end on it, and with it the
-// receive path, while the adapter stayed Running.
+// receive path, while the adapter stayed Running. A Close during such a
+// shortage still ends the wait.
 func TestInterruptWaitRetriesENOMEM(t *testing.T) {
 	a, b := socketpair(t)
 	fails := 0
@@ -784,5 +785,18 @@ func TestInterruptWaitRetriesENOMEM(t *testing.T) {
 	}
 	if err := b.Interrupt().Wait(); err != nil || fails != 2 {
 		t.Fatalf("Wait after two ENOMEM polls = %v (%d failed polls); want nil: readable", err, fails)
+	}
+	poll = func([]unix.PollFd, int) (int, error) { return 0, unix.ENOMEM } // for good
+	done := make(chan error, 1)
+	go func() { done <- b.Interrupt().Wait() }()
+	time.Sleep(20 * time.Millisecond)
+	go b.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, os.ErrClosed) {
+			t.Errorf("Wait during a shortage when the Dev closed = %v, want os.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close during a poll shortage: Wait did not return in 5 s")
 	}
 }

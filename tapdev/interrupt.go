@@ -55,13 +55,18 @@ func (s *interruptSource) Wait() error {
 		if err == unix.EINTR {
 			continue
 		}
-		if err == unix.ENOMEM || err == unix.EAGAIN {
+		if err == unix.ENOMEM {
 			// The kernel could not allocate poll's tables this time:
 			// not a dead device, so try again shortly rather than end
-			// the receive path for good on a passing shortage.
+			// the receive path for good on a passing shortage. A stop
+			// or a Close (which waits for this read lock) still ends
+			// the wait: poll would have seen their eventfd.
 			time.Sleep(time.Millisecond)
 			if s.stopped.Load() {
 				return ndisshim.ErrInterruptStopped
+			}
+			if d.closing.Load() {
+				return d.errClosed("interrupt wait")
 			}
 			continue
 		}

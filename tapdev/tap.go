@@ -72,7 +72,7 @@ func OpenTAPAt(ns, name string, o Options) (d *Dev, created bool, err error) {
 	var ifname string
 	err = inNetns(ns, func() error {
 		var err error
-		fd, ifname, err = openQueue(name, o)
+		fd, ifname, err = openQueue(name, o, prior != nil && prior.persist)
 		return err
 	})
 	if err != nil && fd >= 0 {
@@ -183,11 +183,11 @@ func probeTAP(ns, name string, o Options) (*tapState, error) {
 // openQueue opens /dev/net/tun and attaches it to the TAP name, on the
 // calling thread's namespace. It returns a non-blocking, close-on-exec fd
 // that the Go poller does not know.
-func openQueue(name string, o Options) (int, string, error) {
+func openQueue(name string, o Options, persist bool) (int, string, error) {
 	if o.VnetHdr {
 		return openVnet(name, o.MultiQueue)
 	}
-	return openWater(name, o.MultiQueue)
+	return openWater(name, o.MultiQueue, persist)
 }
 
 // openMu serialises every open of /dev/net/tun in the process (openWater
@@ -204,8 +204,11 @@ var openMu sync.Mutex
 // water's file. The dup shares the open file description, so the queue
 // stays attached and keeps water's O_NONBLOCK. syscall.ForkLock is held
 // (read side, as for any non-cloexec fd) until water's fd is closed, so no
-// fork+exec inherits it.
-func openWater(name string, mq bool) (int, string, error) {
+// fork+exec inherits it. persist: the TAP existed and was persistent;
+// water's TUNSETPERSIST cleared that, and it is set again before anything
+// else, so that no failure below, which closes water's fd, deletes a TAP
+// we did not create.
+func openWater(name string, mq, persist bool) (int, string, error) {
 	openMu.Lock()
 	defer openMu.Unlock()
 	syscall.ForkLock.RLock()
@@ -234,6 +237,12 @@ func openWater(name string, mq bool) (int, string, error) {
 	fd := -1
 	var dupErr error
 	if err := rc.Control(func(raw uintptr) {
+		if persist {
+			if dupErr = unix.IoctlSetInt(int(raw), unix.TUNSETPERSIST, 1); dupErr != nil {
+				dupErr = fmt.Errorf("restore persist flag (the pre-existing TAP is lost): %w", dupErr)
+				return
+			}
+		}
 		fd, dupErr = unix.FcntlInt(raw, unix.F_DUPFD_CLOEXEC, 0)
 	}); err != nil {
 		dupErr = err
