@@ -454,8 +454,9 @@ func (m *machine) banner() {
 		fmt.Fprintf(w, "  try: give --nic-netns NAME to have the host stack in a namespace of its own, and commands to try here\n")
 	default:
 		fmt.Fprintf(w, "  wire partner: hardware TAP %s in netns %s, addresses %s\n", o.hwTap, o.wireNetns, prefixList{&o.wireAddrs})
-		// The iperf3 server ends on its own (one client, or the
-		// timeout), so it never outlives the run's wire namespace.
+		// The iperf3 server ends on its own: after one client, or
+		// after 30 s (a run stopped before a client came leaves it that
+		// long, in the wire namespace the halt removed).
 		exec := "ip netns exec " + o.nicNetns + " "
 		peer4, peer6 := "", ""
 		for _, p := range o.wireAddrs {
