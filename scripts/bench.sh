@@ -46,12 +46,14 @@ s=$(run_suffix)
 VA=tmba$s VB=tmbb$s HOST=tmbh$s WIRE=tmbw$s HW=tmhw$s NIC=tmn$s FA=tmbfa$s FB=tmbfb$s
 OUT=$(mktemp -d)
 # PID: the running contender (tapminiport or tapfwd), LOGS: its output
-# files, SRV: the running iperf3 server (timeout's PID; a TERM to timeout
-# reaches iperf3). cleanup kills both by PID before the namespaces go, so
-# that nothing is left running in an unnamed namespace.
-PID="" LOGS=() SRV=""
+# files, SRV: the running iperf3 server, CLI: the running iperf3 client or
+# ping (timeout's PIDs; a TERM to timeout reaches its command). cleanup
+# kills them by PID before the namespaces go, so that nothing is left
+# running in an unnamed namespace.
+PID="" LOGS=() SRV="" CLI=""
 cleanup() {
 	set +e
+	[ -n "$CLI" ] && kill "$CLI" 2>/dev/null && wait "$CLI" 2>/dev/null
 	[ -n "$SRV" ] && kill "$SRV" 2>/dev/null && wait "$SRV" 2>/dev/null
 	[ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
 	for ns in "$VA" "$VB" "$HOST" "$WIRE" "$FA" "$FB"; do ip netns del "$ns" 2>/dev/null; done
@@ -121,7 +123,10 @@ iperf() {
 	timeout $((SECS + 15)) ip netns exec "$sns" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
 	SRV=$!
 	listening "$sns"
-	timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -t "$SECS" "$@" >"$OUT/iperf.out" 2>&1 || true
+	timeout $((SECS + 10)) ip netns exec "$cns" iperf3 -c "$addr" -t "$SECS" "$@" >"$OUT/iperf.out" 2>&1 &
+	CLI=$!
+	wait "$CLI" || true
+	CLI=""
 	wait "$SRV" || true
 	SRV=""
 }
@@ -156,7 +161,11 @@ measure() {
 		[ -n "$out" ] && out=$(awk -v gib="$out" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { if (gib > 0) printf "%.3f", t / hz / (gib * 1.073741824) }')
 		record "$name" cpu_gb "$out"
 	fi
-	out=$(timeout 30 ip netns exec "$cns" ping -c 200 -i 0.002 -W 1 "$addr" 2>&1 | sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | sort -n |
+	timeout 30 ip netns exec "$cns" ping -c 200 -i 0.002 -W 1 "$addr" >"$OUT/ping.out" 2>&1 &
+	CLI=$!
+	wait "$CLI" || true
+	CLI=""
+	out=$(sed -n 's/.*time=\([0-9.]*\) ms/\1/p' "$OUT/ping.out" | sort -n |
 		awk '{ v[NR] = $1 } END { if (NR) printf "%.3f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }') || true
 	record "$name" ping_ms "$out"
 }
