@@ -178,6 +178,9 @@ var statsRe = regexp.MustCompile(`(?m)^stats q=0 rx_pps=\d+ rx_mbps=[\d.]+ tx_pp
 // documented shape, and the totals in them rise while ping runs.
 func TestStatsLines(t *testing.T) {
 	r := start(t, "--stats", "200ms")
+	// The pings start after the first line, which is then a baseline
+	// without them (a ping before it made the rise look short).
+	waitLog(t, r, "stats q=", 1, 5*time.Second)
 	if _, rx, out := ping(t, r.host, "-c", "6", "-i", "0.2", "-W", "2", "198.18.0.2"); rx != 6 {
 		t.Errorf("ping: %d of 6 replies:\n%s", rx, out)
 	}
