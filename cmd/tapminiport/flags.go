@@ -251,7 +251,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.BoolVar(&o.pollOnSend, "rx-poll-on-send", true, "after a small send (at most 2 frames of at most 256 bytes: a ping, an ACK) the miniport runs its receive DPC once on the sender's goroutine when it is idle, so the reply goes up without waiting for the interrupt goroutine to wake")
 	fs.BoolVar(&o.nicPollOnReceive, "nic-poll-on-receive", true, "after writing a small indication (at most 2 frames of at most 256 bytes: a ping from the wire, a SYN) to the NIC TAP, the stack runs the NIC TAP's reader once on the same goroutine when it is idle, so the host's reply goes down without waiting for the reader to wake")
 	fs.BoolVar(&o.udpCoalesce, "udp-coalesce", true, "join consecutive same-size UDP datagrams of one flow from the host into one USO send when the miniport offers USO")
-	fs.BoolVar(&o.offload, "offload", true, "checksum and large send offload: both TAPs carry virtio-net headers (IFF_VNET_HDR, TUNSETOFFLOAD), 64 KiB TCP frames cross as one NBL; --offload=false for plain 1514-byte frames")
+	fs.BoolVar(&o.offload, "offload", true, "checksum and large send offload on the hardware TAP (IFF_VNET_HDR, TUNSETOFFLOAD; the NIC TAP follows --nic-offload): 64 KiB TCP frames cross as one NBL; --offload=false for plain 1514-byte frames")
 	fs.BoolVar(&o.checkHeld, "check-held", false, "hash each held frame on receive and check it before use (proves halt never frees a held buffer)")
 	fs.DurationVar(&o.haltTimeout, "halt-timeout", 30*time.Second, "give up waiting for held buffers after this `duration`: report, shut down, exit 3 (never frees held memory)")
 	fs.DurationVar(&o.watchdog, "watchdog", time.Second, "while pause/halt wait, report what is held every `interval`")
