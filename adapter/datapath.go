@@ -52,9 +52,7 @@ func (q *queue) receive(rounds int) (frames, bytes int) {
 		if dropped > 0 {
 			m.ctr.RxDropNoBuffer.Add(int64(dropped))
 		}
-		if q.devCounters != nil {
-			q.countDeviceDrops()
-		}
+		q.countDeviceDrops()
 		frames += got
 		for _, n := range q.rx.Sizes[:got] {
 			bytes += n
@@ -177,11 +175,10 @@ func (q *queue) indicate(got int) {
 // cause as a frame classify finds longer than the largest frame, a NIC's
 // "frame too long" receive error, so it is counted there (and in RcvError
 // and RcvDiscards). The DPC body calls it after each read (DPC exclusion
-// makes devOversize the body's alone).
+// makes rxDev the body's alone).
 func (q *queue) countDeviceDrops() {
-	if now := q.devCounters().RxOversize; now > q.devOversize {
-		q.m.ctr.RxDropOversize.Add(int64(now - q.devOversize))
-		q.devOversize = now
+	if d := q.rxDev.Since(); d.RxOversize > 0 {
+		q.m.ctr.RxDropOversize.Add(int64(d.RxOversize))
 	}
 }
 
@@ -195,15 +192,10 @@ func (q *queue) countDeviceDrops() {
 // where a user sees them. The caller holds txMu (only this queue writes
 // to its device, so the difference since the last call is this batch's).
 func (q *queue) countDeviceTxDrops() int64 {
-	if q.devCounters == nil {
-		return 0
-	}
-	c := q.devCounters()
-	dropped, refused := int64(c.TxDropped-q.devTxDropped), int64(c.TxErrors-q.devTxErrors)
-	q.devTxDropped, q.devTxErrors = c.TxDropped, c.TxErrors
-	q.m.ctr.TxDropNoRoom.Add(dropped)
-	q.m.ctr.TxErrors.Add(refused)
-	return dropped + refused
+	d := q.txDev.Since()
+	q.m.ctr.TxDropNoRoom.Add(int64(d.TxDropped))
+	q.m.ctr.TxErrors.Add(int64(d.TxErrors))
+	return int64(d.TxDropped + d.TxErrors)
 }
 
 // maxGSOFrame is the largest large-send frame: a 64 KiB IP packet behind an

@@ -40,19 +40,14 @@ type queue struct {
 	// receive DPC state: touched only by this queue's interrupt goroutine
 	rx  *ndisshim.BatchFiller // reads frames into receive NBLs of the pool
 	mod *ndisshim.Moderator   // the DPC's interrupt moderation; the opposite direction is the adapter's sends
-	// devCounters is dev's Counters (nil for a device without them, a
-	// test's fake), looked up once; devOversize is how many of its
-	// RxOversize drops RxDropOversize has counted (countDeviceDrops).
-	devCounters func() tapdev.Counters
-	devOversize uint64
+	// rxDev follows dev's drops on receive (countDeviceDrops)
+	rxDev tapdev.CounterWatch
 
 	// send state: txMu serializes writes to this queue's fd
 	txMu   sync.Mutex
 	txBufs [][]byte
-	// devTxDropped, devTxErrors: how many of dev's TxDropped and
-	// TxErrors the adapter's counters have (countDeviceTxDrops; under
-	// txMu)
-	devTxDropped, devTxErrors uint64
+	// txDev follows dev's drops on send (countDeviceTxDrops; under txMu)
+	txDev tapdev.CounterWatch
 
 	// per-queue traffic (also summed into the adapter's Counters)
 	rxFrames, rxBytes atomic.Int64
@@ -87,9 +82,7 @@ func newQueue(m *Miniport, index int, dev Device) *queue {
 	q.rx = ndisshim.NewBatchFiller(m.cfg.Batch, make([]byte, maxGSOFrame+headroom), dev.ReadBatch,
 		func(dst []*ndisshim.NetBufferList) int { return m.pool.Get(dst) },
 		func(chain *ndisshim.NetBufferList) { m.pool.Recycle(chain) })
-	if d, ok := dev.(interface{ Counters() tapdev.Counters }); ok {
-		q.devCounters = d.Counters
-	}
+	q.rxDev, q.txDev = tapdev.WatchCounters(dev), tapdev.WatchCounters(dev)
 	return q
 }
 

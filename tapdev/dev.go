@@ -81,6 +81,36 @@ type Counters struct {
 	RxOversize uint64
 }
 
+// CounterWatch follows a device's Counters for one user: Since says how
+// much each grew since its last call. The adapter and the binding fold the
+// device's drops into their own counters this way, one watch per
+// direction (each used by one goroutine at a time). A device without
+// Counters (a test's fake) gives a watch whose Since returns zeros.
+type CounterWatch struct {
+	read func() Counters
+	last Counters
+}
+
+// WatchCounters watches dev's Counters, if it has them.
+func WatchCounters(dev FrameDevice) CounterWatch {
+	if d, ok := dev.(interface{ Counters() Counters }); ok {
+		return CounterWatch{read: d.Counters}
+	}
+	return CounterWatch{}
+}
+
+// Since returns how much each counter grew since the last call. It
+// allocates nothing.
+func (w *CounterWatch) Since() Counters {
+	if w.read == nil {
+		return Counters{}
+	}
+	now := w.read()
+	d := Counters{TxDropped: now.TxDropped - w.last.TxDropped, TxErrors: now.TxErrors - w.last.TxErrors, RxOversize: now.RxOversize - w.last.RxOversize}
+	w.last = now
+	return d
+}
+
 // Dev is one frame-oriented fd: a TAP queue, or one end of a SOCK_SEQPACKET
 // socketpair (the fake hardware for unit tests). The fd is non-blocking and
 // close-on-exec and is not registered with the Go runtime poller.

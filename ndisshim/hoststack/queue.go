@@ -57,11 +57,8 @@ type nicQueue struct {
 	// poller runs q.poll after a small indication (Config.PollOnReceive):
 	// armed after registration, disarmed before deregistration
 	poller ndisshim.Poller
-	// devCounters is dev's Counters (nil for a device without them),
-	// looked up once; devOversize is how many of its RxOversize drops
-	// dropOversize has (reader only)
-	devCounters func() tapdev.Counters
-	devOversize uint64
+	// rxDev follows dev's drops on read (the reader's alone)
+	rxDev tapdev.CounterWatch
 
 	w writer
 }
@@ -78,10 +75,8 @@ type writer struct {
 	used     int
 	segBufs  [][]byte
 	segSizes []int
-	// the device's drop counters, as for the reader: how many of its
-	// TxDropped and TxErrors the stack's counters have (under mu)
-	devCounters               func() tapdev.Counters
-	devTxDropped, devTxErrors uint64
+	// txDev follows dev's drops on write (under mu)
+	txDev tapdev.CounterWatch
 }
 
 func newNICQueue(s *Stack, index int, dev Device) *nicQueue {
@@ -95,9 +90,7 @@ func newNICQueue(s *Stack, index int, dev Device) *nicQueue {
 		func(dst []*ndisshim.NetBufferList) int { return s.sendPool.AllocateBatch(dst) },
 		func(chain *ndisshim.NetBufferList) { s.sendPool.FreeChain(chain) })
 	q.w = writer{s: s, dev: dev, bufs: make([][]byte, 0, 256)}
-	if d, ok := dev.(interface{ Counters() tapdev.Counters }); ok {
-		q.devCounters, q.w.devCounters = d.Counters, d.Counters
-	}
+	q.rxDev, q.w.txDev = tapdev.WatchCounters(dev), tapdev.WatchCounters(dev)
 	if s.vnet > 0 {
 		// frames read from the NIC TAP may need cutting for the miniport
 		q.segNBLs = make([]*ndisshim.NetBufferList, maxSegments)
@@ -226,15 +219,10 @@ func (w *writer) flush(bufs [][]byte) int {
 		// Frames the NIC TAP dropped or refused without an error are in
 		// its counters; the rest are what an error left unwritten (or
 		// lost by a device without counters).
-		if w.devCounters != nil {
-			c := w.devCounters()
-			dropped, refused := int64(c.TxDropped-w.devTxDropped), int64(c.TxErrors-w.devTxErrors)
-			w.devTxDropped, w.devTxErrors = c.TxDropped, c.TxErrors
-			s.toHostNoRoom.Add(dropped)
-			s.writeErrs.Add(refused)
-			lost -= dropped + refused
-		}
-		if lost > 0 {
+		d := w.txDev.Since()
+		s.toHostNoRoom.Add(int64(d.TxDropped))
+		s.writeErrs.Add(int64(d.TxErrors))
+		if lost -= int64(d.TxDropped + d.TxErrors); lost > 0 {
 			s.writeErrs.Add(lost)
 		}
 	}
@@ -279,11 +267,8 @@ func (q *nicQueue) read(rounds int) (frames, bytes int) {
 		if dropped > 0 {
 			s.dropNoSendBuffer.Add(int64(dropped))
 		}
-		if q.devCounters != nil {
-			if now := q.devCounters().RxOversize; now > q.devOversize {
-				s.dropOversize.Add(int64(now - q.devOversize))
-				q.devOversize = now
-			}
+		if d := q.rxDev.Since(); d.RxOversize > 0 {
+			s.dropOversize.Add(int64(d.RxOversize))
 		}
 		frames += got
 		for _, n := range q.rd.Sizes[:got] {
