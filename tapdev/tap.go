@@ -24,9 +24,10 @@ import (
 // Persistence: a TAP this call creates is non-persistent, so the kernel
 // deletes it when its last queue closes (our Close, or process exit). A
 // pre-existing TAP keeps the persist flag it had (water clears it on every
-// attach; OpenTAP sets it back), so we never delete what we did not
-// create. The one window: if the process dies between water's clear and
-// the restore, a pre-created persistent TAP goes with it.
+// attach; openWater sets it back before anything else can fail), so we
+// never delete what we did not create. The one window: if the process
+// dies between water's clear and the restore, a pre-created persistent
+// TAP goes with it.
 //
 // Before opening, OpenTAP checks the existing link with netlink and refuses,
 // without touching it, a link that is not a TAP, a MultiQueue mismatch
@@ -78,10 +79,9 @@ func OpenTAPAt(ns, name string, o Options) (d *Dev, created bool, err error) {
 	if err != nil && fd >= 0 {
 		// The queue opened but the thread could not leave ns: the
 		// error is returned, so the queue must not outlive it (it
-		// would keep a TAP we created, and ns, alive).
-		if cerr := closeQueue(fd, prior); cerr != nil {
-			err = errors.Join(err, cerr)
-		}
+		// would keep a TAP we created, and ns, alive). A pre-existing
+		// persistent TAP has its flag (openWater) and stays.
+		unix.Close(fd)
 	}
 	if errors.Is(err, unix.EBUSY) {
 		return nil, false, fmt.Errorf("tapdev: open tap %q %s: %w (a single-queue TAP takes one queue: is another process attached?)", name, where(ns), err)
@@ -89,33 +89,11 @@ func OpenTAPAt(ns, name string, o Options) (d *Dev, created bool, err error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("tapdev: open tap %q %s: %w", name, where(ns), err)
 	}
-	if prior != nil && prior.persist {
-		if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
-			// Closing now would delete a TAP we did not create; it is
-			// gone at exit anyway, so say so loudly.
-			unix.Close(fd)
-			return nil, false, fmt.Errorf("tapdev: open tap %q %s: restore persist flag (the pre-existing TAP is lost): %w", name, where(ns), err)
-		}
-	}
 	d, err = newDev(ifname, fd)
 	if err != nil {
 		return nil, false, err
 	}
 	return d, prior == nil, nil
-}
-
-// closeQueue closes a queue OpenTAPAt opened and will not return. A
-// pre-existing persistent TAP gets its persist flag back first (water
-// cleared it), so that closing our queue does not delete it.
-func closeQueue(fd int, prior *tapState) error {
-	var err error
-	if prior != nil && prior.persist {
-		if e := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); e != nil {
-			err = fmt.Errorf("restore persist flag (the pre-existing TAP is lost): %w", e)
-		}
-	}
-	unix.Close(fd)
-	return err
 }
 
 // validIfName is the kernel's dev_valid_name, plus "" (kernel's choice).
