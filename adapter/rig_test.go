@@ -457,5 +457,19 @@ func (r *rig) peerEmpty() bool {
 
 func (r *rig) counters() Snapshot { return r.mp.Counters() }
 
+// statistics is the answer to OID_GEN_STATISTICS.
+func (r *rig) statistics() ndisshim.StatisticsInfo {
+	r.t.Helper()
+	q, st := r.query(ndisshim.OIDGenStatistics, 128)
+	if st != ndisshim.StatusSuccess {
+		r.t.Fatalf("statistics: %v", st)
+	}
+	s, err := ndisshim.UnmarshalStatistics(q.Answer())
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return s
+}
+
 // isGone reports whether err says the other end of the socketpair is closed.
 func isGone(err error) bool { return errors.Is(err, tapdev.ErrDeviceGone) }

@@ -347,15 +347,7 @@ func TestSendDropsByDeviceCounted(t *testing.T) {
 		if got := len(r.readPeer(int(c.TxFrames))); int64(got) != c.TxFrames {
 			t.Errorf("the wire got %d frames, TxFrames says %d", got, c.TxFrames)
 		}
-		q, st := r.query(ndisshim.OIDGenStatistics, 128)
-		if st != ndisshim.StatusSuccess {
-			t.Fatalf("statistics: %v", st)
-		}
-		s, err := ndisshim.UnmarshalStatistics(q.Answer())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if s.XmitDiscards != uint64(c.TxDropNoRoom) {
+		if s := r.statistics(); s.XmitDiscards != uint64(c.TxDropNoRoom) {
 			t.Errorf("statistics XmitDiscards %d, want the %d frames without room", s.XmitDiscards, c.TxDropNoRoom)
 		}
 		r.halt()
