@@ -8,6 +8,17 @@ import (
 	"unsafe"
 )
 
+// capget(2)/capset(2)'s header and data (linux/capability.h), version 3:
+// two data structs, capabilities 0-31 and 32-63.
+type capHeader struct {
+	version uint32
+	pid     int32
+}
+
+type capData struct{ effective, permitted, inheritable uint32 }
+
+const capVersion3 = 0x20080522 // _LINUX_CAPABILITY_VERSION_3
+
 // Capabilities the run keeps once its devices are set up.
 const (
 	capNetAdmin = 12 // CAP_NET_ADMIN: put links down, move them home, at halt
@@ -31,11 +42,8 @@ func dropCapabilities(namespaces bool) (kept []string, err error) {
 		mask |= 1 << capSysAdmin
 		kept = append(kept, "CAP_SYS_ADMIN")
 	}
-	hdr := struct {
-		version uint32
-		pid     int32
-	}{0x20080522, 0} // _LINUX_CAPABILITY_VERSION_3, this thread (all threads, through AllThreadsSyscall)
-	var data [2]struct{ effective, permitted, inheritable uint32 }
+	hdr := capHeader{capVersion3, 0} // this thread (all threads, through AllThreadsSyscall)
+	var data [2]capData
 	data[0].effective, data[0].permitted = mask, mask
 	_, _, e := syscall.AllThreadsSyscall(syscall.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
 	if e != 0 {
@@ -54,11 +62,8 @@ func dropCapabilities(namespaces bool) (kept []string, err error) {
 // so the message is the same whatever /dev/net/tun's mode lets an
 // unprivileged user open.
 func missingCapabilities(namespaces bool) string {
-	hdr := struct {
-		version uint32
-		pid     int32
-	}{0x20080522, 0} // _LINUX_CAPABILITY_VERSION_3, this thread
-	var data [2]struct{ effective, permitted, inheritable uint32 }
+	hdr := capHeader{capVersion3, 0} // this thread
+	var data [2]capData
 	if _, _, e := syscall.RawSyscall(syscall.SYS_CAPGET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
 		return ""
 	}
