@@ -824,6 +824,9 @@ func FuzzGSOSplit(f *testing.F) {
 	const maxOut = 1 << 17
 	outs := make([][]byte, maxOut)
 	allSizes := make([]int, maxOut)
+	// GSOSplitFrom's parts, at most 5 segments of at most 2x64 KiB
+	partBacking := make([]byte, 5<<17)
+	partOuts, partSizes := make([][]byte, 5), make([]int, 5)
 
 	f.Fuzz(func(t *testing.T, frame []byte, flags, gsoType uint8, hdrLen, gsoSize, csumStart, csumOffset uint16) {
 		h := VnetHdr{Flags: flags, GSOType: gsoType, HdrLen: hdrLen, GSOSize: gsoSize, CsumStart: csumStart, CsumOffset: csumOffset}
@@ -883,6 +886,23 @@ func FuzzGSOSplit(f *testing.F) {
 				}
 				if !bytes.Equal(joined, frame[hdrLen:]) {
 					t.Fatal("joined payloads differ")
+				}
+				// The same segments in parts (GSOSplitFrom), of a
+				// size the input picks.
+				part := 1 + int(gsoSize)%5
+				for i := range part {
+					partOuts[i] = partBacking[i*size : i*size : (i+1)*size]
+				}
+				for first := 0; first < n; first += part {
+					m, err := GSOSplitFrom(frame, h, first, partOuts[:part], partSizes[:part])
+					if err != nil || m != min(part, n-first) {
+						t.Fatalf("GSOSplitFrom(first %d, part %d) = %d, %v", first, part, m, err)
+					}
+					for j := range m {
+						if !bytes.Equal(partOuts[j][:partSizes[j]], out[first+j][:sizes[first+j]]) {
+							t.Fatalf("segment %d in parts of %d differs from GSOSplit's", first+j, part)
+						}
+					}
 				}
 			}
 		}
