@@ -59,6 +59,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tapminiport/tapminiport/tapdev"
 )
 
@@ -140,7 +142,7 @@ func procIdentity(pid int) (identity, error) {
 		return id, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
 	}
 	if f[0] == "Z" || f[0] == "X" || f[0] == "x" {
-		return id, fmt.Errorf("pid %d is a zombie", pid)
+		return id, fmt.Errorf("pid %d: %w", pid, errZombie)
 	}
 	if id.start, err = strconv.ParseUint(f[19], 10, 64); err != nil {
 		return id, fmt.Errorf("/proc/%d/stat: starttime: %w", pid, err)
@@ -157,24 +159,39 @@ func procIdentity(pid int) (identity, error) {
 	return id, nil
 }
 
-// ownerAlive says whether the mark's owner still runs, and why not. self
-// is this process: a pid of another pid namespace cannot be checked, so
-// that owner counts as alive.
-func ownerAlive(k mark, self identity) (alive bool, why string) {
+// errZombie: the process has exited and holds nothing.
+var errZombie = errors.New("a zombie")
+
+// identify is procIdentity; a variable so that a test can make /proc
+// refuse.
+var identify = procIdentity
+
+// ownerAlive says whether the mark's owner still runs, and why not; unsure
+// when it could not be checked and counts as alive. self is this process:
+// a pid of another pid namespace cannot be checked, so that owner counts
+// as alive. A pid that exists but whose /proc entry cannot be read (a
+// non-dumpable or privileged owner seen by a run with capabilities only,
+// or /proc mounted with hidepid) also counts as alive: only a pid that is
+// gone (kill(pid, 0) says ESRCH), a zombie, or one now started at another
+// time is dead, so a running owner's TAP or namespace is never removed.
+func ownerAlive(k mark, self identity) (alive bool, why string, unsure bool) {
 	if k.pidns != self.pidns {
-		return true, fmt.Sprintf("pid %d is in another pid namespace: cannot tell whether it still runs", k.pid)
+		return true, fmt.Sprintf("pid %d is in another pid namespace: cannot tell whether it still runs", k.pid), true
 	}
-	id, err := procIdentity(k.pid)
-	if errors.Is(err, os.ErrNotExist) {
-		return false, fmt.Sprintf("pid %d: no such process", k.pid)
+	id, err := identify(k.pid)
+	if errors.Is(err, errZombie) {
+		return false, err.Error(), false
 	}
 	if err != nil {
-		return false, fmt.Sprintf("pid %d: %v", k.pid, err)
+		if unix.Kill(k.pid, 0) == unix.ESRCH {
+			return false, fmt.Sprintf("pid %d: no such process", k.pid), false
+		}
+		return true, fmt.Sprintf("pid %d exists, but /proc will not say what it is (%v)", k.pid, err), true
 	}
 	if id.start != k.start {
-		return false, fmt.Sprintf("pid %d now belongs to another process (%s, started at %d, not %d)", k.pid, id.comm, id.start, k.start)
+		return false, fmt.Sprintf("pid %d now belongs to another process (%s, started at %d, not %d)", k.pid, id.comm, id.start, k.start), false
 	}
-	return true, fmt.Sprintf("pid %d (%s) is running", k.pid, id.comm)
+	return true, fmt.Sprintf("pid %d (%s) is running", k.pid, id.comm), false
 }
 
 // where is one place a name of the run is looked for at start.
@@ -231,7 +248,7 @@ type finding struct {
 	marked   bool
 	owner    mark
 	why      string // the owner check's reason
-	unsure   bool   // the owner is in another pid namespace: counted alive unchecked
+	unsure   bool   // the owner could not be checked (another pid namespace, /proc refused): counted alive
 	act      action
 }
 
@@ -257,8 +274,7 @@ func (f *finding) look(self identity) error {
 	if f.exists {
 		f.owner, f.marked = parseMark(alias)
 		if f.marked {
-			alive, f.why = ownerAlive(f.owner, self)
-			f.unsure = f.owner.pidns != self.pidns
+			alive, f.why, f.unsure = ownerAlive(f.owner, self)
 		}
 	}
 	f.act = decide(f.w, f.exists, f.marked, alive)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -99,12 +100,12 @@ func TestOwnerAlive(t *testing.T) {
 		t.Fatalf("identity of this process: %+v", self)
 	}
 	k := mark{pid: self.pid, start: self.start, pidns: self.pidns, role: "hw"}
-	if alive, why := ownerAlive(k, self); !alive {
+	if alive, why, _ := ownerAlive(k, self); !alive {
 		t.Errorf("this process counts as dead: %s", why)
 	}
 	reused := k
 	reused.start++
-	if alive, why := ownerAlive(reused, self); alive || !strings.Contains(why, "another process") {
+	if alive, why, _ := ownerAlive(reused, self); alive || !strings.Contains(why, "another process") {
 		t.Errorf("a reused pid: alive %v (%s)", alive, why)
 	}
 	cmd := exec.Command("true")
@@ -112,12 +113,12 @@ func TestOwnerAlive(t *testing.T) {
 		t.Skipf("cannot run true: %v", err)
 	}
 	gone := mark{pid: cmd.Process.Pid, start: 1, pidns: self.pidns, role: "nic"}
-	if alive, why := ownerAlive(gone, self); alive {
+	if alive, why, _ := ownerAlive(gone, self); alive {
 		t.Errorf("an exited process counts as alive: %s", why)
 	}
 	other := k
 	other.pidns++
-	if alive, why := ownerAlive(other, self); !alive || !strings.Contains(why, "another pid namespace") {
+	if alive, why, _ := ownerAlive(other, self); !alive || !strings.Contains(why, "another pid namespace") {
 		t.Errorf("a pid of another pid namespace: alive %v (%s)", alive, why)
 	}
 }
@@ -138,7 +139,7 @@ func TestOwnerAliveZombie(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := mark{pid: child.pid, start: child.start, pidns: child.pidns, role: "wire"}
-	if alive, why := ownerAlive(k, self); !alive {
+	if alive, why, _ := ownerAlive(k, self); !alive {
 		t.Errorf("a running child counts as dead: %s", why)
 	}
 	_ = cmd.Process.Kill()
@@ -149,9 +150,40 @@ func TestOwnerAliveZombie(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	alive, why := ownerAlive(k, self)
+	alive, why, _ := ownerAlive(k, self)
 	_ = cmd.Wait()
 	if alive {
 		t.Errorf("a killed, unreaped child counts as alive: %s", why)
+	}
+}
+
+// TestOwnerAliveWhenProcRefuses: an owner whose /proc entry cannot be read
+// (EACCES for a non-dumpable process seen by a run with capabilities only,
+// ENOENT under hidepid) but which exists counts as alive, unsure: its TAP
+// and namespace are refused, never removed. (Any error but ENOENT counted
+// as dead, and a running owner's things were removed.) A pid that is gone
+// is still dead.
+func TestOwnerAliveWhenProcRefuses(t *testing.T) {
+	self, err := procIdentity(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { identify = procIdentity }()
+	for _, e := range []error{os.ErrPermission, os.ErrNotExist} {
+		identify = func(pid int) (identity, error) {
+			return identity{pid: pid}, fmt.Errorf("open /proc/%d/ns/pid: %w", pid, e)
+		}
+		k := mark{pid: self.pid, start: self.start, pidns: self.pidns, role: "hw"}
+		if alive, why, unsure := ownerAlive(k, self); !alive || !unsure || !strings.Contains(why, "exists") {
+			t.Errorf("/proc says %v for a running owner: alive %v, unsure %v (%s); want alive, unsure", e, alive, unsure, why)
+		}
+		cmd := exec.Command("true")
+		if err := cmd.Run(); err != nil {
+			t.Skipf("cannot run true: %v", err)
+		}
+		gone := mark{pid: cmd.Process.Pid, start: 1, pidns: self.pidns, role: "nic"}
+		if alive, why, _ := ownerAlive(gone, self); alive {
+			t.Errorf("/proc says %v for an exited process: counts as alive (%s)", e, why)
+		}
 	}
 }
