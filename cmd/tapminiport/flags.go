@@ -310,6 +310,24 @@ func (o *options) validate() error {
 	if o.hwTap == o.nicTap {
 		return fmt.Errorf("--hw-tap and --nic-tap are both %q: they must differ", o.hwTap)
 	}
+	// A namespace name is a file name under /run/netns (ip netns add).
+	nsName := func(flag, v string) error {
+		if v != "" && (v == "." || v == ".." || len(v) > 255 || strings.ContainsAny(v, "/ \t\n")) {
+			return fmt.Errorf("--%s %q: a namespace name is 1..255 characters, not . or .., without '/' or spaces", flag, v)
+		}
+		return nil
+	}
+	if err := nsName("wire-netns", o.wireNetns); err != nil {
+		return err
+	}
+	if err := nsName("nic-netns", o.nicNetns); err != nil {
+		return err
+	}
+	if !o.noWire && o.nicNetns != "" && o.nicNetns == o.wireNetns {
+		// Both TAPs in one namespace on one subnet: pings would be
+		// answered there and never cross the miniport.
+		return fmt.Errorf("--nic-netns and --wire-netns are both %q: the host stack and the wire partner need namespaces of their own", o.nicNetns)
+	}
 	switch {
 	case o.mtu < 68 || o.mtu > 9000:
 		return fmt.Errorf("--mtu %d: out of range 68..9000", o.mtu)

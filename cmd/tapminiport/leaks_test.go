@@ -230,6 +230,9 @@ func TestParseFlagsNamesTheBadFlag(t *testing.T) {
 		{[]string{"--hw-tap", "a/b"}, "--hw-tap"},
 		{[]string{"--nic-tap", "waytoolonganame0"}, "--nic-tap"},
 		{[]string{"--wire-netns", ""}, "--wire-netns"},
+		{[]string{"--wire-netns", "a/b"}, "--wire-netns"},
+		{[]string{"--nic-netns", ".."}, "--nic-netns"},
+		{[]string{"--nic-netns", "tmwire"}, "--nic-netns and --wire-netns are both"},
 		{[]string{"extra"}, "unexpected argument"},
 	} {
 		var sink strings.Builder
