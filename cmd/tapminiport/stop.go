@@ -132,6 +132,13 @@ func (m *machine) force(why string) int {
 	m.stopRemovalWatch()
 	r := m.a.HeldReport("shutdown", m.started)
 	_ = m.a.Shutdown(ndisshim.ShutdownBugCheck)
+	if m.st != nil {
+		// The binding is never closed on this path: an attached NIC TAP
+		// (the user's) goes home here, as the unbind would move it.
+		if err := m.st.ReturnAttachedNIC(); err != nil {
+			m.log.Error("forced shutdown", "err", err)
+		}
+	}
 	m.freezeMiniport() // ShutdownEx frees nothing: the miniport is still readable
 	m.stopObservers()
 	m.stopDumps()

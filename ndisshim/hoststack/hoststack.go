@@ -482,6 +482,22 @@ func (s *Stack) Close(ctx context.Context) error {
 	return s.undo()
 }
 
+// ReturnAttachedNIC moves an attached NIC TAP (the user's, which Bind
+// moved into cfg.Netns) back where it was, without closing or freeing
+// anything: for a forced exit, which never unbinds (a held buffer may
+// still be in use), so undo never runs. undo, if it runs later, finds the
+// TAP gone from cfg.Netns and leaves it. A TAP the binding created is
+// left: the process's exit deletes it.
+func (s *Stack) ReturnAttachedNIC() error {
+	if s.created || !s.moved || !tapdev.LinkExists(s.cfg.Netns, s.cfg.NICName) {
+		return nil
+	}
+	if err := tapdev.MoveLink(s.cfg.NICName, s.cfg.Netns, ""); err != nil {
+		return fmt.Errorf("hoststack: move attached NIC TAP %s back from %s: %w", s.cfg.NICName, s.cfg.Netns, err)
+	}
+	return nil
+}
+
 func (s *Stack) undo() error {
 	var errs []error
 	for _, q := range s.queues {
