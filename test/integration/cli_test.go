@@ -7,9 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tapminiport/tapminiport/tapdev"
 )
 
 func runBinary(t *testing.T, limit time.Duration, args ...string) (string, error) {
@@ -31,8 +34,20 @@ func exitCode(err error) int {
 	return 0
 }
 
-// TestBadFlagsNameThemselves: a bad flag exits 2 with a message that names it.
+// TestBadFlagsNameThemselves: a bad flag exits 2 with a message that names
+// it, and creates nothing. Every run names its own TAPs and namespaces (a
+// host namespace of the test's, as root), so that a bad flag accepted by
+// mistake would create only what cleanup removes by name, never the
+// defaults (tmhw0, tm0, tmwire).
 func TestBadFlagsNameThemselves(t *testing.T) {
+	var r *run
+	if os.Geteuid() == 0 {
+		r = newRun(t) // cleanup removes its namespaces and TAPs by name
+	} else { // nothing can be created: only the names
+		s := suffix()
+		r = &run{t: t, host: "tmih" + s, wire: "tmiw" + s, hw: "tmhw" + s, nic: "tmn" + s}
+	}
+	names := []string{"--hw-tap", r.hw, "--nic-tap", r.nic, "--nic-netns", r.host, "--wire-netns", r.wire}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -40,17 +55,22 @@ func TestBadFlagsNameThemselves(t *testing.T) {
 		{[]string{"--mtu", "20"}, "--mtu 20"},
 		{[]string{"--rx-buffers", "1"}, "--rx-buffers 1"},
 		{[]string{"--nic-addr", "banana"}, "nic-addr"},
-		{[]string{"--hw-tap", "x", "--nic-tap", "x"}, "--hw-tap and --nic-tap"},
+		{[]string{"--hw-tap", r.hw, "--nic-tap", r.hw}, "--hw-tap and --nic-tap"},
 		{[]string{"--mac", "01:00:5e:00:00:01"}, "--mac"},
 		{[]string{"--fail-at", "nowhere"}, "--fail-at"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 	} {
-		out, err := runBinary(t, 10*time.Second, tc.args...)
+		// The flag under test comes last: it overrides the run's names.
+		out, err := runBinary(t, 10*time.Second, append(slices.Clone(names), tc.args...)...)
 		if code := exitCode(err); code != 2 {
 			t.Errorf("%v: exit code %d, want 2:\n%s", tc.args, code, out)
 		}
 		if !strings.Contains(out, tc.want) {
 			t.Errorf("%v: message does not name %q:\n%s", tc.args, tc.want, out)
+		}
+		if tapdev.NetnsExists(r.wire) || tapdev.LinkExists("", r.hw) || tapdev.LinkExists("", r.nic) ||
+			(tapdev.NetnsExists(r.host) && tapdev.LinkExists(r.host, r.nic)) {
+			t.Errorf("%v: a namespace or TAP of the run was created", tc.args)
 		}
 	}
 }

@@ -197,19 +197,10 @@ func TestMTUChange(t *testing.T) {
 func TestSIGTERMDuringIperf3DrainsHeldBuffers(t *testing.T) {
 	tapdev.RequireTool(t, "iperf3")
 	r := start(t, "--return-delay", "200ms", "--check-held")
-	done := make(chan string, 1)
-	go func() {
-		out, _ := in(t, r.wire, 15*time.Second, "iperf3", "-s", "-1")
-		done <- out
-	}()
-	time.Sleep(500 * time.Millisecond)
-	client := make(chan string, 1)
-	go func() {
-		out, _ := in(t, r.host, 30*time.Second, "iperf3", "-c", "198.18.0.2", "-t", "10", "-R")
-		client <- out
-	}()
-	// Let traffic flow so the stack holds buffers when the signal comes.
-	time.Sleep(2500 * time.Millisecond)
+	l := startLoad(t, r.host, r.wire, "198.18.0.2", 30*time.Second, "-t", "10", "-R")
+	// Traffic flows (the client has received a megabyte) so the stack
+	// holds buffers when the signal comes.
+	l.flowing(t, 1<<20, 8*time.Second)
 	start := time.Now()
 	code := r.stop(syscall.SIGTERM, 60*time.Second)
 	took := time.Since(start)
@@ -234,12 +225,6 @@ func TestSIGTERMDuringIperf3DrainsHeldBuffers(t *testing.T) {
 	}
 	t.Logf("halt took %s; %s", took, strings.TrimSpace(regexp.MustCompile(`NBLs drained.*`).FindString(rep)))
 	r.assertGone()
-	select {
-	case <-client:
-	case <-time.After(40 * time.Second):
-		t.Error("iperf3 client did not end")
-	}
-	<-done
 }
 
 // TestInitializeFailureLeavesNothing injects a failure at each step of

@@ -9,10 +9,11 @@ import (
 )
 
 // TestSurpriseRemoval deletes a TAP underneath a run while iperf3 pushes
-// traffic: the hardware TAP from the wire namespace (the NIC is gone: the
-// miniport gets the surprise-removed PnP event and halts with that action),
-// and the NIC TAP from the host namespace (the stack's interface is gone:
-// the binding unbinds). Either way: exit 5, a report naming the removal, a
+// traffic (its server has reported a megabyte received before the delete):
+// the hardware TAP from the wire namespace (the NIC is gone: the miniport
+// gets the surprise-removed PnP event and halts with that action), and the
+// NIC TAP from the host namespace (the stack's interface is gone: the
+// binding unbinds). Either way: exit 5, a report naming the removal, a
 // clean verifier, nothing left.
 func TestSurpriseRemoval(t *testing.T) {
 	tapdev.RequireTool(t, "iperf3")
@@ -27,12 +28,8 @@ func TestSurpriseRemoval(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := start(t)
-			srv := make(chan struct{})
-			go func() { defer close(srv); in(t, r.wire, 11*time.Second, "iperf3", "-s", "-1") }()
-			time.Sleep(500 * time.Millisecond)
-			cli := make(chan struct{})
-			go func() { defer close(cli); in(t, r.host, 10*time.Second, "iperf3", "-c", "198.18.0.2", "-t", "8") }()
-			time.Sleep(1500 * time.Millisecond)
+			l := startLoad(t, r.host, r.wire, "198.18.0.2", 20*time.Second, "-t", "8")
+			l.flowing(t, 1<<20, 6*time.Second) // under load: a megabyte has crossed, and more is coming
 			mustIn(t, tc.ns(r), 5*time.Second, "ip", "link", "del", tc.dev(r))
 			select {
 			case <-r.exited:
@@ -53,8 +50,6 @@ func TestSurpriseRemoval(t *testing.T) {
 				t.Errorf("halt action is not %s:\n%s", tc.action, r.stderr)
 			}
 			r.assertGone()
-			<-cli
-			<-srv
 		})
 	}
 }

@@ -259,19 +259,118 @@ func iperfFrom(t *testing.T, cns, sns, server string, args ...string) string {
 		t.Fatalf("iperf3 server: %v", err)
 	}
 	defer func() { cancel(); _ = srv.Wait() }()
-	// wait for the server to listen
-	for i := 0; i < 50; i++ {
-		out, _ := in(t, sns, 2*time.Second, "ss", "-ltn")
-		if strings.Contains(out, ":5201") {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitListen(t, sns, &srvOut)
 	out, err := in(t, cns, 35*time.Second, "iperf3", append([]string{"-c", server, "-J"}, args...)...)
 	if err != nil {
 		t.Fatalf("iperf3 -c %s %v: %v\n%s\nserver:\n%s", server, args, err, out, srvOut.String())
 	}
 	return out
+}
+
+// waitListen waits (bounded) until an iperf3 server listens on port 5201
+// in namespace ns; srvOut is the server's output, for the failure.
+func waitListen(t *testing.T, ns string, srvOut fmt.Stringer) {
+	t.Helper()
+	for i := 0; i < 50; i++ {
+		out, _ := in(t, ns, 2*time.Second, "ss", "-ltn")
+		if strings.Contains(out, ":5201") {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("iperf3 server in %s not listening on 5201 after 5s:\n%s", ns, srvOut)
+}
+
+// load is an iperf3 run in the background: a one-shot server in one
+// namespace, a client in another, both bounded in time and printing a
+// report every second (--forceflush) unless the client's args hold -J.
+type load struct {
+	srv, cli *shimtest.SyncBuffer
+	reverse  bool          // -R: the client receives, the server sends
+	done     chan struct{} // closed when the client has ended
+	err      error         // the client's, once done is closed
+}
+
+// startLoad starts a one-shot iperf3 server in sns bound to server, waits
+// until it listens, and starts a client in cns with args; both are killed
+// after limit, and in cleanup if still running. Call flowing before
+// relying on the traffic. The receiver's reports are what flowing reads:
+// the server's, or with -R the client's (then without -J).
+func startLoad(t *testing.T, cns, sns, server string, limit time.Duration, args ...string) *load {
+	t.Helper()
+	tapdev.RequireTool(t, "iperf3")
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	l := &load{srv: &shimtest.SyncBuffer{}, cli: &shimtest.SyncBuffer{}, done: make(chan struct{})}
+	srv := exec.CommandContext(ctx, "ip", "netns", "exec", sns, "iperf3", "-s", "-1", "-B", server, "--forceflush")
+	srv.Stdout, srv.Stderr = l.srv, l.srv
+	if err := srv.Start(); err != nil {
+		cancel()
+		t.Fatalf("iperf3 server: %v", err)
+	}
+	t.Cleanup(func() { cancel(); _ = srv.Wait() })
+	waitListen(t, sns, l.srv)
+	cargs := []string{"netns", "exec", cns, "iperf3", "-c", server, "--forceflush"}
+	for _, a := range args {
+		l.reverse = l.reverse || a == "-R"
+	}
+	cli := exec.CommandContext(ctx, "ip", append(cargs, args...)...)
+	cli.Stdout, cli.Stderr = l.cli, l.cli
+	if err := cli.Start(); err != nil {
+		t.Fatalf("iperf3 client: %v", err)
+	}
+	go func() { l.err = cli.Wait(); close(l.done) }()
+	t.Cleanup(func() { cancel(); <-l.done }) // before the server's: cleanups run last-in first-out
+	return l
+}
+
+var unitBytes = map[string]float64{"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+var intervalRe = regexp.MustCompile(`(?m)^\[\s*\d+\]\s+[\d.]+-[\d.]+\s+sec\s+([\d.]+) ([KMGT]?)Bytes.*$`)
+
+// received is what the receiver's per-second reports add up to so far
+// (the server's, or the client's with -R), in bytes.
+func (l *load) received() float64 {
+	out := l.srv.String()
+	if l.reverse {
+		out = l.cli.String()
+	}
+	var sum float64
+	for _, m := range intervalRe.FindAllStringSubmatch(out, -1) {
+		if strings.Contains(m[0], "sender") || strings.Contains(m[0], "receiver") {
+			continue // the end's summary, not an interval
+		}
+		v, _ := strconv.ParseFloat(m[1], 64)
+		sum += v * unitBytes[m[2]]
+	}
+	return sum
+}
+
+// flowing waits (bounded) until iperf3's receiver reports atLeast bytes
+// received while the client still runs, and fails the test if the client
+// ends first or the time runs out.
+func (l *load) flowing(t *testing.T, atLeast float64, within time.Duration) {
+	t.Helper()
+	deadline := time.After(within)
+	for l.received() < atLeast {
+		select {
+		case <-l.done:
+			t.Fatalf("iperf3 client ended (%v) after %.0f bytes received, want %.0f while it runs:\nclient:\n%s\nserver:\n%s", l.err, l.received(), atLeast, l.cli, l.srv)
+		case <-deadline:
+			t.Fatalf("iperf3 received %.0f bytes after %v, want %.0f:\nclient:\n%s\nserver:\n%s", l.received(), within, atLeast, l.cli, l.srv)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// wait waits (bounded) for the client to end and returns its output.
+func (l *load) wait(t *testing.T, within time.Duration) string {
+	t.Helper()
+	select {
+	case <-l.done:
+	case <-time.After(within):
+		t.Fatalf("iperf3 client still running after %v:\n%s", within, l.cli)
+	}
+	return l.cli.String()
 }
 
 func lines(s string) []string { return strings.Split(strings.TrimSpace(s), "\n") }

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -70,9 +71,25 @@ func TestCapabilitiesDropped(t *testing.T) {
 func TestUnprivilegedStartNamesTheFix(t *testing.T) {
 	tapdev.RequireRoot(t) // to become someone else
 	s := suffix()
-	cmd := exec.Command(binary, "--hw-tap", "tmhw"+s, "--nic-tap", "tmn"+s, "--wire-netns", "tmiw"+s)
+	hw, nic, wire := "tmhw"+s, "tmn"+s, "tmiw"+s
+	t.Cleanup(func() { // whatever a failed run left, by name
+		if tapdev.NetnsExists(wire) {
+			_ = tapdev.DeleteNetns(wire)
+		}
+		for _, l := range []string{hw, nic} {
+			if tapdev.LinkExists("", l) {
+				_ = tapdev.DeleteLink("", l)
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, "--hw-tap", hw, "--nic-tap", nic, "--wire-netns", wire)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("unprivileged start still running after 20s (killed):\n%s", out)
+	}
 	if code := exitCode(err); code != 1 {
 		t.Errorf("unprivileged start: exit %d, want 1:\n%s", code, out)
 	}
@@ -81,7 +98,12 @@ func TestUnprivilegedStartNamesTheFix(t *testing.T) {
 	if want := "needs root or CAP_NET_ADMIN and CAP_SYS_ADMIN (it creates TAPs and namespaces; CAP_NET_ADMIN and CAP_SYS_ADMIN missing): run with sudo"; !strings.Contains(string(out), want) {
 		t.Errorf("the error does not name the fix %q:\n%s", want, out)
 	}
-	if tapdev.NetnsExists("tmiw"+s) || tapdev.LinkExists("", "tmhw"+s) {
-		t.Error("an unprivileged start left something behind")
+	for _, l := range []string{hw, nic} {
+		if tapdev.LinkExists("", l) {
+			t.Errorf("an unprivileged start left TAP %s behind", l)
+		}
+	}
+	if tapdev.NetnsExists(wire) {
+		t.Errorf("an unprivileged start left namespace %s behind", wire)
 	}
 }
