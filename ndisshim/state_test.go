@@ -3,6 +3,7 @@ package ndisshim_test
 import (
 	"context"
 	"errors"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -24,24 +25,25 @@ type transition struct {
 	name   string
 	phrase string         // what an illegal-state error must name
 	after  ndisshim.State // state after a legal call (-1: unchanged)
+	locker string         // the shim method that takes the transition lock for it ("": none)
 	do     func(s *subject) error
 }
 
 const unchanged ndisshim.State = -1
 
 var transitions = []transition{
-	{"Restart", "restart adapter tm0", ndisshim.StateRunning, func(s *subject) error {
+	{"Restart", "restart adapter tm0", ndisshim.StateRunning, "(*Adapter).Restart", func(s *subject) error {
 		return s.r.a.Restart(context.Background())
 	}},
-	{"Pause", "pause adapter tm0", ndisshim.StatePaused, func(s *subject) error {
+	{"Pause", "pause adapter tm0", ndisshim.StatePaused, "(*Adapter).Pause", func(s *subject) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		return s.r.a.Pause(ctx)
 	}},
-	{"Halt", "halt adapter tm0", ndisshim.StateHalted, func(s *subject) error {
+	{"Halt", "halt adapter tm0", ndisshim.StateHalted, "(*Adapter).Halt", func(s *subject) error {
 		return s.r.a.Halt(context.Background(), ndisshim.HaltDeviceDisabled)
 	}},
-	{"OpenAdapter", "bind p2 to adapter tm0", unchanged, func(s *subject) error {
+	{"OpenAdapter", "bind p2 to adapter tm0", unchanged, "(*Adapter).OpenAdapter", func(s *subject) error {
 		p := newProto("p2")
 		b, err := s.r.a.OpenAdapter("p2", p)
 		if err == nil {
@@ -49,10 +51,10 @@ var transitions = []transition{
 		}
 		return err
 	}},
-	{"Close", "close binding p1 on adapter tm0", unchanged, func(s *subject) error {
+	{"Close", "close binding p1 on adapter tm0", unchanged, "(*Binding).Close", func(s *subject) error {
 		return s.b.Close()
 	}},
-	{"Shutdown", "shut down adapter tm0", ndisshim.StateShutdown, func(s *subject) error {
+	{"Shutdown", "shut down adapter tm0", ndisshim.StateShutdown, "", func(s *subject) error {
 		return s.r.a.Shutdown(ndisshim.ShutdownPowerOff)
 	}},
 }
@@ -267,21 +269,27 @@ func TestTransitionsFromInitializing(t *testing.T) {
 func TestTransitionsFromRestarting(t *testing.T) {
 	for _, tr := range transitions {
 		t.Run(tr.name, func(t *testing.T) {
-			entered, release := make(chan struct{}), make(chan struct{})
-			var once sync.Once
+			entered, released := make(chan struct{}), make(chan struct{})
+			var once, releaseOnce sync.Once
+			release := func() { releaseOnce.Do(func() { close(released) }) }
 			cfg := &fakeConfig{onRestart: func(ctx context.Context) error {
 				first := false
 				once.Do(func() { first = true })
 				if first {
 					close(entered)
-					<-release
+					<-released
 				}
 				return nil
 			}}
 			s := newSubject(t, cfg)
 			defer s.teardown()
-			restartErr := make(chan error, 1)
-			go func() { restartErr <- s.r.a.Restart(context.Background()) }()
+			restartErr, restartDone := make(chan error, 1), make(chan struct{})
+			go func() {
+				restartErr <- s.r.a.Restart(context.Background())
+				close(restartDone)
+			}()
+			// A failed check must not leave RestartEx blocked under the teardown.
+			defer func() { release(); <-restartDone }()
 			<-entered
 			if st := s.r.a.State(); st != ndisshim.StateRestarting {
 				t.Fatalf("inside RestartEx: state %s", st)
@@ -293,22 +301,25 @@ func TestTransitionsFromRestarting(t *testing.T) {
 				if st := s.r.a.State(); st != ndisshim.StateShutdown {
 					t.Errorf("after Shutdown: %s", st)
 				}
-				close(release)
+				release()
 				expectIllegal(t, <-restartErr, "restart adapter tm0", ndisshim.StateShutdown)
 				if st := s.r.a.State(); st != ndisshim.StateShutdown {
 					t.Errorf("restart cut short by Shutdown left state %s", st)
 				}
 				return
 			}
-			callErr := make(chan error, 1)
-			go func() { callErr <- tr.do(s) }()
-			time.Sleep(10 * time.Millisecond) // let the call reach the adapter
+			callErr, gid := make(chan error, 1), make(chan string, 1)
+			go func() {
+				gid <- goroutineID()
+				callErr <- tr.do(s)
+			}()
+			waitParkedOnLock(t, tr, <-gid, callErr)
 			select {
 			case err := <-callErr:
 				t.Fatalf("%s returned while the adapter was Restarting: %v", tr.name, err)
 			default:
 			}
-			close(release)
+			release()
 			if err := <-restartErr; err != nil {
 				t.Fatalf("Restart: %v", err)
 			}
@@ -325,6 +336,78 @@ func TestTransitionsFromRestarting(t *testing.T) {
 			expectIllegal(t, err, tr.phrase, ndisshim.StateRunning)
 		})
 	}
+}
+
+// waitParkedOnLock returns once goroutine gid, which runs tr, is parked on
+// a sync.Mutex with tr.locker as the first frame above package sync: the
+// call has reached the adapter and waits behind the transition lock, which
+// each of those methods takes first. The shim counts no waiters on that
+// lock, so the goroutine dump is what shows it. It fails the test if the
+// call returns first, or has not parked in 10s.
+func waitParkedOnLock(t *testing.T, tr transition, gid string, callErr <-chan error) {
+	t.Helper()
+	if tr.locker == "" {
+		t.Fatalf("%s takes no transition lock to wait on", tr.name)
+	}
+	frame := "github.com/tapminiport/tapminiport/ndisshim." + tr.locker + "("
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		dump := allStacks()
+		if parkedOnMutexIn(dump, gid, frame) {
+			return
+		}
+		select {
+		case err := <-callErr:
+			t.Fatalf("%s returned while the adapter was Restarting: %v", tr.name, err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s (goroutine %s) has not parked on the transition lock in %s after 10s; goroutines:\n%s", tr.name, gid, tr.locker, dump)
+		}
+		runtime.Gosched()
+	}
+}
+
+// goroutineID is the number of the calling goroutine, as stack dumps show it.
+func goroutineID() string {
+	buf := make([]byte, 64)
+	buf = buf[:runtime.Stack(buf, false)]
+	return strings.Fields(string(buf))[1] // "goroutine 42 [running]:"
+}
+
+// allStacks is runtime.Stack of every goroutine, whole.
+func allStacks() string {
+	buf := make([]byte, 64<<10)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return string(buf[:n])
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// parkedOnMutexIn reports whether, in dump, goroutine gid waits in
+// sync.Mutex.Lock and its first caller outside sync and the runtime is
+// frame.
+func parkedOnMutexIn(dump, gid, frame string) bool {
+	for _, g := range strings.Split(dump, "\n\n") {
+		header, frames, _ := strings.Cut(g, "\n")
+		if !strings.HasPrefix(header, "goroutine "+gid+" [") {
+			continue
+		}
+		if !strings.Contains(header, "[sync.Mutex.Lock") {
+			return false
+		}
+		for _, f := range strings.Split(frames, "\n") {
+			if f == "" || f[0] == '\t' || strings.HasPrefix(f, "sync.") || strings.HasPrefix(f, "internal/sync.") || strings.HasPrefix(f, "runtime.") {
+				continue // a file:line, or a frame of the lock itself
+			}
+			return strings.HasPrefix(f, frame)
+		}
+		return false
+	}
+	return false
 }
 
 // TestRestartFailureStaysPaused: when RestartEx fails the adapter stays

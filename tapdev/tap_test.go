@@ -366,6 +366,7 @@ func TestOpenTAPAtLeaveFailsClosesQueue(t *testing.T) {
 
 func TestNetnsCreateDelete(t *testing.T) {
 	RequireRoot(t)
+	RequireTool(t, "ip")
 	name := RandomName("tdt")
 	if NetnsExists(name) {
 		t.Fatal("random name taken")
@@ -384,17 +385,21 @@ func TestNetnsCreateDelete(t *testing.T) {
 	if err := CreateNetns(name); !errors.Is(err, os.ErrExist) {
 		t.Errorf("CreateNetns twice = %v; want os.ErrExist", err)
 	}
-	if _, err := exec.LookPath("ip"); err == nil {
-		if out := run(t, "ip", "netns", "list"); !strings.Contains(out, name) {
-			t.Errorf("ip netns list does not show %s:\n%s", name, out)
-		}
-		if out := run(t, "ip", "netns", "exec", name, "ip", "-br", "link"); !strings.HasPrefix(out, "lo ") || strings.Count(out, "\n") != 1 {
-			t.Errorf("ip netns exec %s ip link: want only lo, got\n%s", name, out)
-		}
+	if out := run(t, "ip", "netns", "list"); !strings.Contains(out, name) {
+		t.Errorf("ip netns list does not show %s:\n%s", name, out)
 	}
-	// The namespace really is another one: our root links are not there.
-	if LinkExists(name, "eth0") && LinkExists("", "eth0") {
-		t.Error("eth0 visible in the new namespace")
+	if out := run(t, "ip", "netns", "exec", name, "ip", "-br", "link"); !strings.HasPrefix(out, "lo ") || strings.Count(out, "\n") != 1 {
+		t.Errorf("ip netns exec %s ip link: want only lo, got\n%s", name, out)
+	}
+	// The namespace really is another one: its inode is not ours, and it
+	// is the one iproute2 enters by that name.
+	ours, theirs := netnsInode(t, ""), netnsInode(t, name)
+	if ours == theirs {
+		t.Errorf("netns %s is our own namespace (inode %d)", name, ours)
+	}
+	want := "net:[" + strconv.FormatUint(theirs, 10) + "]"
+	if got := strings.TrimSpace(run(t, "ip", "netns", "exec", name, "readlink", "/proc/self/ns/net")); got != want {
+		t.Errorf("ip netns exec %s sees namespace %s; OpenNetns(%q) is %s (ours is net:[%d])", name, got, name, want, ours)
 	}
 	if err := DeleteNetns(name); err != nil {
 		t.Fatal(err)
@@ -408,6 +413,22 @@ func TestNetnsCreateDelete(t *testing.T) {
 	if err := ConfigureLink(name, "lo", LinkConfig{Up: true}); err == nil || !strings.Contains(err.Error(), name) {
 		t.Errorf("ConfigureLink in a deleted namespace = %v; want an error naming it", err)
 	}
+}
+
+// netnsInode is the inode of namespace ns ("" = the current thread's), as
+// /proc/PID/ns/net shows it ("net:[INODE]").
+func netnsInode(t *testing.T, ns string) uint64 {
+	t.Helper()
+	h, err := OpenNetns(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h), &st); err != nil {
+		t.Fatalf("fstat netns %s: %v", nsLabel(ns), err)
+	}
+	return st.Ino
 }
 
 func TestConfigureLink(t *testing.T) {
