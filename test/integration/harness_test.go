@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -96,12 +97,19 @@ func newRun(t *testing.T) *run {
 
 // exec starts tapminiport on r's names with extra flags and returns at
 // once; r.exited closes when it ends, with r.exitCode and r.status set.
-func (r *run) exec(t *testing.T, extra ...string) {
+func (r *run) exec(t *testing.T, extra ...string) { r.execTo(t, nil, nil, extra...) }
+
+// execTo is exec with the process's stdout going to stdout (nil: r.stdout)
+// and exited run once the process has ended, before r.exited closes.
+func (r *run) execTo(t *testing.T, stdout io.Writer, exited func(), extra ...string) {
 	t.Helper()
 	r.t, r.stdout, r.stderr, r.exited = t, &shimtest.SyncBuffer{}, &shimtest.SyncBuffer{}, make(chan struct{})
 	args := append([]string{"--hw-tap", r.hw, "--nic-tap", r.nic, "--nic-netns", r.host, "--wire-netns", r.wire, "--watchdog", "200ms"}, extra...)
 	r.cmd = exec.Command(binary, args...)
 	r.cmd.Stdout, r.cmd.Stderr = r.stdout, r.stderr
+	if stdout != nil {
+		r.cmd.Stdout = stdout
+	}
 	if err := r.cmd.Start(); err != nil {
 		t.Fatalf("start tapminiport: %v", err)
 	}
@@ -113,6 +121,9 @@ func (r *run) exec(t *testing.T, extra ...string) {
 		}
 		if ws, ok := r.cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
 			r.status = ws
+		}
+		if exited != nil {
+			exited()
 		}
 		close(r.exited)
 	}()

@@ -3,14 +3,12 @@ package integration
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/tapminiport/tapminiport/ndisshim/shimtest"
 	"github.com/tapminiport/tapminiport/tapdev"
 )
 
@@ -154,7 +152,7 @@ func checkSIGTERMOutcome(t *testing.T, r *run, beforeHandler bool) {
 	}
 }
 
-// startNoWait starts tapminiport with the command line run.exec uses, on a
+// startNoWait starts tapminiport as run.exec does (run.execTo), on a
 // fresh run's names and with its cleanup, but returns at once, without
 // waiting for "ready". Its stdout goes to a regular file, not a pipe: what
 // the process wrote is in the file when its write(2) returns, so
@@ -177,25 +175,10 @@ func startNoWait(t *testing.T) (r *run, stdoutNow func() string) {
 		}
 		return string(b)
 	}
-	r.t, r.stdout, r.stderr, r.exited = t, &shimtest.SyncBuffer{}, &shimtest.SyncBuffer{}, make(chan struct{})
-	r.cmd = exec.Command(binary, "--hw-tap", r.hw, "--nic-tap", r.nic, "--nic-netns", r.host, "--wire-netns", r.wire, "--watchdog", "200ms")
-	r.cmd.Stdout, r.cmd.Stderr = f, r.stderr
-	if err := r.cmd.Start(); err != nil {
-		t.Fatalf("start tapminiport: %v", err)
-	}
-	go func() {
-		err := r.cmd.Wait()
-		r.exitCode = 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			r.exitCode = ee.ExitCode()
-		}
-		if ws, ok := r.cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
-			r.status = ws
-		}
+	r.execTo(t, f, func() {
 		if b, err := os.ReadFile(path); err == nil {
 			r.stdout.Write(b)
 		}
-		close(r.exited)
-	}()
+	})
 	return r, stdoutNow
 }
