@@ -425,10 +425,20 @@ func (m *machine) removeWire() {
 		}
 	}
 	if m.wireCreated {
-		if err := tapdev.DeleteNetns(m.o.wireNetns); err != nil {
-			m.log.Error("remove wire namespace", "netns", m.o.wireNetns, "err", err)
-		} else {
-			m.log.Info("removed wire namespace", "netns", m.o.wireNetns)
+		// Only the namespace this run made goes, by its mark: one of
+		// that name without it (ours removed by hand, someone else's
+		// made since) is not ours to delete.
+		alias, _ := tapdev.LinkAlias(m.o.wireNetns, "lo")
+		k, ok := parseMark(alias)
+		switch {
+		case tapdev.NetnsExists(m.o.wireNetns) && !(ok && k.pid == m.self.pid && k.start == m.self.start):
+			m.log.Warn("wire namespace is not this run's any more (no mark of ours): left as it is", "netns", m.o.wireNetns, "alias", alias)
+		default:
+			if err := tapdev.DeleteNetns(m.o.wireNetns); err != nil {
+				m.log.Error("remove wire namespace", "netns", m.o.wireNetns, "err", err)
+			} else {
+				m.log.Info("removed wire namespace", "netns", m.o.wireNetns)
+			}
 		}
 		m.wireCreated = false
 	}
