@@ -484,9 +484,10 @@ func (s *Stack) Close(ctx context.Context) error {
 
 // ReturnAttachedNIC moves an attached NIC TAP (the user's, which Bind
 // moved into cfg.Netns) back where it was, without closing or freeing
-// anything: for a forced exit, which never unbinds (a held buffer may
-// still be in use), so undo never runs. undo, if it runs later, finds the
-// TAP gone from cfg.Netns and leaves it. A TAP the binding created is
+// anything: the unbind's undo does it after closing the queues, and a
+// forced exit, which never unbinds (a held buffer may still be in use),
+// calls it itself; a second call finds the TAP gone from cfg.Netns and
+// does nothing. A TAP the binding created is
 // left: the process's exit deletes it.
 func (s *Stack) ReturnAttachedNIC() error {
 	if s.created || !s.moved || !tapdev.LinkExists(s.cfg.Netns, s.cfg.NICName) {
@@ -521,11 +522,9 @@ func (s *Stack) undo() error {
 			}
 		}
 		s.queues = nil
-		if !s.created && s.moved && tapdev.LinkExists(s.cfg.Netns, s.cfg.NICName) {
-			// An attached TAP is the user's: put it back where it was.
-			if err := tapdev.MoveLink(s.cfg.NICName, s.cfg.Netns, ""); err != nil {
-				errs = append(errs, fmt.Errorf("hoststack: move attached NIC TAP %s back from %s: %w", s.cfg.NICName, s.cfg.Netns, err))
-			}
+		// An attached TAP is the user's: put it back where it was.
+		if err := s.ReturnAttachedNIC(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if s.sendPool != nil {
