@@ -19,7 +19,7 @@ var update = flag.Bool("update", false, "rewrite testdata/help.golden from the c
 // and exits 0. After a deliberate change: go test ./cmd/tapminiport -run TestHelpGolden -update
 func TestHelpGolden(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if code := run([]string{"--help"}, &stdout, &stderr); code != exitOK {
+	if code := run([]string{"--help"}, &stdout, &stderr, signals{}); code != exitOK {
 		t.Fatalf("--help exit code %d, stderr:\n%s", code, stderr.String())
 	}
 	if stderr.Len() != 0 {

@@ -47,21 +47,33 @@ const (
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
-}
-
-func run(args []string, stdout, stderr io.Writer) int {
 	// First thing: a stop signal that arrives during start-up is kept and
 	// honoured once the adapter runs (a halt), never the default death.
-	// SIGHUP has a channel of its own: a burst of them before ready must
-	// not fill the stop signals' buffer (signal.Notify drops what does
-	// not fit) and lose a SIGTERM.
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	hups := make(chan os.Signal, 1)
-	signal.Notify(hups, syscall.SIGHUP)
-	defer signal.Stop(hups)
+	// The signals stay caught until the process exits: restoring their
+	// default action on the way out would let a late SIGTERM kill the
+	// process after its report, with another exit code than the report's.
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, catchSignals()))
+}
+
+// signals are the channels the run reads its signals from.
+type signals struct {
+	stop chan os.Signal // SIGINT, SIGTERM
+	hup  chan os.Signal // SIGHUP
+}
+
+// catchSignals starts catching the stop signals and SIGHUP. SIGHUP has a
+// channel of its own: a burst of them before ready must not fill the stop
+// signals' buffer (signal.Notify drops what does not fit) and lose a
+// SIGTERM.
+func catchSignals() signals {
+	s := signals{stop: make(chan os.Signal, 4), hup: make(chan os.Signal, 1)}
+	signal.Notify(s.stop, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(s.hup, syscall.SIGHUP)
+	return s
+}
+
+func run(args []string, stdout, stderr io.Writer, sig signals) int {
+	sigs, hups := sig.stop, sig.hup
 	o, err := parseFlags(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
@@ -116,12 +128,8 @@ wait:
 		case sig := <-sigs:
 			log.Info("signal received: pause, halt, unload", "signal", sig.String())
 			break wait
-		case r := <-m.removedCh:
-			m.surprise = r
-			log.Error("surprise removal: pause, halt, unload", "device", r.String())
-			if r.hardware {
-				m.a.NotifySurpriseRemoval() // MiniportDevicePnPEventNotify(SurpriseRemoved)
-			}
+		case <-m.removedCh: // noteRemoval told the adapter
+			log.Error("surprise removal: pause, halt, unload", "device", m.removal().String())
 			break wait
 		}
 	}
@@ -204,14 +212,18 @@ type machine struct {
 	queueSnap   []adapter.QueueCounters
 	verdict     error
 	left        []string
-	removedCh   chan removal
-	surprise    removal
-	stopWatches []func()
-	endMu       sync.Mutex // guards removeWire, verdict and forced between halt and force
-	forced      bool
-	steadyFrom  steadySample // at ready
-	steadyTo    steadySample // at the stop signal or surprise removal
-	started     time.Time
+	removedCh   chan struct{} // a TAP was deleted: stop waiting for a signal
+	endMu       sync.Mutex    // guards removeWire, verdict, forced, surprise, stopping and watches between the run, its watches, halt and force
+	surprise    removal       // see noteRemoval
+	stopping    bool          // a stop signal or a removal ended the wait
+	watches     [2]struct {   // hwWatch, nicWatch
+		stop func()
+		off  bool
+	}
+	forced     bool
+	steadyFrom steadySample // at ready
+	steadyTo   steadySample // at the stop signal or surprise removal
+	started    time.Time
 
 	// observers (observe.go, metrics.go, pcap.go)
 	obs                sync.RWMutex // the gate: see observe.go

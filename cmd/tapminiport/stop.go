@@ -15,8 +15,13 @@ import (
 
 // stop runs pause → unbind → halt → unload and prints the exit report.
 // Further signals: the second says it is still draining, the third forces
-// ShutdownEx and exits 3 with what was still held.
+// ShutdownEx and exits 3 with what was still held, unless HaltEx has
+// started: then nothing can be forced (the miniport gets no ShutdownEx
+// during or after its HaltEx) and the halt is let finish.
 func (m *machine) stop(sigs, hups <-chan os.Signal) int {
+	m.endMu.Lock()
+	m.stopping = true
+	m.endMu.Unlock()
 	m.steadyTo = sampleSteady()
 	done := make(chan struct{})
 	forced := make(chan struct{})
@@ -54,15 +59,29 @@ func (m *machine) stop(sigs, hups <-chan os.Signal) int {
 		select {
 		case r = <-res: // the halt ended as the third signal came: its result stands
 		default:
-			return m.force("third signal")
+			code, err := m.force("third signal")
+			if err == nil {
+				return code
+			}
+			m.log.Warn("third signal: the halt has called HaltEx and cannot be forced; waiting for it to finish", "err", err)
+			r = <-res
 		}
 	}
 	close(done)
-	if errors.Is(r.err, ndisshim.ErrDrainTimeout) {
-		m.log.Error("pause: gave up waiting (--halt-timeout); shutting down without freeing held memory", "err", r.err)
-		return m.force("--halt-timeout " + m.o.haltTimeout.String())
-	}
-	if r.err != nil {
+	if r.code == exitForced { // the adapter was not halted
+		why := fmt.Sprint(r.err)
+		if errors.Is(r.err, ndisshim.ErrDrainTimeout) {
+			m.log.Error("pause: gave up waiting (--halt-timeout); shutting down without freeing held memory", "err", r.err)
+			why = "--halt-timeout " + m.o.haltTimeout.String()
+		} else {
+			m.log.Error("halt failed; shutting down without freeing held memory", "err", r.err)
+		}
+		code, err := m.force(why)
+		if err == nil {
+			return code
+		}
+		m.log.Error("forced shutdown refused", "err", err) // not reached: nothing called HaltEx
+	} else if r.err != nil {
 		m.log.Error("stop", "err", r.err)
 	}
 	// Done already on a clean halt; after a failed pause, here.
@@ -84,22 +103,32 @@ func (m *machine) halt() (int, error) {
 		return exitForced, err
 	}
 	m.log.Info("pause: done", "took", time.Since(t).Round(time.Microsecond), "drained_nbls", m.a.Stats().DrainedNBLs)
+	m.stopWatch(nicWatch) // the unbind deletes the NIC TAP (or moves it home)
 	t = time.Now()
-	if err := m.st.Close(ctx); err != nil {
-		m.log.Error("unbind: verifier", "err", err)
+	if m.st != nil { // nil only in stop_test.go's machines, which have no stack
+		if err := m.st.Close(ctx); err != nil {
+			m.log.Error("unbind: verifier", "err", err)
+		}
+		m.log.Info("unbind: done", "binding", hoststack.ProtocolName, "took", time.Since(t).Round(time.Microsecond))
 	}
-	m.log.Info("unbind: done", "binding", hoststack.ProtocolName, "took", time.Since(t).Round(time.Microsecond))
 	// The last snapshot, then the metrics server and the stats lines stop:
 	// nothing reads the miniport while HaltEx frees it.
 	m.freezeMiniport()
 	m.stopObservers()
 	t = time.Now()
-	m.stopRemovalWatch() // from here on the run deletes its own TAPs
+	m.stopWatch(hwWatch) // from here on the run deletes its own TAPs
 	action := ndisshim.HaltDeviceDisabled
-	if m.surprise.hardware {
+	if m.removal().hardware { // also when it was deleted during the pause
 		action = ndisshim.HaltDeviceSurpriseRemoved
 	}
 	haltErr := m.a.Halt(ctx, action)
+	var ve *ndisshim.VerifierError
+	if haltErr != nil && !errors.As(haltErr, &ve) {
+		// Refused before HaltEx (a request still in the miniport when
+		// --halt-timeout ran out): the adapter is still paused, holding
+		// its device; ShutdownEx is what is left (see stop).
+		return exitForced, fmt.Errorf("halt: %w", haltErr)
+	}
 	m.log.Info("halt: done", "took", time.Since(t).Round(time.Microsecond), "err", haltErr)
 	t = time.Now()
 	unloadErr := m.drv.Deregister()
@@ -118,20 +147,24 @@ func (m *machine) halt() (int, error) {
 	if unloadErr != nil || len(m.left) > 0 {
 		return exitVerifier, nil
 	}
-	if m.surprise.device != "" {
+	if m.removal().device != "" {
 		return exitRemoved, nil
 	}
 	return exitOK, nil
 }
 
 // force is ShutdownEx: link down, nothing freed, exit 3 with what is held.
-func (m *machine) force(why string) int {
+// It does nothing else and returns the adapter's refusal when HaltEx has
+// started (or ended): the halt must be let finish.
+func (m *machine) force(why string) (int, error) {
+	r := m.a.HeldReport("shutdown", m.started)
+	if err := m.a.Shutdown(ndisshim.ShutdownBugCheck); err != nil {
+		return 0, err
+	}
 	m.endMu.Lock()
 	m.forced = true
 	m.endMu.Unlock()
 	m.stopRemovalWatch()
-	r := m.a.HeldReport("shutdown", m.started)
-	_ = m.a.Shutdown(ndisshim.ShutdownBugCheck)
 	if m.st != nil {
 		// The binding is never closed on this path: an attached NIC TAP
 		// (the user's) goes home here, as the unbind would move it.
@@ -149,7 +182,7 @@ func (m *machine) force(why string) int {
 	m.verdict = fmt.Errorf("not halted: %s", r.String())
 	m.endMu.Unlock()
 	m.report(exitForced, nil)
-	return exitForced
+	return exitForced, nil
 }
 
 // report prints the exit report.
@@ -188,8 +221,8 @@ func (m *machine) report(code int, err error) {
 	for _, l := range steadyLines(m.steadyFrom, m.steadyTo, c.RxFrames+c.TxFrames, c.RxBytes+c.TxBytes) {
 		fmt.Fprintf(w, "  %s\n", l)
 	}
-	if m.surprise.device != "" {
-		fmt.Fprintf(w, "  surprise removal: %s\n", m.surprise)
+	if sr := m.removal(); sr.device != "" {
+		fmt.Fprintf(w, "  surprise removal: %s\n", sr)
 	}
 	fmt.Fprintf(w, "  frames per indication: %s\n", histogramText(c.FramesPerIndication))
 	if p := m.pcapStats(); p.on {

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -48,6 +49,56 @@ func TestSurpriseRemoval(t *testing.T) {
 			}
 			if !strings.Contains(r.stderr.String(), tc.action) {
 				t.Errorf("halt action is not %s:\n%s", tc.action, r.stderr)
+			}
+			r.assertGone()
+		})
+	}
+}
+
+// TestSurpriseRemovalDuringHalt deletes a TAP while the halt's pause
+// waits for buffers the stack holds (--return-delay): the removal is still
+// a surprise (the run has not yet begun deleting its own TAPs), so the
+// hardware TAP's makes the halt's action "surprise removed", and either
+// ends the run with exit 5 and a report naming it. It used to go unread
+// once the run was stopping: exit 0, "device disabled".
+func TestSurpriseRemovalDuringHalt(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		ns, dev func(r *run) string
+		want    string
+		action  string
+	}{
+		{"hardware TAP", func(r *run) string { return r.wire }, func(r *run) string { return r.hw }, "hardware TAP", `action="surprise removed"`},
+		{"NIC TAP", func(r *run) string { return r.host }, func(r *run) string { return r.nic }, "NIC TAP", `action="device disabled"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := start(t, "--return-delay", "4s")
+			ping(t, r.host, "-c", "3", "-i", "0.2", "-W", "1", "198.18.0.2") // replies held 4s by the stack
+			if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, r.stderr, "pause: waiting", 5*time.Second)
+			mustIn(t, tc.ns(r), 5*time.Second, "ip", "link", "del", tc.dev(r))
+			select {
+			case <-r.exited:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("still running 30s after SIGTERM:\n%s", r.stderr)
+			}
+			rep, log := r.stdout.String(), r.stderr.String()
+			if i, j := strings.Index(log, "surprise removal during the halt"), strings.Index(log, "unbind: done"); i < 0 || j < i {
+				t.Errorf("no \"surprise removal during the halt\" logged before the unbind:\n%s", log)
+			}
+			if r.exitCode != 5 {
+				t.Errorf("exit code %d, want 5 (surprise removal):\n%s", r.exitCode, rep)
+			}
+			if !strings.Contains(rep, "surprise removal: "+tc.want+" "+tc.dev(r)+" deleted") {
+				t.Errorf("report does not name the removal of %s:\n%s", tc.dev(r), rep)
+			}
+			if !strings.Contains(rep, "verifier: clean") || !strings.Contains(rep, "left after unload: nothing") {
+				t.Errorf("halt after surprise removal not clean:\n%s", rep)
+			}
+			if !strings.Contains(log, tc.action) {
+				t.Errorf("halt action is not %s:\n%s", tc.action, log)
 			}
 			r.assertGone()
 		})
