@@ -20,6 +20,27 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
+// requireRing skips t unless d reads with io_uring, the default read path.
+// Under CI=true it fails instead, unless this kernel has no io_uring to
+// give (ENOSYS, or kernel.io_uring_disabled=2), where read(2) is the
+// default path and the read(2) tests cover it: a refusal from a kernel
+// that has io_uring (a seccomp filter, for one) would leave the
+// default read path untested in CI.
+func requireRing(t testing.TB, d *Dev) {
+	t.Helper()
+	if d.ring != nil {
+		return
+	}
+	msg := "io_uring not available here: " + d.ReadPath()
+	if os.Getenv("CI") != "true" {
+		t.Skip(msg)
+	}
+	if b, _ := os.ReadFile("/proc/sys/kernel/io_uring_disabled"); errors.Is(d.ringErr, unix.ENOSYS) || bytes.Equal(bytes.TrimSpace(b), []byte("2")) {
+		t.Skip(msg + " (this kernel has none to give: read(2) is the default path)")
+	}
+	t.Fatal(msg + " (CI=true: io_uring is the default read path and must be tested; only a kernel without it, or kernel.io_uring_disabled=2, excuses this)")
+}
+
 func socketpair(t *testing.T) (*Dev, *Dev) {
 	t.Helper()
 	a, b, err := Socketpair()
@@ -498,10 +519,9 @@ func readPaths(t *testing.T, f func(t *testing.T, a, b *Dev)) {
 			SetIOURing(ring)
 			defer SetIOURing(true)
 			a, b := socketpair(t)
-			if got := b.ReadPath(); (got == "io_uring") != ring {
-				if ring {
-					t.Skipf("io_uring not available here: %s", got)
-				}
+			if ring {
+				requireRing(t, b)
+			} else if got := b.ReadPath(); got == "io_uring" {
 				t.Fatalf("ReadPath = %q with io_uring off", got)
 			}
 			f(t, a, b)
@@ -620,9 +640,7 @@ func TestURingShortSubmit(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := socketpair(t)
-			if b.ReadPath() != "io_uring" {
-				t.Skipf("io_uring not available here: %s", b.ReadPath())
-			}
+			requireRing(t, b)
 			r := b.ring
 			real := r.enter
 			calls := 0

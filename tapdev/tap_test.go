@@ -864,8 +864,8 @@ func testLongFrameOnTAP(t *testing.T, ring, vnet bool) {
 	SetIOURing(ring)
 	defer SetIOURing(true)
 	d, name := openTAPIn(t, ns, Options{VnetHdr: vnet})
-	if ring && d.ReadPath() != "io_uring" {
-		t.Skipf("io_uring not available here: %s", d.ReadPath())
+	if ring {
+		requireRing(t, d)
 	}
 	if err := ConfigureLink(ns, name, LinkConfig{MTU: 9000, Up: true}); err != nil {
 		t.Fatal(err)
