@@ -272,6 +272,36 @@ func TestSoftwareOffloadTinyMSS(t *testing.T) {
 	})
 }
 
+// TestSoftwareOffloadPoolRunsDry: a large send cut into more segments than
+// the send pool holds while the miniport keeps every send (none completes):
+// the first segments go, the rest are lost to the empty pool, and the frame
+// counts as dropped for want of a send buffer, not as segmented. It used to
+// count as both.
+func TestSoftwareOffloadPoolRunsDry(t *testing.T) {
+	a, b := [4]byte{198, 18, 0, 1}, [4]byte{198, 18, 0, 2}
+	tiny := lso
+	tiny.LSO.MSS = 48
+	const pool = 64
+	nic := &fakeNIC{caps: &ndisshim.OffloadCaps{}, holdSends: true}
+	r := newRigNIC(t, Config{VnetHdr: true, SendNBLs: pool}, nic)
+	t.Cleanup(nic.releaseSends) // before the rig's cleanup pauses
+	r.restart()
+	f := make([]byte, tapdev.VnetHdrLen)
+	tapdev.VnetHdrFromNBLInfo(tiny).Encode(f)
+	r.hostSend(append(f, tcp4Frame(b, a, 77, payloadOf(64000))...))
+	shimtest.WaitFor(t, "the pool to run dry", func() bool { return r.s.Counters().DropNoSendBuffer > 0 })
+	nic.mu.Lock()
+	sent := 0
+	for _, s := range nic.sends {
+		sent += len(s)
+	}
+	nic.mu.Unlock()
+	// One of the pool's NBLs holds the large send itself.
+	if c := r.s.Counters(); sent != pool-1 || c.DropNoSendBuffer != 1 || c.SegmentedToWire != 0 || c.DropSegment != 0 {
+		t.Errorf("%d segments sent, counters %+v; want %d sent, 1 dropped for no send buffer, none segmented", sent, c, pool-1)
+	}
+}
+
 // udp4Frame is an Ethernet/IPv4/UDP datagram with a full checksum.
 func udp4Frame(src, dst [4]byte, sport uint16, payload []byte) []byte {
 	f := make([]byte, 14+20+8+len(payload))

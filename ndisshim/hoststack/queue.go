@@ -393,7 +393,8 @@ func (q *nicQueue) softOffload(nbl *ndisshim.NetBufferList, c *chain) bool {
 	// once, so its NBLs come back for the next (the miniport completes a
 	// send as it writes it). A tiny MSS makes more segments than the pool
 	// holds.
-	for first := 0; first < k; {
+	first := 0
+	for first < k {
 		m := min(k-first, len(q.segNBLs))
 		got := s.sendPool.AllocateBatch(q.segNBLs[:m])
 		if got < m {
@@ -439,7 +440,9 @@ func (q *nicQueue) softOffload(nbl *ndisshim.NetBufferList, c *chain) bool {
 			q.send(c)
 		}
 	}
-	s.segToWire.Add(1)
+	if first == k { // else cut short: counted as dropped above
+		s.segToWire.Add(1)
+	}
 	s.sendPool.FreeChain(nbl)
 	return true
 }

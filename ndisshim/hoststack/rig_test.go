@@ -58,6 +58,8 @@ type fakeNIC struct {
 	caps   *ndisshim.OffloadCaps
 	info   ndisshim.NBLInfo
 	hashes []uint32 // when set, the i-th indicated NBL's RSS hash
+	// holdSends keeps sent NBLs uncompleted until releaseSends.
+	holdSends bool
 
 	mu          sync.Mutex
 	oids        []ndisshim.OID
@@ -68,6 +70,18 @@ type fakeNIC struct {
 	returned    int
 	sends       [][][]byte // frames of each SendNetBufferLists call
 	sendInfos   []ndisshim.NBLInfo
+	held        []*ndisshim.NetBufferList // chains kept by holdSends
+}
+
+// releaseSends completes the sends holdSends kept.
+func (n *fakeNIC) releaseSends() {
+	n.mu.Lock()
+	held := n.held
+	n.held = nil
+	n.mu.Unlock()
+	for _, c := range held {
+		n.a.SendNetBufferListsComplete(c, 0)
+	}
 }
 
 var _ ndisshim.Miniport = (*fakeNIC)(nil)
@@ -153,6 +167,11 @@ func (n *fakeNIC) SendNetBufferLists(nbls *ndisshim.NetBufferList, port ndisshim
 	n.mu.Lock()
 	n.sends = append(n.sends, frames)
 	n.sendInfos = append(n.sendInfos, infos...)
+	if n.holdSends {
+		n.held = append(n.held, nbls)
+		n.mu.Unlock()
+		return
+	}
 	n.mu.Unlock()
 	n.a.SendNetBufferListsComplete(nbls, 0)
 }
