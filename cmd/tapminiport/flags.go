@@ -156,7 +156,7 @@ next start removes what the killed run left and logs it; it refuses a name
 a running tapminiport still uses, and never deletes what carries no mark.
 
 Exit codes: 0 clean halt and a clean verifier; 1 start-up failed; 2 bad flags;
-3 forced shutdown (gave up waiting for held buffers, or the halt was refused); 4 the verifier found a leak;
+3 forced shutdown (third signal, gave up waiting for held buffers, or the halt was refused); 4 the verifier found a leak;
 5 a TAP was deleted underneath (surprise removal), then a clean halt.
 `
 

@@ -213,14 +213,14 @@ type machine struct {
 	verdict     error
 	left        []string
 	removedCh   chan struct{} // a TAP was deleted: stop waiting for a signal
-	endMu       sync.Mutex    // guards removeWire, verdict, forced, surprise, stopping and watches between the run, its watches, halt and force
+	endMu       sync.Mutex    // guards removeWire, verdict, surprise, stopping and watches between the run, its watches, halt and force
 	surprise    removal       // see noteRemoval
 	stopping    bool          // a stop signal or a removal ended the wait
 	watches     [2]struct {   // hwWatch, nicWatch
+		what removal // the TAP watched
 		stop func()
 		off  bool
 	}
-	forced     bool
 	steadyFrom steadySample // at ready
 	steadyTo   steadySample // at the stop signal or surprise removal
 	started    time.Time

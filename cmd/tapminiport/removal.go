@@ -42,6 +42,7 @@ const (
 func (m *machine) watchRemoval() {
 	m.removedCh = make(chan struct{}, 1)
 	watch := func(i int, r removal, upDown func(bool)) {
+		m.watches[i].what = r
 		stop, err := tapdev.WatchLink(r.netns, r.device, func() { m.noteRemoval(i, r) }, upDown)
 		if err != nil {
 			m.log.Warn("cannot watch for surprise removal", "device", r.device, "err", err)
@@ -65,9 +66,13 @@ func (m *machine) watchRemoval() {
 func (m *machine) noteRemoval(i int, r removal) {
 	m.endMu.Lock()
 	defer m.endMu.Unlock()
-	if m.watches[i].off {
-		return
+	if !m.watches[i].off {
+		m.noteRemovalLocked(r)
 	}
+}
+
+// noteRemovalLocked is noteRemoval's work, with endMu held.
+func (m *machine) noteRemovalLocked(r removal) {
 	if m.surprise.device == "" || r.hardware && !m.surprise.hardware {
 		m.surprise = r
 	}
@@ -92,20 +97,30 @@ func (m *machine) removal() removal {
 
 // stopWatch ends one watch: from here on the run deletes (or moves home)
 // that TAP itself, which is no surprise. A removal the watch saw before
-// stays noted; one it reports from now on is ignored.
-func (m *machine) stopWatch(i int) {
+// stays noted; a callback still to come finds the watch off and notes
+// nothing. With check, a TAP already gone (deleted an instant before, its
+// event not yet read by the watch) is noted here: the run has not touched
+// it yet. A forced exit does not check: the halt running beside it may
+// have deleted the NIC TAP already.
+func (m *machine) stopWatch(i int, check bool) {
 	m.endMu.Lock() // the orderly halt and a forced exit may both get here
 	defer m.endMu.Unlock()
 	w := &m.watches[i]
+	if w.off {
+		return
+	}
 	if w.stop != nil {
-		w.stop() // returns before a removal call can start: see WatchLink
+		w.stop()
 		w.stop = nil
+		if check && !tapdev.LinkExists(w.what.netns, w.what.device) {
+			m.noteRemovalLocked(w.what)
+		}
 	}
 	w.off = true
 }
 
-// stopRemovalWatch ends both watches.
+// stopRemovalWatch ends both watches (a forced exit).
 func (m *machine) stopRemovalWatch() {
-	m.stopWatch(nicWatch)
-	m.stopWatch(hwWatch)
+	m.stopWatch(nicWatch, false)
+	m.stopWatch(hwWatch, false)
 }

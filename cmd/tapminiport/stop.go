@@ -36,6 +36,10 @@ func (m *machine) stop(sigs, hups <-chan os.Signal) int {
 			case s := <-sigs:
 				n++
 				if n == 2 {
+					if m.a.State() != ndisshim.StatePausing { // the pause is done: unbind, halt or unload
+						m.log.Warn("still halting: a third signal forces a shutdown unless HaltEx has started", "signal", s.String())
+						continue
+					}
 					r := m.a.HeldReport("halt", m.started)
 					m.log.Warn("still draining: send the signal once more to force a shutdown", "signal", s.String(), "held", r.String())
 					continue
@@ -103,7 +107,7 @@ func (m *machine) halt() (int, error) {
 		return exitForced, err
 	}
 	m.log.Info("pause: done", "took", time.Since(t).Round(time.Microsecond), "drained_nbls", m.a.Stats().DrainedNBLs)
-	m.stopWatch(nicWatch) // the unbind deletes the NIC TAP (or moves it home)
+	m.stopWatch(nicWatch, true) // the unbind deletes the NIC TAP (or moves it home)
 	t = time.Now()
 	if m.st != nil { // nil only in stop_test.go's machines, which have no stack
 		if err := m.st.Close(ctx); err != nil {
@@ -116,7 +120,7 @@ func (m *machine) halt() (int, error) {
 	m.freezeMiniport()
 	m.stopObservers()
 	t = time.Now()
-	m.stopWatch(hwWatch) // from here on the run deletes its own TAPs
+	m.stopWatch(hwWatch, true) // from here on the run deletes its own TAPs
 	action := ndisshim.HaltDeviceDisabled
 	if m.removal().hardware { // also when it was deleted during the pause
 		action = ndisshim.HaltDeviceSurpriseRemoved
@@ -136,11 +140,9 @@ func (m *machine) halt() (int, error) {
 	m.stopDumps()
 	m.closeCapture()
 	m.removeWire()
+	// No forced exit can be reporting: HaltEx ran, so ShutdownEx was
+	// refused (see force).
 	m.endMu.Lock()
-	if m.forced { // a forced exit is reporting; its verdict stands
-		m.endMu.Unlock()
-		return exitForced, nil
-	}
 	m.verdict = unloadErr
 	m.endMu.Unlock()
 	m.left = leftovers()
@@ -157,14 +159,14 @@ func (m *machine) halt() (int, error) {
 // It does nothing else and returns the adapter's refusal when HaltEx has
 // started (or ended): the halt must be let finish.
 func (m *machine) force(why string) (int, error) {
+	// The watches stop first: ShutdownEx sets the hardware TAP down,
+	// which is no cable pull. Refused, nothing is lost: the halt stopped
+	// them before HaltEx.
+	m.stopRemovalWatch()
 	r := m.a.HeldReport("shutdown", m.started)
 	if err := m.a.Shutdown(ndisshim.ShutdownBugCheck); err != nil {
 		return 0, err
 	}
-	m.endMu.Lock()
-	m.forced = true
-	m.endMu.Unlock()
-	m.stopRemovalWatch()
 	if m.st != nil {
 		// The binding is never closed on this path: an attached NIC TAP
 		// (the user's) goes home here, as the unbind would move it.
