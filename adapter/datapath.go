@@ -206,28 +206,45 @@ const maxGSOFrame = 65535 + 14 + 4
 // or down (a link watch: tapdev.WatchLink), as a NIC learns it from a link
 // interrupt, so the bindings and the OIDs know without waiting for a send.
 // A change it already knew of (a write found the link down first) does
-// nothing.
-func (m *Miniport) LinkChanged(up bool) { m.setLink(up, 0, false) }
+// nothing. It is the newest observation: a send's made before it is stale.
+func (m *Miniport) LinkChanged(up bool) {
+	seq := m.linkObs.Add(1)
+	m.observeLink(seq)
+	m.setLink(up, seq, false)
+}
+
+// observeLink records that observation seq was made (a write went through
+// or found the link down; a watch event): taken under the sender's txMu
+// right after the write, so each queue's observations are in order.
+func (m *Miniport) observeLink(seq uint64) {
+	for {
+		old := m.linkSeen.Load()
+		if old >= seq || m.linkSeen.CompareAndSwap(old, seq) {
+			return
+		}
+	}
+}
 
 // sendSawLink is what a send learned of the link from its write (down: EIO;
-// up: the write went through), gen being linkGen read before the write.
-// It is applied unless the link changed since (a send reports after
-// releasing its txMu, so the watch or another queue may have seen a newer
-// state: applied late, the old observation would stand for good).
-func (m *Miniport) sendSawLink(up bool, gen uint64) { m.setLink(up, gen, true) }
+// up: the write went through) when that differs from the recorded state,
+// seq being the number it took before the write. It is applied unless a
+// newer observation is known (a send reports after releasing its txMu, so
+// the watch or another send may have seen the link since, and agreed with
+// the state or changed it: applied late, the old observation would stand
+// for good).
+func (m *Miniport) sendSawLink(up bool, seq uint64) { m.setLink(up, seq, true) }
 
 // setLink records that the hardware TAP's link went down or came back,
 // says so in the log, and has the bindings told (NDIS_STATUS_LINK_STATE),
 // as a NIC does on a link interrupt. Queues sending at once may all see
 // the change: only the first records it.
-func (m *Miniport) setLink(up bool, gen uint64, fromSend bool) {
+func (m *Miniport) setLink(up bool, seq uint64, fromSend bool) {
 	m.linkMu.Lock()
-	if m.linkDown.Load() == !up || fromSend && m.linkGen.Load() != gen {
+	if m.linkDown.Load() == !up || fromSend && m.linkSeen.Load() > seq {
 		m.linkMu.Unlock()
 		return
 	}
 	m.linkDown.Store(!up)
-	m.linkGen.Add(1)
 	if up {
 		m.log.Info("hardware link up", "tap", m.cfg.HardwareName)
 	} else {
@@ -251,7 +268,10 @@ func (m *Miniport) reportLink() {
 		return
 	}
 	m.linkReporting = true
-	for m.linkReportedDown != m.linkDown.Load() {
+	// After a surprise removal the shim has told the bindings the link is
+	// down (NotifySurpriseRemoval): a send that wrote just before must not
+	// tell them it is up again.
+	for m.linkReportedDown != m.linkDown.Load() && !m.removed.Load() {
 		down := m.linkDown.Load()
 		m.linkMu.Unlock()
 		m.a.IndicateStatus(ndisshim.StatusIndication{Code: ndisshim.StatusLinkState,
@@ -388,8 +408,9 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) int {
 		nbl.MiniportReserved[1] = uintptr(len(bufs)) // where its frames end in bufs (failUnwritten)
 	}
 	linkUp, linkDown := false, false // a change of the link to report once txMu is free
-	linkGen := m.linkGen.Load()      // the link's state as of before the write
+	var linkSeq uint64               // this write's observation of the link
 	if len(bufs) > 0 {
+		linkSeq = m.linkObs.Add(1)
 		w, err := q.dev.WriteBatch(bufs)
 		frames = w
 		lost, devLost := int64(len(bufs)-w), int64(0)
@@ -406,6 +427,7 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) int {
 		}
 		switch {
 		case err == nil:
+			m.observeLink(linkSeq)
 			linkUp = m.linkDown.Load()
 			if lost > 0 { // lost, and not counted by a device without Counters
 				m.ctr.TxErrors.Add(lost)
@@ -415,6 +437,7 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) int {
 			// MEDIA_DISCONNECTED, and the next send tries again.
 			m.ctr.TxDropLinkDown.Add(lost)
 			q.failUnwritten(nbls, w+int(devLost), ndisshim.StatusMediaDisconnected)
+			m.observeLink(linkSeq)
 			linkDown = !m.linkDown.Load()
 		default:
 			m.ctr.TxErrors.Add(lost)
@@ -427,7 +450,7 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) int {
 	q.txMu.Unlock()
 	if linkUp || linkDown {
 		// Not under txMu: a protocol may send from its status handler.
-		m.sendSawLink(linkUp, linkGen)
+		m.sendSawLink(linkUp, linkSeq)
 	}
 	m.ctr.TxFrames.Add(int64(frames))
 	q.txFrames.Add(int64(frames))

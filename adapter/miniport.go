@@ -63,13 +63,16 @@ type Miniport struct {
 	// linkDown: the hardware TAP's link is set down (a pulled cable: a
 	// write found tapdev.ErrLinkDown, or the link watch said so); a write
 	// that goes through, or the watch, clears it. Changed only under
-	// linkMu, by setLink; linkGen counts the changes (a send's
-	// observation made before the last change is stale). linkReporting
-	// and linkReportedDown (under linkMu) are reportLink's: whether a
-	// goroutine is indicating the state, and what the bindings were told
-	// last.
+	// linkMu, by setLink. linkObs numbers the observations (each send's
+	// write, each watch event) in the order they were made; linkSeen is
+	// the newest one known, applied or agreeing with the state: a send's
+	// observation older than it is stale (see observeLink).
+	// linkReporting and linkReportedDown (under linkMu) are reportLink's:
+	// whether a goroutine is indicating the state, and what the bindings
+	// were told last.
 	linkDown         atomic.Bool
-	linkGen          atomic.Uint64
+	linkObs          atomic.Uint64
+	linkSeen         atomic.Uint64
 	linkMu           sync.Mutex
 	linkReporting    bool
 	linkReportedDown bool
@@ -343,14 +346,20 @@ func (m *Miniport) RestartEx(ctx context.Context) error {
 	// ShutdownEx may come at any moment, even while this runs (the shim
 	// takes no lock for it): enable, then look again, so a ShutdownEx
 	// before or during the restart leaves the NIC off.
-	if !m.shut.Load() {
+	// A surprise removal likewise (DevicePnPEventNotify sets removed,
+	// then turns the NIC off).
+	off := func() bool { return m.shut.Load() || m.removed.Load() }
+	if !off() {
 		m.rxEnabled.Store(true)
 		m.txEnabled.Store(true)
-		if !m.shut.Load() {
+		if !off() {
 			return nil
 		}
 		m.rxEnabled.Store(false)
 		m.txEnabled.Store(false)
+	}
+	if m.removed.Load() {
+		return fmt.Errorf("adapter %s: %w", m.cfg.HardwareName, ndisshim.ErrRemoved)
 	}
 	return fmt.Errorf("adapter %s: restart after ShutdownEx: %w", m.cfg.HardwareName, ndisshim.ErrIllegalState)
 }

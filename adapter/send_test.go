@@ -428,19 +428,69 @@ func TestSendFromLinkStatusHandler(t *testing.T) {
 func TestStaleLinkObservationIgnored(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	r.restart()
-	gen := r.mp.linkGen.Load() // the send reads it, then its write fails with EIO
+	seq := r.mp.linkObs.Add(1) // the send takes it, then its write fails with EIO
 	r.mp.LinkChanged(false)    // the watch: down
 	r.mp.LinkChanged(true)     // the watch: up again
-	r.mp.sendSawLink(false, gen)
+	r.mp.observeLink(seq)
+	r.mp.sendSawLink(false, seq)
 	if r.mp.linkDown.Load() {
 		t.Error("a stale link-down observation marked the link down after the watch said up")
 	}
-	gen = r.mp.linkGen.Load()
-	r.mp.sendSawLink(false, gen) // a current one is taken
+	seq = r.mp.linkObs.Add(1)
+	r.mp.observeLink(seq)
+	r.mp.sendSawLink(false, seq) // a current one is taken
 	if !r.mp.linkDown.Load() {
 		t.Error("a current link-down observation was ignored")
 	}
 	r.mp.LinkChanged(true)
+	r.pause()
+	r.halt()
+}
+
+// A newer send that agreed with the state also makes an older one stale,
+// though it changed nothing: with the link recorded down, send B's write
+// goes through and B is preempted; the link is set down again and send A
+// finds it down (no change to report); B's late "up" must not mark the
+// link up while it is down. It did: only changes made a report stale.
+func TestStaleLinkObservationAfterAgreeingOne(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.restart()
+	r.mp.LinkChanged(false)
+	seqB := r.mp.linkObs.Add(1) // B's write goes through
+	seqA := r.mp.linkObs.Add(1) // A's write finds the link down: agrees
+	r.mp.observeLink(seqA)
+	r.mp.observeLink(seqB)
+	r.mp.sendSawLink(true, seqB)
+	if !r.mp.linkDown.Load() {
+		t.Error("a send's stale link-up observation marked the link up after a newer send found it down")
+	}
+	r.mp.LinkChanged(true)
+	r.pause()
+	r.halt()
+}
+
+// After a surprise removal the shim has told the bindings the link is down:
+// a send that wrote just before and reports the link up late tells them
+// nothing. It used to indicate Connected after the removal's Disconnected.
+func TestNoLinkUpAfterSurpriseRemoval(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.restart()
+	r.mp.LinkChanged(false)
+	seq := r.mp.linkObs.Add(1) // a send's write went through just before the removal
+	r.a.NotifySurpriseRemoval()
+	r.mp.observeLink(seq)
+	r.mp.sendSawLink(true, seq)
+	r.p.mu.Lock()
+	var last ndisshim.LinkState
+	for _, s := range r.p.statuses {
+		if ls, ok := s.Data.(ndisshim.LinkState); ok && s.Code == ndisshim.StatusLinkState {
+			last = ls
+		}
+	}
+	r.p.mu.Unlock()
+	if last.Connected {
+		t.Error("the bindings were told the link is up after the surprise removal")
+	}
 	r.pause()
 	r.halt()
 }
