@@ -172,6 +172,9 @@ type Stack struct {
 	paused atomic.Bool
 	closed bool
 	moved  bool // the default Configure moved the NIC TAP into cfg.Netns
+	// returnMu serializes ReturnAttachedNIC: the unbind and a forced exit
+	// may both move the TAP home at once.
+	returnMu sync.Mutex
 
 	toHostFrames, toHostBytes, toWireFrames, toWireBytes atomic.Int64
 	modWaits                                             atomic.Int64 // the readers' moderation waits
@@ -486,10 +489,12 @@ func (s *Stack) Close(ctx context.Context) error {
 // moved into cfg.Netns) back where it was, without closing or freeing
 // anything: the unbind's undo does it after closing the queues, and a
 // forced exit, which never unbinds (a held buffer may still be in use),
-// calls it itself; a second call finds the TAP gone from cfg.Netns and
-// does nothing. A TAP the binding created is
-// left: the process's exit deletes it.
+// calls it itself; a second call, even one made at the same time, finds
+// the TAP gone from cfg.Netns and does nothing. A TAP the binding created
+// is left: the process's exit deletes it.
 func (s *Stack) ReturnAttachedNIC() error {
+	s.returnMu.Lock()
+	defer s.returnMu.Unlock()
 	if s.created || !s.moved || !tapdev.LinkExists(s.cfg.Netns, s.cfg.NICName) {
 		return nil
 	}
