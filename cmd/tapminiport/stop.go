@@ -36,7 +36,7 @@ func (m *machine) stop(sigs, hups <-chan os.Signal) int {
 			case s := <-sigs:
 				n++
 				if n == 2 {
-					if m.a.State() != ndisshim.StatePausing { // the pause is done: unbind, halt or unload
+					if st := m.a.State(); st == ndisshim.StatePaused || st == ndisshim.StateHalted { // the pause is done: unbind, halt or unload
 						m.log.Warn("still halting: a third signal forces a shutdown unless HaltEx has started", "signal", s.String())
 						continue
 					}
@@ -88,7 +88,8 @@ func (m *machine) stop(sigs, hups <-chan os.Signal) int {
 	} else if r.err != nil {
 		m.log.Error("stop", "err", r.err)
 	}
-	// Done already on a clean halt; after a failed pause, here.
+	// The halt did these already (each runs once): kept for a halt that
+	// returns early one day.
 	m.freezeMiniport()
 	m.stopObservers()
 	m.stopDumps()
