@@ -214,8 +214,9 @@ func (m *Miniport) LinkChanged(up bool) {
 }
 
 // observeLink records that observation seq was made (a write went through
-// or found the link down; a watch event): taken under the sender's txMu
-// right after the write, so each queue's observations are in order.
+// or found the link down; a watch event). A send takes seq just before its
+// write and calls this under its txMu right after it, so each queue's
+// observations are recorded in the order its writes were made.
 func (m *Miniport) observeLink(seq uint64) {
 	for {
 		old := m.linkSeen.Load()
