@@ -193,17 +193,7 @@ func TestSendWhileHardwareLinkDown(t *testing.T) {
 	var dev *downDev
 	r := newRig(t, rigOptions{wrap: func(d *tapdev.Dev) Device { dev = &downDev{Dev: d}; return dev }})
 	r.restart()
-	links := func() []bool {
-		r.p.mu.Lock()
-		defer r.p.mu.Unlock()
-		var out []bool
-		for _, s := range r.p.statuses {
-			if ls, ok := s.Data.(ndisshim.LinkState); ok && s.Code == ndisshim.StatusLinkState {
-				out = append(out, ls.Connected)
-			}
-		}
-		return out
-	}
+	links := r.linkStates
 	media := func() uint32 {
 		req, st := r.query(ndisshim.OIDGenMediaConnectStatus, 4)
 		if st != ndisshim.StatusSuccess {
@@ -480,16 +470,8 @@ func TestNoLinkUpAfterSurpriseRemoval(t *testing.T) {
 	r.a.NotifySurpriseRemoval()
 	r.mp.observeLink(seq)
 	r.mp.sendSawLink(true, seq)
-	r.p.mu.Lock()
-	var last ndisshim.LinkState
-	for _, s := range r.p.statuses {
-		if ls, ok := s.Data.(ndisshim.LinkState); ok && s.Code == ndisshim.StatusLinkState {
-			last = ls
-		}
-	}
-	r.p.mu.Unlock()
-	if last.Connected {
-		t.Error("the bindings were told the link is up after the surprise removal")
+	if got := r.linkStates(); len(got) == 0 || got[len(got)-1] {
+		t.Errorf("link state indications %v: the bindings were told the link is up after the surprise removal", got)
 	}
 	r.pause()
 	r.halt()
@@ -533,4 +515,18 @@ func TestSendCutShortByLinkDown(t *testing.T) {
 	r.mp.LinkChanged(true)
 	r.pause()
 	r.halt()
+}
+
+// linkStates lists the LINK_STATE indications the binding got, in order:
+// true for connected.
+func (r *rig) linkStates() []bool {
+	r.p.mu.Lock()
+	defer r.p.mu.Unlock()
+	var out []bool
+	for _, s := range r.p.statuses {
+		if ls, ok := s.Data.(ndisshim.LinkState); ok && s.Code == ndisshim.StatusLinkState {
+			out = append(out, ls.Connected)
+		}
+	}
+	return out
 }
