@@ -89,7 +89,12 @@ func (t *Timer) fire(g uint64) {
 		t.idle.Broadcast()
 	}
 	if t.armed && t.period > 0 && g == t.gen && !t.freed {
-		t.t = time.AfterFunc(t.period, func() { t.fire(g) })
+		// No Set or Cancel since this firing's timer was made (each
+		// bumps gen), so t.t is that timer and its function still
+		// fires g: re-arming it allocates nothing, where a new
+		// AfterFunc per period would (a periodic timer is steady
+		// state: the stats and watchdog timers run beside the datapath).
+		t.t.Reset(t.period)
 	}
 	t.mu.Unlock()
 }
