@@ -250,11 +250,14 @@ type rigOptions struct {
 	hold bool // the protocol holds NBLs
 	// onHeld receives the shim's pause/halt reports.
 	onHeld func(ndisshim.HeldReport)
+	// proto, if set, is bound instead of the rig's fakeProto (which then
+	// sees nothing): a benchmark's protocol that allocates nothing.
+	proto ndisshim.Protocol
 }
 
 // rig is one driver, one adapter on a socketpair, one fake protocol bound.
 type rig struct {
-	t    *testing.T
+	t    testing.TB
 	cfg  Config
 	drv  *ndisshim.Driver
 	a    *ndisshim.Adapter
@@ -294,7 +297,7 @@ func baseConfig(r *rig, dev Device) Config {
 	}
 }
 
-func newRig(t *testing.T, o rigOptions) *rig {
+func newRig(t testing.TB, o rigOptions) *rig {
 	t.Helper()
 	r := &rig{t: t, p: &fakeProto{}}
 	r.p.hold.Store(o.hold)
@@ -329,7 +332,11 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		t.Fatalf("AddAdapter: %v", err)
 	}
 	r.mp = r.a.MiniportContext().(*Miniport)
-	if r.b, err = r.a.OpenAdapter("fakeproto", r.p); err != nil {
+	var proto ndisshim.Protocol = r.p
+	if o.proto != nil {
+		proto = o.proto
+	}
+	if r.b, err = r.a.OpenAdapter("fakeproto", proto); err != nil {
 		t.Fatalf("OpenAdapter: %v", err)
 	}
 	return r
