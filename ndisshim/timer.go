@@ -93,7 +93,8 @@ func (t *Timer) fire(g uint64) {
 		// bumps gen), so t.t is that timer and its function still
 		// fires g: re-arming it allocates nothing, where a new
 		// AfterFunc per period would (a periodic timer is steady
-		// state: the stats and watchdog timers run beside the datapath).
+		// state: the adapter's statistics timer runs beside the
+		// datapath for the adapter's life).
 		t.t.Reset(t.period)
 	}
 	t.mu.Unlock()
