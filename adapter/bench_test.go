@@ -148,7 +148,7 @@ func benchBare(b *testing.B, frames [][]byte) {
 	b.ReportAllocs()
 	m := newMeter(b)
 	for b.Loop() {
-		if n, err := x.WriteBatch(frames); err != nil || n != benchBatch {
+		if n, err := x.WriteBatch(frames, nil); err != nil || n != benchBatch {
 			b.Fatalf("wrote %d of %d frames: %v", n, benchBatch, err)
 		}
 		readAllPeer(b, y, bufs, sizes, benchBatch)
@@ -160,7 +160,7 @@ func benchBare(b *testing.B, frames [][]byte) {
 // wireBatch has the wire write frames and p expect them.
 func wireBatch(b *testing.B, r *rig, p *benchProto, frames [][]byte) {
 	p.want.Add(int64(len(frames)))
-	if n, err := r.peer.WriteBatch(frames); err != nil || n != len(frames) {
+	if n, err := r.peer.WriteBatch(frames, nil); err != nil || n != len(frames) {
 		b.Fatalf("the wire wrote %d of %d frames: %v", n, len(frames), err)
 	}
 }

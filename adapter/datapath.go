@@ -182,22 +182,6 @@ func (q *queue) countDeviceDrops() {
 	}
 }
 
-// countDeviceTxDrops counts the frames of the last WriteBatch that the
-// queue's device dropped without an error, as its Counters say: no room
-// (tapdev TxDropped: EAGAIN, ENOBUFS) in TxDropNoRoom, refused (tapdev
-// TxErrors: EINVAL, EMSGSIZE from the TAP, a virtio-net header the kernel
-// would not take) in TxErrors. It returns how many that was. WriteBatch
-// does not say which frames they were, so their NBLs keep SUCCESS, as a
-// NIC completes a send its hardware dropped on the wire; the counters are
-// where a user sees them. The caller holds txMu (only this queue writes
-// to its device, so the difference since the last call is this batch's).
-func (q *queue) countDeviceTxDrops() int64 {
-	d := q.txDev.Since()
-	q.m.ctr.TxDropNoRoom.Add(int64(d.TxDropped))
-	q.m.ctr.TxErrors.Add(int64(d.TxErrors))
-	return int64(d.TxDropped + d.TxErrors)
-}
-
 // maxGSOFrame is the largest large-send frame: a 64 KiB IP packet behind an
 // Ethernet header and a VLAN tag.
 const maxGSOFrame = 65535 + 14 + 4
@@ -406,43 +390,35 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) int {
 			}
 			bytes += nb.Length
 		}
-		nbl.MiniportReserved[1] = uintptr(len(bufs)) // where its frames end in bufs (failUnwritten)
+		nbl.MiniportReserved[1] = uintptr(len(bufs)) // where its frames end in bufs (completeFrames)
 	}
 	linkUp, linkDown := false, false // a change of the link to report once txMu is free
 	var linkSeq uint64               // this write's observation of the link
 	if len(bufs) > 0 {
 		linkSeq = m.linkObs.Add(1)
-		w, err := q.dev.WriteBatch(bufs)
+		if cap(q.txRes) < len(bufs) {
+			q.txRes = make([]tapdev.TxResult, cap(bufs))
+		}
+		res := q.txRes[:len(bufs)]
+		w, err := q.dev.WriteBatch(bufs, res)
 		frames = w
-		lost, devLost := int64(len(bufs)-w), int64(0)
-		if lost > 0 {
-			devLost = q.countDeviceTxDrops()
-			lost -= devLost
-			// The bytes of the frames written: exact when the device
-			// dropped none (bufs[:w]); when it did, it does not say
-			// which, and bufs[:w] stands for them.
-			bytes = 0
-			for _, b := range bufs[:w] {
-				bytes += len(b) - m.vnet
+		if w < len(bufs) {
+			// What a frame an error left becomes: a pulled cable drops
+			// it with MEDIA_DISCONNECTED (the next send tries again).
+			unwritten := ndisshim.StatusFailure
+			if errors.Is(err, tapdev.ErrLinkDown) {
+				unwritten = ndisshim.StatusMediaDisconnected
 			}
+			bytes = q.completeFrames(nbls, bufs, res, unwritten)
 		}
 		switch {
 		case err == nil:
 			m.observeLink(linkSeq)
 			linkUp = m.linkDown.Load()
-			if lost > 0 { // lost, and not counted by a device without Counters
-				m.ctr.TxErrors.Add(lost)
-			}
 		case errors.Is(err, tapdev.ErrLinkDown):
-			// A pulled cable: what was not written is dropped with
-			// MEDIA_DISCONNECTED, and the next send tries again.
-			m.ctr.TxDropLinkDown.Add(lost)
-			q.failUnwritten(nbls, w+int(devLost), ndisshim.StatusMediaDisconnected)
 			m.observeLink(linkSeq)
 			linkDown = !m.linkDown.Load()
 		default:
-			m.ctr.TxErrors.Add(lost)
-			q.failUnwritten(nbls, w+int(devLost), ndisshim.StatusFailure)
 			m.deviceError(err)
 		}
 	}
@@ -460,21 +436,59 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) int {
 	return frames
 }
 
-// failUnwritten completes with st each of q's NBLs in the chain that has
-// a frame at or after bufs[from], where a write error ended the batch:
-// an NBL whose frames all went out keeps SUCCESS, and one that failed
-// already (INVALID_LENGTH) keeps its status. send recorded where each
-// NBL's frames end in MiniportReserved[1].
-func (q *queue) failUnwritten(nbls *ndisshim.NetBufferList, from int, st ndisshim.Status) {
+// completeFrames is send's account of a batch the device did not write
+// whole: each of q's NBLs in the chain completes with the outcome of its
+// first frame that did not go out (res, as WriteBatch reported it) —
+// RESOURCES for one the hardware TAP had no room for, FAILURE for one it
+// refused as malformed, and for one an error left unwritten, unwritten's
+// status (MEDIA_DISCONNECTED when the link is down) — and keeps SUCCESS
+// when all went; an NBL that failed already (INVALID_LENGTH) keeps its
+// status. Each frame not written is counted once, by cause: TxDropNoRoom,
+// TxErrors, TxDropLinkDown (or TxErrors for another error). It returns
+// the bytes of the frames written. send recorded where each NBL's frames
+// end in MiniportReserved[1]; the caller holds txMu.
+func (q *queue) completeFrames(nbls *ndisshim.NetBufferList, bufs [][]byte, res []tapdev.TxResult, unwritten ndisshim.Status) int {
+	m := q.m
+	bytes := 0
+	var noRoom, refused, lost int64
 	start := 0
 	for nbl := nbls; nbl != nil; nbl = nbl.Next {
 		if nbl.MiniportReserved[0] != uintptr(q.index) {
 			continue
 		}
 		end := int(nbl.MiniportReserved[1])
-		if end > from && end > start && nbl.Status == ndisshim.StatusSuccess {
+		st := ndisshim.StatusSuccess
+		for i := start; i < end; i++ {
+			var fst ndisshim.Status
+			switch res[i] {
+			case tapdev.TxWritten:
+				bytes += len(bufs[i]) - m.vnet
+				continue
+			case tapdev.TxNoRoom:
+				noRoom++
+				fst = ndisshim.StatusResources
+			case tapdev.TxRefused:
+				refused++
+				fst = ndisshim.StatusFailure
+			default: // TxUnwritten, or a device's value it should not give
+				lost++
+				fst = unwritten
+			}
+			if st == ndisshim.StatusSuccess {
+				st = fst
+			}
+		}
+		if nbl.Status == ndisshim.StatusSuccess {
 			nbl.Status = st
 		}
 		start = end
 	}
+	m.ctr.TxDropNoRoom.Add(noRoom)
+	m.ctr.TxErrors.Add(refused)
+	if unwritten == ndisshim.StatusMediaDisconnected {
+		m.ctr.TxDropLinkDown.Add(lost)
+	} else {
+		m.ctr.TxErrors.Add(lost)
+	}
+	return bytes
 }

@@ -294,7 +294,7 @@ func FuzzReceiveDPC(f *testing.F) {
 		}
 
 		before := r.mp.Counters()
-		if n, err := r.peer.WriteBatch([][]byte{in}); n != 1 || err != nil {
+		if n, err := r.peer.WriteBatch([][]byte{in}, nil); n != 1 || err != nil {
 			t.Fatalf("wire wrote %d of 1 read of %d bytes: %v", n, len(in), err)
 		}
 		deadline := time.Now().Add(10 * time.Second)

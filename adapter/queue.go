@@ -46,8 +46,7 @@ type queue struct {
 	// send state: txMu serializes writes to this queue's fd
 	txMu   sync.Mutex
 	txBufs [][]byte
-	// txDev follows dev's drops on send (countDeviceTxDrops; under txMu)
-	txDev tapdev.CounterWatch
+	txRes  []tapdev.TxResult // what became of each of txBufs (WriteBatch)
 
 	// per-queue traffic (also summed into the adapter's Counters)
 	rxFrames, rxBytes atomic.Int64
@@ -75,6 +74,7 @@ func newQueue(m *Miniport, index int, dev Device) *queue {
 	q := &queue{
 		m: m, index: index, dev: dev,
 		txBufs: make([][]byte, 0, 256),
+		txRes:  make([]tapdev.TxResult, 256),
 		mod:    m.cfg.Moderation.NewModerator(m.ctr.TxFrames.Load, &m.ctr.ModerationWaits),
 	}
 	// m.pool is read at each call: it is allocated after the queues
@@ -82,7 +82,7 @@ func newQueue(m *Miniport, index int, dev Device) *queue {
 	q.rx = ndisshim.NewBatchFiller(m.cfg.Batch, make([]byte, maxGSOFrame+headroom), dev.ReadBatch,
 		func(dst []*ndisshim.NetBufferList) int { return m.pool.Get(dst) },
 		func(chain *ndisshim.NetBufferList) { m.pool.Recycle(chain) })
-	q.rxDev, q.txDev = tapdev.WatchCounters(dev), tapdev.WatchCounters(dev)
+	q.rxDev = tapdev.WatchCounters(dev)
 	return q
 }
 

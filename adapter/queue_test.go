@@ -105,7 +105,7 @@ func TestQueues(t *testing.T) {
 		want1 = append(want1, udpFrame(ourMAC, a, b, uint16(2000+i), 5201))
 	}
 	r.wire(want0...)
-	if n, err := peer2.WriteBatch(want1); err != nil || n != len(want1) {
+	if n, err := peer2.WriteBatch(want1, nil); err != nil || n != len(want1) {
 		t.Fatalf("peer2 wrote %d: %v", n, err)
 	}
 	shimtest.WaitFor(t, "40 frames indicated", func() bool { return r.p.frameCount() == 40 })

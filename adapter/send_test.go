@@ -176,11 +176,14 @@ type downDev struct {
 	down atomic.Bool
 }
 
-func (d *downDev) WriteBatch(bufs [][]byte) (int, error) {
+func (d *downDev) WriteBatch(bufs [][]byte, res []tapdev.TxResult) (int, error) {
 	if d.down.Load() {
+		if res != nil {
+			clear(res[:len(bufs)]) // TxUnwritten
+		}
 		return 0, fmt.Errorf("tapdev %s: write: %w (EIO: the link is set down)", d.Name(), tapdev.ErrLinkDown)
 	}
-	return d.Dev.WriteBatch(bufs)
+	return d.Dev.WriteBatch(bufs, res)
 }
 
 // A hardware link set down is a pulled cable, not a removal: sends
@@ -283,17 +286,25 @@ type refusingDev struct {
 	refused   atomic.Uint64
 }
 
-func (d *refusingDev) WriteBatch(bufs [][]byte) (int, error) {
+func (d *refusingDev) WriteBatch(bufs [][]byte, res []tapdev.TxResult) (int, error) {
 	n := 0
-	for _, b := range bufs {
+	for i, b := range bufs {
+		var r [1]tapdev.TxResult
 		if len(b) == d.refuseLen {
 			d.refused.Add(1)
-			continue
+			r[0] = tapdev.TxRefused
+		} else {
+			w, err := d.Dev.WriteBatch([][]byte{b}, r[:])
+			n += w
+			if err != nil {
+				if res != nil {
+					clear(res[i:len(bufs)])
+				}
+				return n, err
+			}
 		}
-		w, err := d.Dev.WriteBatch([][]byte{b})
-		n += w
-		if err != nil {
-			return n, err
+		if res != nil {
+			res[i] = r[0]
 		}
 	}
 	return n, nil
@@ -309,8 +320,12 @@ func (d *refusingDev) Counters() tapdev.Counters {
 // looks: a full device (no room: the socketpair's peer reads nothing) in
 // TxDropNoRoom, a refused frame in TxErrors, both in the statistics OID's
 // discards and errors, and every frame sent is written or counted once.
-// The adapter used to complete them SUCCESS and count nothing: tapdev
-// counted them, and no one read its counters.
+// Each NBL completes with its own frame's outcome, wherever it was in the
+// batch: SUCCESS when written, RESOURCES for no room, FAILURE when
+// refused; TxBytes counts the bytes written. (The adapter used to complete
+// them all SUCCESS and count nothing; then it counted them, but WriteBatch
+// said only how many frames were written, so statuses stayed SUCCESS and
+// TxBytes counted the first n frames.)
 func TestSendDropsByDeviceCounted(t *testing.T) {
 	t.Run("no room", func(t *testing.T) {
 		r := newRig(t, rigOptions{})
@@ -340,6 +355,22 @@ func TestSendDropsByDeviceCounted(t *testing.T) {
 		if s := r.statistics(); s.XmitDiscards != uint64(c.TxDropNoRoom) {
 			t.Errorf("statistics XmitDiscards %d, want the %d frames without room", s.XmitDiscards, c.TxDropNoRoom)
 		}
+		var ok, noRoom int64
+		for _, cs := range r.p.completions() {
+			for _, st := range cs.statuses {
+				switch st {
+				case ndisshim.StatusSuccess:
+					ok++
+				case ndisshim.StatusResources:
+					noRoom++
+				default:
+					t.Errorf("a send completed %v; want SUCCESS or RESOURCES", st)
+				}
+			}
+		}
+		if ok != c.TxFrames || noRoom != c.TxDropNoRoom {
+			t.Errorf("completions: %d SUCCESS, %d RESOURCES; want the %d written and the %d without room", ok, noRoom, c.TxFrames, c.TxDropNoRoom)
+		}
 		r.halt()
 	})
 	t.Run("refused", func(t *testing.T) {
@@ -349,8 +380,13 @@ func TestSendDropsByDeviceCounted(t *testing.T) {
 		r.p.send(t, r.b, frame(peerMAC, 100, 1), frame(peerMAC, 99, 2), frame(peerMAC, 100, 3), frame(peerMAC, 99, 4))
 		r.p.send(t, r.b, frame(peerMAC, 99, 5), frame(peerMAC, 100, 6))
 		c := r.counters()
-		if c.TxFrames != 3 || c.TxErrors != 3 || c.TxDropNoRoom != 0 {
-			t.Errorf("tx frames %d, errors %d, no room %d; want 3 written, 3 refused counted as errors, 0", c.TxFrames, c.TxErrors, c.TxDropNoRoom)
+		if c.TxFrames != 3 || c.TxErrors != 3 || c.TxDropNoRoom != 0 || c.TxBytes != 300 {
+			t.Errorf("tx frames %d, errors %d, no room %d, bytes %d; want 3 written, 3 refused counted as errors, 0, 300", c.TxFrames, c.TxErrors, c.TxDropNoRoom, c.TxBytes)
+		}
+		ok, failed := ndisshim.StatusSuccess, ndisshim.StatusFailure
+		cs := r.p.completions()
+		if len(cs) != 2 || !slices.Equal(cs[0].statuses, []ndisshim.Status{ok, failed, ok, failed}) || !slices.Equal(cs[1].statuses, []ndisshim.Status{failed, ok}) {
+			t.Errorf("completions %v; want [SUCCESS FAILURE SUCCESS FAILURE] and [FAILURE SUCCESS]: each NBL its own frame's outcome", cs)
 		}
 		shimtest.EqualFrames(t, "on the wire", r.readPeer(3), [][]byte{frame(peerMAC, 100, 1), frame(peerMAC, 100, 3), frame(peerMAC, 100, 6)})
 		if q, st := r.query(ndisshim.OIDGenXmitError, 8); st != ndisshim.StatusSuccess || q.AnswerUint64() != 3 {
@@ -485,10 +521,18 @@ type cutDev struct {
 	k int
 }
 
-func (d *cutDev) WriteBatch(bufs [][]byte) (int, error) {
-	n, err := d.Dev.WriteBatch(bufs[:min(d.k, len(bufs))])
-	if err != nil || n == len(bufs) {
+func (d *cutDev) WriteBatch(bufs [][]byte, res []tapdev.TxResult) (int, error) {
+	k := min(d.k, len(bufs))
+	var head []tapdev.TxResult
+	if res != nil {
+		head = res[:k]
+	}
+	n, err := d.Dev.WriteBatch(bufs[:k], head)
+	if err != nil || k == len(bufs) {
 		return n, err
+	}
+	if res != nil {
+		clear(res[k:len(bufs)]) // TxUnwritten
 	}
 	return n, fmt.Errorf("tapdev %s: write: %w (EIO: the link is set down)", d.Name(), tapdev.ErrLinkDown)
 }

@@ -35,8 +35,10 @@ type FrameDevice interface {
 	// ReadBatch reads frames until len(bufs) or nothing is left; 0, nil
 	// means nothing to read.
 	ReadBatch(bufs [][]byte, sizes []int) (int, error)
-	// WriteBatch writes one frame per buffer.
-	WriteBatch(bufs [][]byte) (int, error)
+	// WriteBatch writes one frame per buffer and returns how many it
+	// wrote. res is nil or at least len(bufs) long: WriteBatch then sets
+	// res[i] to what became of bufs[i], for every i (Dev.WriteBatch).
+	WriteBatch(bufs [][]byte, res []TxResult) (int, error)
 	// Interrupt is the device's interrupt line (readable fd + stop fd).
 	Interrupt() ndisshim.InterruptSource
 	Close() error
@@ -59,6 +61,37 @@ type Options struct {
 // VnetHdrLen is the size of the virtio-net header that prefixes each frame
 // when Options.VnetHdr is set (struct virtio_net_hdr, without num_buffers).
 const VnetHdrLen = 12
+
+// TxResult is what became of one frame given to WriteBatch.
+type TxResult uint8
+
+const (
+	// TxUnwritten: an error ended the batch at this frame or before it,
+	// so it was not written (the zero value).
+	TxUnwritten TxResult = iota
+	// TxWritten: the device took the frame.
+	TxWritten
+	// TxNoRoom: the device had no room and dropped it (EAGAIN, ENOBUFS;
+	// counted in Counters.TxDropped).
+	TxNoRoom
+	// TxRefused: the device refused it as malformed (EINVAL, EMSGSIZE, an
+	// empty buffer; counted in Counters.TxErrors).
+	TxRefused
+)
+
+func (r TxResult) String() string {
+	switch r {
+	case TxUnwritten:
+		return "unwritten"
+	case TxWritten:
+		return "written"
+	case TxNoRoom:
+		return "no-room"
+	case TxRefused:
+		return "refused"
+	}
+	return fmt.Sprintf("TxResult(%d)", uint8(r))
+}
 
 // Counters are a Dev's own drop counts (the kernel's counts are in LinkStats).
 type Counters struct {
@@ -345,49 +378,69 @@ func ReadPathOf(dev FrameDevice) string {
 // (Counters.TxDropped), a frame the device refuses (EINVAL, EMSGSIZE, empty)
 // is counted as a tx error, and the batch goes on: neither is an error, so
 // n < len(bufs) with a nil error means drops. An error ends the batch at
-// the frame that met it: that frame and the rest were not written. n
-// counts frames written, not where the batch stopped: with frames dropped
-// or refused before the error, the first unwritten frame is bufs[n+lost],
-// lost being this call's increase of Counters().TxDropped+TxErrors (every
-// frame before it was written, dropped or refused). An error that means
-// the device is gone wraps ErrDeviceGone; one that means the link is down
-// (EIO from a TAP) wraps ErrLinkDown, and the caller decides what the
-// unwritten frames become (nothing is counted here).
+// the frame that met it: that frame and the rest were not written. An
+// error that means the device is gone wraps ErrDeviceGone; one that means
+// the link is down (EIO from a TAP) wraps ErrLinkDown, and the caller
+// decides what the unwritten frames become (nothing is counted here).
+//
+// When res is not nil (it must then be at least len(bufs) long), res[i]
+// says which of those bufs[i] met: TxWritten, TxNoRoom, TxRefused, or
+// TxUnwritten for the frame an error ended the batch at and every frame
+// after it. That is how a caller completes each frame's send with its own
+// outcome and counts exactly the bytes written.
 //
 // The caller owns bufs; the kernel has copied each frame when WriteBatch
 // returns. Nothing is allocated.
-func (d *Dev) WriteBatch(bufs [][]byte) (int, error) {
+func (d *Dev) WriteBatch(bufs [][]byte, res []TxResult) (int, error) {
 	d.gate.RLock()
 	defer d.gate.RUnlock()
 	if d.closed {
+		markUnwritten(res, 0, len(bufs))
 		return 0, d.errClosed("write")
 	}
 	n := 0
 	for i := 0; i < len(bufs); i++ {
+		r := TxWritten
 		b := bufs[i]
 		if len(b) == 0 { // an empty record would read as EOF on a socketpair
 			d.txErrors.Add(1)
-			continue
+			r = TxRefused
+		} else {
+			_, err := unix.Write(d.fd, b)
+			switch err {
+			case nil:
+				n++
+			case unix.EINTR:
+				i-- // retry this frame
+				continue
+			case unix.EAGAIN, unix.ENOBUFS:
+				d.txDropped.Add(1)
+				r = TxNoRoom
+			case unix.EINVAL, unix.EMSGSIZE:
+				d.txErrors.Add(1)
+				r = TxRefused
+			case unix.EIO:
+				// tun_get_user refuses a write to a link that is not up;
+				// a deleted TAP's fd gives EBADFD instead.
+				markUnwritten(res, i, len(bufs))
+				return n, fmt.Errorf("tapdev %s: write: %w (EIO: the link is set down)", d.name, ErrLinkDown)
+			default:
+				markUnwritten(res, i, len(bufs))
+				return n, d.opError("write", err)
+			}
 		}
-		_, err := unix.Write(d.fd, b)
-		switch err {
-		case nil:
-			n++
-		case unix.EINTR:
-			i-- // retry this frame
-		case unix.EAGAIN, unix.ENOBUFS:
-			d.txDropped.Add(1)
-		case unix.EINVAL, unix.EMSGSIZE:
-			d.txErrors.Add(1)
-		case unix.EIO:
-			// tun_get_user refuses a write to a link that is not up;
-			// a deleted TAP's fd gives EBADFD instead.
-			return n, fmt.Errorf("tapdev %s: write: %w (EIO: the link is set down)", d.name, ErrLinkDown)
-		default:
-			return n, d.opError("write", err)
+		if res != nil {
+			res[i] = r
 		}
 	}
 	return n, nil
+}
+
+// markUnwritten sets res[from:to] to TxUnwritten (res may be nil).
+func markUnwritten(res []TxResult, from, to int) {
+	if res != nil {
+		clear(res[from:to])
+	}
 }
 
 // Close stops the interrupt (a Wait in progress returns an os.ErrClosed

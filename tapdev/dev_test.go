@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -88,7 +89,7 @@ func TestSocketpairBatchKeepsFrameBoundaries(t *testing.T) {
 	checkFdFlags(t, b.Name(), b.fd)
 
 	frames := [][]byte{bytes.Repeat([]byte{1}, 60), bytes.Repeat([]byte{2}, 1514), bytes.Repeat([]byte{3}, 14)}
-	n, err := a.WriteBatch(frames)
+	n, err := a.WriteBatch(frames, nil)
 	if n != 3 || err != nil {
 		t.Fatalf("WriteBatch = %d, %v; want 3, nil", n, err)
 	}
@@ -107,7 +108,7 @@ func TestSocketpairBatchKeepsFrameBoundaries(t *testing.T) {
 		t.Fatalf("ReadBatch on empty = %d, %v; want 0, nil", n, err)
 	}
 	// Batch limit: two frames queued, room for one.
-	a.WriteBatch(frames[:2])
+	a.WriteBatch(frames[:2], nil)
 	if n, err = b.ReadBatch(bufs[:1], sizes); n != 1 || err != nil {
 		t.Fatalf("ReadBatch(1 buf) = %d, %v; want 1, nil", n, err)
 	}
@@ -126,7 +127,7 @@ func TestWriteBatchDropsWhenFull(t *testing.T) {
 	for i := range bufs {
 		bufs[i] = frame
 	}
-	n, err := a.WriteBatch(bufs)
+	n, err := a.WriteBatch(bufs, nil)
 	if err != nil {
 		t.Fatalf("WriteBatch on a full peer: %v (want drops, not an error)", err)
 	}
@@ -151,8 +152,70 @@ func TestWriteBatchDropsWhenFull(t *testing.T) {
 		t.Errorf("read %d frames, written %d", got, n)
 	}
 	// An empty frame is a tx error, not an EOF for the peer.
-	if n, err := a.WriteBatch([][]byte{{}, frame}); n != 1 || err != nil || a.Counters().TxErrors != 1 {
+	if n, err := a.WriteBatch([][]byte{{}, frame}, nil); n != 1 || err != nil || a.Counters().TxErrors != 1 {
 		t.Errorf("WriteBatch(empty, frame) = %d, %v, TxErrors %d; want 1, nil, 1", n, err, a.Counters().TxErrors)
+	}
+}
+
+// WriteBatch says what became of each frame, wherever in the batch it
+// was: written, refused (an empty buffer; a record larger than the
+// socket's send buffer: EMSGSIZE), dropped for want of room (EAGAIN), and
+// not tried after an error ended the batch.
+func TestWriteBatchResults(t *testing.T) {
+	a, b := socketpair(t)
+	unset := func(n int) []TxResult {
+		res := make([]TxResult, n)
+		for i := range res {
+			res[i] = 99 // not a result: WriteBatch must set each
+		}
+		return res
+	}
+	f60, f61 := bytes.Repeat([]byte{1}, 60), bytes.Repeat([]byte{2}, 61)
+	huge := make([]byte, 8<<20) // past any socket send buffer (wmem_max is 4 MiB by default)
+	res := unset(5)
+	n, err := a.WriteBatch([][]byte{f60, {}, huge, f61, f60}, res)
+	want := []TxResult{TxWritten, TxRefused, TxRefused, TxWritten, TxWritten}
+	if n != 3 || err != nil || !slices.Equal(res, want) || a.Counters().TxErrors != 2 {
+		t.Errorf("WriteBatch(frame, empty, 8 MiB, frame, frame) = %d, %v, %v, TxErrors %d; want 3, nil, %v, 2", n, err, res, a.Counters().TxErrors, want)
+	}
+	rb, sizes := makeBufs(8, 2048)
+	if n, err := b.ReadBatch(rb, sizes); n != 3 || err != nil || sizes[0] != 60 || sizes[1] != 61 || sizes[2] != 60 {
+		t.Errorf("peer read %d frames (%v), sizes %v; want 60, 61, 60", n, err, sizes[:max(n, 0)])
+	}
+
+	// No room: the peer reads nothing.
+	full := make([][]byte, 10000)
+	for i := range full {
+		full[i] = f60
+	}
+	res = unset(len(full))
+	n, err = a.WriteBatch(full, res)
+	var written, noRoom int
+	for i, r := range res {
+		switch r {
+		case TxWritten:
+			written++
+		case TxNoRoom:
+			noRoom++
+		default:
+			t.Fatalf("res[%d] = %v on a full peer; want written or no-room", i, r)
+		}
+	}
+	if err != nil || written != n || noRoom != len(full)-n || noRoom == 0 || uint64(noRoom) != a.Counters().TxDropped {
+		t.Errorf("full peer: wrote %d (%v), results %d written, %d no-room, TxDropped %d; want the results to agree with n and the counter, some dropped", n, err, written, noRoom, a.Counters().TxDropped)
+	}
+
+	// An error (the peer is gone) ends the batch: nothing after it tried.
+	b.Close()
+	res = unset(3)
+	n, err = a.WriteBatch([][]byte{f60, f61, f60}, res)
+	if n != 0 || !errors.Is(err, ErrDeviceGone) || !slices.Equal(res, []TxResult{TxUnwritten, TxUnwritten, TxUnwritten}) {
+		t.Errorf("WriteBatch to a gone peer = %d, %v, %v; want 0, ErrDeviceGone, all unwritten", n, err, res)
+	}
+	a.Close()
+	res = unset(2)
+	if n, err = a.WriteBatch([][]byte{f60, f61}, res); n != 0 || !errors.Is(err, os.ErrClosed) || res[0] != TxUnwritten || res[1] != TxUnwritten {
+		t.Errorf("WriteBatch on a closed device = %d, %v, %v; want 0, os.ErrClosed, all unwritten", n, err, res)
 	}
 }
 
@@ -184,7 +247,7 @@ func waitResult(t *testing.T, ch <-chan error) error {
 func TestInterruptWakesOnReadable(t *testing.T) {
 	a, b := socketpair(t)
 	ch := waitAsync(t, b.Interrupt())
-	a.WriteBatch([][]byte{make([]byte, 64)})
+	a.WriteBatch([][]byte{make([]byte, 64)}, nil)
 	if err := waitResult(t, ch); err != nil {
 		t.Fatalf("Wait = %v; want nil (readable)", err)
 	}
@@ -210,7 +273,7 @@ func TestInterruptStopUnblocksWait(t *testing.T) {
 		t.Fatalf("Wait after Stop, again = %v", err)
 	}
 	// The fd was not closed by Stop: the Dev still works.
-	if _, err := b.WriteBatch([][]byte{make([]byte, 60)}); err != nil {
+	if _, err := b.WriteBatch([][]byte{make([]byte, 60)}, nil); err != nil {
 		t.Fatalf("WriteBatch after Stop: %v", err)
 	}
 	if err := b.Close(); err != nil {
@@ -243,7 +306,7 @@ func TestRegisteredInterruptRunsDPCAndStops(t *testing.T) {
 	}()
 	total := 0
 	for i := 0; i < 5; i++ {
-		a.WriteBatch([][]byte{make([]byte, 100), make([]byte, 100)})
+		a.WriteBatch([][]byte{make([]byte, 100), make([]byte, 100)}, nil)
 		for total < 2*(i+1) {
 			select {
 			case n := <-got:
@@ -262,7 +325,7 @@ func TestRegisteredInterruptRunsDPCAndStops(t *testing.T) {
 func TestPeerClosedIsDeviceGone(t *testing.T) {
 	a, b := socketpair(t)
 	ch := waitAsync(t, a.Interrupt())
-	b.WriteBatch([][]byte{make([]byte, 60), make([]byte, 61)})
+	b.WriteBatch([][]byte{make([]byte, 60), make([]byte, 61)}, nil)
 	// Readable first: Wait returns nil for the queued frames.
 	if err := waitResult(t, ch); err != nil {
 		t.Fatalf("Wait = %v; want nil", err)
@@ -278,7 +341,7 @@ func TestPeerClosedIsDeviceGone(t *testing.T) {
 	if n != 2 || !errors.Is(err, ErrDeviceGone) {
 		t.Fatalf("ReadBatch = %d, %v; want the 2 queued frames, then ErrDeviceGone", n, err)
 	}
-	n, err = a.WriteBatch([][]byte{make([]byte, 60)})
+	n, err = a.WriteBatch([][]byte{make([]byte, 60)}, nil)
 	if n != 0 || !errors.Is(err, ErrDeviceGone) || !errors.Is(err, unix.EPIPE) {
 		t.Fatalf("WriteBatch = %d, %v; want 0, ErrDeviceGone (EPIPE)", n, err)
 	}
@@ -300,7 +363,7 @@ func TestCloseUnblocksWaitAndIsIdempotent(t *testing.T) {
 	if _, err := a.ReadBatch(bufs, sizes); !errors.Is(err, os.ErrClosed) {
 		t.Errorf("ReadBatch after Close = %v", err)
 	}
-	if _, err := a.WriteBatch(bufs); !errors.Is(err, os.ErrClosed) {
+	if _, err := a.WriteBatch(bufs, nil); !errors.Is(err, os.ErrClosed) {
 		t.Errorf("WriteBatch after Close = %v", err)
 	}
 	if err := a.Interrupt().Wait(); !errors.Is(err, os.ErrClosed) {
@@ -320,7 +383,7 @@ func TestBatchPathDoesNotAllocate(t *testing.T) {
 		in, sizes := makeBufs(64, 2048)
 		src := b.Interrupt()
 		allocs := testing.AllocsPerRun(200, func() {
-			if n, err := a.WriteBatch(out); n != 8 || err != nil {
+			if n, err := a.WriteBatch(out, nil); n != 8 || err != nil {
 				t.Fatalf("WriteBatch = %d, %v", n, err)
 			}
 			if err := src.Wait(); err != nil {
@@ -353,7 +416,7 @@ func BenchmarkSocketpairBatch(b *testing.B) {
 			b.SetBytes(int64(32 * size))
 			b.ReportAllocs()
 			for b.Loop() {
-				x.WriteBatch(out)
+				x.WriteBatch(out, nil)
 				y.ReadBatch(in, sizes)
 			}
 		})
@@ -468,7 +531,7 @@ func TestCloseRacesWithTraffic(t *testing.T) {
 		go func() { // b's sender
 			out := [][]byte{make([]byte, 100), make([]byte, 100)}
 			for {
-				if _, err := b.WriteBatch(out); err != nil {
+				if _, err := b.WriteBatch(out, nil); err != nil {
 					errs <- result{"b writer", err}
 					return
 				}
@@ -478,7 +541,7 @@ func TestCloseRacesWithTraffic(t *testing.T) {
 			out := [][]byte{make([]byte, 100)}
 			bufs, sizes := makeBufs(8, 256)
 			for {
-				if _, err := a.WriteBatch(out); err != nil {
+				if _, err := a.WriteBatch(out, nil); err != nil {
 					errs <- result{"peer", err}
 					return
 				}
@@ -539,7 +602,7 @@ func TestReadPathsAgree(t *testing.T) {
 		for i := range frames {
 			frames[i] = bytes.Repeat([]byte{byte(i)}, 14+i%97)
 		}
-		if n, err := a.WriteBatch(frames); n != total || err != nil {
+		if n, err := a.WriteBatch(frames, nil); n != total || err != nil {
 			t.Fatalf("WriteBatch = %d, %v", n, err)
 		}
 		bufs, sizes := makeBufs(100, 2048)
@@ -563,11 +626,11 @@ func TestReadPathsAgree(t *testing.T) {
 		}
 		// Buffers of different lengths: read(2) one by one, same result.
 		mixed := [][]byte{make([]byte, 64), make([]byte, 2048), make([]byte, 128)}
-		a.WriteBatch([][]byte{frames[1], frames[90], frames[2]})
+		a.WriteBatch([][]byte{frames[1], frames[90], frames[2]}, nil)
 		if n, err := b.ReadBatch(mixed, sizes); n != 3 || err != nil || sizes[1] != len(frames[90]) {
 			t.Fatalf("ReadBatch into mixed buffers = %d, %v, sizes %v", n, err, sizes[:3])
 		}
-		a.WriteBatch(frames[:2])
+		a.WriteBatch(frames[:2], nil)
 		a.Close()
 		n, err := b.ReadBatch(bufs, sizes)
 		if n != 2 || !errors.Is(err, ErrDeviceGone) {
@@ -592,7 +655,7 @@ func TestReadBatchDropsFrameLongerThanBufferSocketpair(t *testing.T) {
 				want = append(want, f)
 			}
 		}
-		if n, err := a.WriteBatch(frames); n != len(frames) || err != nil {
+		if n, err := a.WriteBatch(frames, nil); n != len(frames) || err != nil {
 			t.Fatalf("WriteBatch = %d, %v", n, err)
 		}
 		var got [][]byte
@@ -660,7 +723,7 @@ func TestURingShortSubmit(t *testing.T) {
 			write := func(from, to int) {
 				t.Helper()
 				for i := from; i < to; i++ {
-					if n, err := a.WriteBatch([][]byte{frame(i)}); n != 1 || err != nil {
+					if n, err := a.WriteBatch([][]byte{frame(i)}, nil); n != 1 || err != nil {
 						t.Fatalf("WriteBatch frame %d = %d, %v", i, n, err)
 					}
 				}
@@ -746,7 +809,7 @@ func BenchmarkReadBatch(b *testing.B) {
 				loops := 0
 				for b.Loop() {
 					b.StopTimer()
-					x.WriteBatch(out)
+					x.WriteBatch(out, nil)
 					b.StartTimer()
 					if n, _ := y.ReadBatch(in, sizes); n != batch {
 						b.Fatalf("read %d frames, want %d", n, batch)
@@ -798,7 +861,7 @@ func TestInterruptWaitRetriesENOMEM(t *testing.T) {
 		return unix.Poll(fds, timeout)
 	}
 	defer func() { poll = unix.Poll }()
-	if n, err := a.WriteBatch([][]byte{make([]byte, 60)}); n != 1 || err != nil {
+	if n, err := a.WriteBatch([][]byte{make([]byte, 60)}, nil); n != 1 || err != nil {
 		t.Fatalf("WriteBatch = %d, %v", n, err)
 	}
 	if err := b.Interrupt().Wait(); err != nil || fails != 2 {

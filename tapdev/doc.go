@@ -27,7 +27,7 @@
 // # Data flow and buffer ownership
 //
 //	device ──read(2)──▶ ReadBatch(bufs) ──▶ caller      (caller owns bufs throughout)
-//	caller ──WriteBatch(bufs)──write(2)──▶ device       (bufs are free again on return)
+//	caller ──WriteBatch(bufs, res)──write(2)──▶ device  (bufs are free again on return)
 //
 // Neither call keeps a reference to any buffer after it returns, allocates,
 // or takes a lock other than the Dev's read-side gate (one RLock per batch,

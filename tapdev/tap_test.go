@@ -558,7 +558,7 @@ func TestFramesThroughNamespace(t *testing.T) {
 					out = append(out, r)
 				}
 			}
-			if w, err := d.WriteBatch(out); err != nil || w != len(out) {
+			if w, err := d.WriteBatch(out, nil); err != nil || w != len(out) {
 				done <- errors.Join(err, errors.New("short write"))
 				return
 			}
@@ -664,7 +664,7 @@ func TestLinkDeletedUnderOpenDev(t *testing.T) {
 	if n != 0 || !errors.Is(rerr, ErrDeviceGone) || !errors.Is(rerr, unix.EBADFD) {
 		t.Errorf("ReadBatch = %d, %v; want 0, ErrDeviceGone (EBADFD)", n, rerr)
 	}
-	n, wrerr := d.WriteBatch([][]byte{make([]byte, 60)})
+	n, wrerr := d.WriteBatch([][]byte{make([]byte, 60)}, nil)
 	if n != 0 || !errors.Is(wrerr, ErrDeviceGone) || !errors.Is(wrerr, unix.EBADFD) {
 		t.Errorf("WriteBatch = %d, %v; want 0, ErrDeviceGone (EBADFD)", n, wrerr)
 	}
@@ -812,7 +812,7 @@ func TestWriteWhileLinkDown(t *testing.T) {
 	d, name := openTAPIn(t, ns, Options{})
 	frame := make([]byte, 60)
 	copy(frame, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 1, 0x08, 0x06})
-	n, err := d.WriteBatch([][]byte{frame, frame})
+	n, err := d.WriteBatch([][]byte{frame, frame}, nil)
 	if n != 0 || !errors.Is(err, ErrLinkDown) || errors.Is(err, ErrDeviceGone) || !strings.Contains(err.Error(), name) {
 		t.Errorf("WriteBatch on a link that is down = %d, %v; want 0, ErrLinkDown (not ErrDeviceGone) naming %s", n, err, name)
 	}
@@ -822,13 +822,13 @@ func TestWriteWhileLinkDown(t *testing.T) {
 	if err := SetLinkUp(ns, name, true); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := d.WriteBatch([][]byte{frame, frame}); n != 2 || err != nil {
+	if n, err := d.WriteBatch([][]byte{frame, frame}, nil); n != 2 || err != nil {
 		t.Errorf("WriteBatch once the link is up = %d, %v; want 2, nil", n, err)
 	}
 	if err := SetLinkUp(ns, name, false); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := d.WriteBatch([][]byte{frame}); n != 0 || !errors.Is(err, ErrLinkDown) {
+	if n, err := d.WriteBatch([][]byte{frame}, nil); n != 0 || !errors.Is(err, ErrLinkDown) {
 		t.Errorf("WriteBatch after the link is set down again = %d, %v; want 0, ErrLinkDown", n, err)
 	}
 	t.Logf("write while down: %v", err)

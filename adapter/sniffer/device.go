@@ -11,6 +11,9 @@ type device struct {
 	w      *Writer
 	dev    adapter.Device
 	prefix int // bytes before each frame that are not Ethernet (a virtio-net header)
+	// res is WriteBatch's scratch for a caller that passes no results
+	// (under w.mu)
+	res []tapdev.TxResult
 }
 
 var _ adapter.Device = (*device)(nil)
@@ -98,18 +101,28 @@ func (d *device) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
 
 // WriteBatch writes through the inner device with the Writer's lock held
 // (see the package doc: a sent frame is recorded before any frame read
-// because of it), records the frames written, and returns exactly what the
-// inner device returned. The frames are copied before it returns.
-func (d *device) WriteBatch(bufs [][]byte) (int, error) {
+// because of it), records the frames the inner device says it wrote
+// (TxWritten), and returns exactly what the inner device returned, res
+// included. The frames are copied before it returns.
+func (d *device) WriteBatch(bufs [][]byte, res []tapdev.TxResult) (int, error) {
 	w := d.w
 	if s := w.state.Load(); s != recording {
-		n, err := d.dev.WriteBatch(bufs)
+		n, err := d.dev.WriteBatch(bufs, res)
 		w.skip(s, n)
 		return n, err
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	n, err := d.dev.WriteBatch(bufs)
+	if res == nil {
+		// The caller does not want the outcomes, the recording does: the
+		// device's scratch, used only under w.mu (grown, not allocated,
+		// in the steady state).
+		if cap(d.res) < len(bufs) {
+			d.res = make([]tapdev.TxResult, len(bufs))
+		}
+		res = d.res[:len(bufs)]
+	}
+	n, err := d.dev.WriteBatch(bufs, res)
 	if n <= 0 {
 		return n, err
 	}
@@ -118,17 +131,10 @@ func (d *device) WriteBatch(bufs [][]byte) (int, error) {
 		w.skip(w.state.Load(), n)
 		return n, err
 	}
-	// The seam says how many frames were written, not which: empty buffers
-	// are never written; of the rest, the first n (see the package doc).
-	left := n
-	for i := 0; i < len(bufs) && left > 0; i++ {
-		if len(bufs[i]) == 0 {
-			continue
+	for i, b := range bufs {
+		if res[i] == tapdev.TxWritten && len(b) >= d.prefix {
+			w.recordLocked(ts, b[d.prefix:])
 		}
-		if len(bufs[i]) >= d.prefix {
-			w.recordLocked(ts, bufs[i][d.prefix:])
-		}
-		left--
 	}
 	w.endBatchLocked()
 	return n, err

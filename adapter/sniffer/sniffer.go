@@ -48,14 +48,10 @@
 //
 // # Which sent frames are recorded
 //
-// A frame is recorded when the inner WriteBatch wrote it. The Device seam
-// reports only how many frames were written, not which: a full batch (the
-// steady state) and a batch whose only misses are empty buffers (never
-// written) are attributed exactly; when a tapdev.Dev drops frames because
-// the device is full (EAGAIN) the first n non-empty frames are recorded,
-// which is exact when the drops are the batch's tail — the usual case, since
-// a full queue stays full for the rest of the batch, and frames after an
-// error are never tried.
+// A frame is recorded when the inner WriteBatch wrote it: the Device seam
+// reports each frame's outcome (tapdev.TxResult), so a frame the device
+// dropped for want of room, refused as malformed, or never tried because
+// an error ended the batch is not recorded, wherever it was in the batch.
 //
 // Classic pcap has no direction field: tell the directions apart by the
 // Ethernet addresses (the miniport's MAC is the host side).

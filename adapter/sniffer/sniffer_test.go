@@ -91,7 +91,7 @@ func readAll(t *testing.T, dev adapter.Device, want int) [][]byte {
 
 func writeAll(t *testing.T, dev adapter.Device, frames ...[]byte) {
 	t.Helper()
-	if n, err := dev.WriteBatch(frames); err != nil || n != len(frames) {
+	if n, err := dev.WriteBatch(frames, nil); err != nil || n != len(frames) {
 		t.Fatalf("%s: WriteBatch = %d, %v; want %d", dev.Name(), n, err, len(frames))
 	}
 }
@@ -348,7 +348,7 @@ func TestCloseIdempotentAndRecordingAfterIsNoOp(t *testing.T) {
 type fakeDev struct {
 	frames   [][]byte // what ReadBatch fills, in order
 	readErr  error
-	writeN   int
+	wrote    []tapdev.TxResult // what WriteBatch says of each frame; the rest TxUnwritten
 	writeErr error
 	closeErr error
 }
@@ -363,7 +363,22 @@ func (f *fakeDev) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
 	}
 	return n, f.readErr
 }
-func (f *fakeDev) WriteBatch(bufs [][]byte) (int, error) { return f.writeN, f.writeErr }
+func (f *fakeDev) WriteBatch(bufs [][]byte, res []tapdev.TxResult) (int, error) {
+	n := 0
+	for i := range bufs {
+		r := tapdev.TxUnwritten
+		if i < len(f.wrote) {
+			r = f.wrote[i]
+		}
+		if r == tapdev.TxWritten {
+			n++
+		}
+		if res != nil {
+			res[i] = r
+		}
+	}
+	return n, f.writeErr
+}
 
 func TestInnerResultsPassThroughUnchanged(t *testing.T) {
 	errRead := fmt.Errorf("fake0: read: %w", tapdev.ErrDeviceGone)
@@ -382,10 +397,12 @@ func TestInnerResultsPassThroughUnchanged(t *testing.T) {
 		{"read: frames then an error", fakeDev{frames: [][]byte{f0, f1}, readErr: errRead}, true, nil, 2, errRead, [][]byte{f0, f1}},
 		{"read: an error alone", fakeDev{readErr: errRead}, true, nil, 0, errRead, nil},
 		{"read: nothing to read", fakeDev{}, true, nil, 0, nil, nil},
-		{"write: an error after one frame", fakeDev{writeN: 1, writeErr: errWrite}, false, [][]byte{f0, f1, f2}, 1, errWrite, [][]byte{f0}},
+		{"write: an error after one frame", fakeDev{wrote: []tapdev.TxResult{tapdev.TxWritten}, writeErr: errWrite}, false, [][]byte{f0, f1, f2}, 1, errWrite, [][]byte{f0}},
 		{"write: an error at once", fakeDev{writeErr: errWrite}, false, [][]byte{f0, f1}, 0, errWrite, nil},
-		{"write: empty buffers are never written", fakeDev{writeN: 2}, false, [][]byte{nil, f0, {}, f1}, 2, nil, [][]byte{f0, f1}},
-		{"write: a short batch records the first n", fakeDev{writeN: 1}, false, [][]byte{f0, f1}, 1, nil, [][]byte{f0}},
+		{"write: empty buffers are never written", fakeDev{wrote: []tapdev.TxResult{tapdev.TxRefused, tapdev.TxWritten, tapdev.TxRefused, tapdev.TxWritten}}, false, [][]byte{nil, f0, {}, f1}, 2, nil, [][]byte{f0, f1}},
+		// The frames written are recorded wherever the misses are (the
+		// seam once said only how many, and the first n were recorded).
+		{"write: drops and refusals mid-batch are not recorded", fakeDev{wrote: []tapdev.TxResult{tapdev.TxNoRoom, tapdev.TxWritten, tapdev.TxRefused, tapdev.TxWritten}}, false, [][]byte{f0, f1, f2, f0}, 2, nil, [][]byte{f1, f0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "x.pcap")
@@ -401,7 +418,21 @@ func TestInnerResultsPassThroughUnchanged(t *testing.T) {
 				b, sizes := bufs(4, 100)
 				n, err = dev.ReadBatch(b, sizes)
 			} else {
-				n, err = dev.WriteBatch(tc.send)
+				// The caller's results are the inner device's.
+				res := make([]tapdev.TxResult, len(tc.send))
+				for i := range res {
+					res[i] = 99 // not a result: each must be set
+				}
+				n, err = dev.WriteBatch(tc.send, res)
+				for i, r := range res {
+					want := tapdev.TxUnwritten
+					if i < len(tc.fake.wrote) {
+						want = tc.fake.wrote[i]
+					}
+					if r != want {
+						t.Errorf("res[%d] = %v; want the device's %v", i, r, want)
+					}
+				}
 			}
 			if n != tc.wantN || err != tc.want { // the very same error value
 				t.Errorf("got %d, %v; want %d, %v", n, err, tc.wantN, tc.want)
@@ -438,11 +469,35 @@ func TestPeerGoneErrorPassesThrough(t *testing.T) {
 		t.Errorf("wrapped error %q differs from the device's %q", err, err2)
 	}
 	r.dev.Close()
-	n, err = r.dev.WriteBatch([][]byte{frame("x", 60)})
+	n, err = r.dev.WriteBatch([][]byte{frame("x", 60)}, nil)
 	if n != 0 || !errors.Is(err, os.ErrClosed) {
 		t.Errorf("WriteBatch on a closed device = %d, %v; want 0, os.ErrClosed", n, err)
 	}
 	checkStats(t, r.w, 1, FileHeaderLen+RecordHeaderLen+60, 0)
+}
+
+// A frame the device refuses in the middle of a batch (too big for the
+// socket: EMSGSIZE; empty) is not recorded, and the frames written after
+// it are: the file holds what the wire got. (The seam once said only how
+// many were written, and the first n non-empty frames were recorded: the
+// refused frame instead of the last one written.)
+func TestRefusedFramesAreNotRecorded(t *testing.T) {
+	r := newRig(t, 0)
+	f0, f1 := frame("f0", 60), frame("f1", 61)
+	n, err := r.dev.WriteBatch([][]byte{f0, frame("hg", 8<<20), {}, f1}, nil)
+	if n != 2 || err != nil {
+		t.Fatalf("WriteBatch(frame, 8 MiB, empty, frame) = %d, %v; want 2, nil", n, err)
+	}
+	got := readAll(t, r.peer, 2)
+	recs := readBack(t, r.path)
+	if len(recs) != 2 {
+		t.Fatalf("file holds %d records; the device wrote 2", len(recs))
+	}
+	for i, want := range [][]byte{f0, f1} {
+		if !bytes.Equal(recs[i].data, want) || !bytes.Equal(got[i], want) {
+			t.Errorf("frame %d: recorded %d bytes, the wire got %d; want both the %d written", i, len(recs[i].data), len(got[i]), len(want))
+		}
+	}
 }
 
 // A full peer drops frames (EAGAIN): only what was written is recorded.
@@ -452,7 +507,7 @@ func TestDroppedFramesAreNotRecorded(t *testing.T) {
 	for i := range frames {
 		frames[i] = frame(fmt.Sprintf("%04d", i), 1000)
 	}
-	n, err := r.dev.WriteBatch(frames)
+	n, err := r.dev.WriteBatch(frames, nil)
 	if err != nil || n == 0 || n == len(frames) {
 		t.Fatalf("WriteBatch = %d, %v; want some of %d written and the rest dropped", n, err, len(frames))
 	}
@@ -508,7 +563,7 @@ func TestConcurrentBatchesAndClose(t *testing.T) {
 					for j := range out {
 						out[j] = frame(fmt.Sprintf("tx%d.%d", i, j), 80)
 					}
-					n, err := r.dev.WriteBatch(out)
+					n, err := r.dev.WriteBatch(out, nil)
 					if err != nil {
 						t.Error(err)
 						return
@@ -524,7 +579,7 @@ func TestConcurrentBatchesAndClose(t *testing.T) {
 					for j := range out {
 						out[j] = frame(fmt.Sprintf("rx%d.%d", i, j), 90)
 					}
-					if n, err := r.peer.WriteBatch(out); err != nil || n != batch {
+					if n, err := r.peer.WriteBatch(out, nil); err != nil || n != batch {
 						t.Errorf("peer WriteBatch = %d, %v", n, err)
 						return
 					}
@@ -625,7 +680,7 @@ func TestNoAllocations(t *testing.T) {
 			}
 			bad := ""
 			rx := func() { // the wire sends a batch; the wrapped device reads it
-				if n, err := r.peer.WriteBatch(frames); n != batch || err != nil {
+				if n, err := r.peer.WriteBatch(frames, nil); n != batch || err != nil {
 					bad = fmt.Sprintf("peer WriteBatch = %d, %v", n, err)
 				}
 				if n, err := r.dev.ReadBatch(in, sizes); n != batch || err != nil {
@@ -633,7 +688,7 @@ func TestNoAllocations(t *testing.T) {
 				}
 			}
 			tx := func() { // the wrapped device sends a batch; the wire reads it
-				if n, err := r.dev.WriteBatch(frames); n != batch || err != nil {
+				if n, err := r.dev.WriteBatch(frames, nil); n != batch || err != nil {
 					bad = fmt.Sprintf("WriteBatch = %d, %v", n, err)
 				}
 				if n, err := r.peer.ReadBatch(in, sizes); n != batch || err != nil {

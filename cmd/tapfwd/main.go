@@ -107,7 +107,7 @@ func forward(src, dst *tapdev.Dev) {
 			out[i] = bufs[i][:sizes[i]]
 		}
 		if n > 0 {
-			if _, werr := dst.WriteBatch(out[:n]); werr != nil {
+			if _, werr := dst.WriteBatch(out[:n], nil); werr != nil {
 				fmt.Fprintf(os.Stderr, "tapfwd: %s: %v\n", dst.Name(), werr)
 				if !errors.Is(werr, tapdev.ErrLinkDown) {
 					return n, false
@@ -178,7 +178,7 @@ func forwardPipelined(src, dst *tapdev.Dev) {
 			for i := 0; i < s.n; i++ {
 				s.out[i] = s.bufs[i][:s.sizes[i]]
 			}
-			if _, err := dst.WriteBatch(s.out[:s.n]); err != nil {
+			if _, err := dst.WriteBatch(s.out[:s.n], nil); err != nil {
 				fmt.Fprintf(os.Stderr, "tapfwd: %s: %v\n", dst.Name(), err)
 			}
 			free <- s

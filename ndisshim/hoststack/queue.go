@@ -75,8 +75,7 @@ type writer struct {
 	used     int
 	segBufs  [][]byte
 	segSizes []int
-	// txDev follows dev's drops on write (under mu)
-	txDev tapdev.CounterWatch
+	res      []tapdev.TxResult // what became of each frame of a flush
 }
 
 func newNICQueue(s *Stack, index int, dev Device) *nicQueue {
@@ -89,8 +88,8 @@ func newNICQueue(s *Stack, index int, dev Device) *nicQueue {
 	q.rd = ndisshim.NewBatchFiller(b, make([]byte, 65535+14+4+tapdev.VnetHdrLen), dev.ReadBatch,
 		func(dst []*ndisshim.NetBufferList) int { return s.sendPool.AllocateBatch(dst) },
 		func(chain *ndisshim.NetBufferList) { s.sendPool.FreeChain(chain) })
-	q.w = writer{s: s, dev: dev, bufs: make([][]byte, 0, 256)}
-	q.rxDev, q.w.txDev = tapdev.WatchCounters(dev), tapdev.WatchCounters(dev)
+	q.w = writer{s: s, dev: dev, bufs: make([][]byte, 0, 256), res: make([]tapdev.TxResult, 256)}
+	q.rxDev = tapdev.WatchCounters(dev)
 	if s.vnet > 0 {
 		// frames read from the NIC TAP may need cutting for the miniport
 		q.segNBLs = make([]*ndisshim.NetBufferList, maxSegments)
@@ -214,17 +213,26 @@ func (w *writer) flush(bufs [][]byte) int {
 		return 0
 	}
 	s := w.s
-	n, err := w.dev.WriteBatch(bufs)
-	if lost := int64(len(bufs) - n); lost > 0 {
-		// Frames the NIC TAP dropped or refused without an error are in
-		// its counters; the rest are what an error left unwritten (or
-		// lost by a device without counters).
-		d := w.txDev.Since()
-		s.toHostNoRoom.Add(int64(d.TxDropped))
-		s.writeErrs.Add(int64(d.TxErrors))
-		if lost -= int64(d.TxDropped + d.TxErrors); lost > 0 {
-			s.writeErrs.Add(lost)
+	if cap(w.res) < len(bufs) {
+		w.res = make([]tapdev.TxResult, len(bufs))
+	}
+	res := w.res[:len(bufs)]
+	n, err := w.dev.WriteBatch(bufs, res)
+	if n < len(bufs) {
+		// Each frame not written, by what the NIC TAP said of it: no
+		// room, or refused or left unwritten by an error.
+		var noRoom, errs int64
+		for _, r := range res {
+			switch r {
+			case tapdev.TxWritten:
+			case tapdev.TxNoRoom:
+				noRoom++
+			default:
+				errs++
+			}
 		}
+		s.toHostNoRoom.Add(noRoom)
+		s.writeErrs.Add(errs)
 	}
 	if err != nil && s.writeWarned.CompareAndSwap(false, true) { // the first failure: say it once
 		s.log.Warn("write to NIC TAP failed (counted as write-errors from now on)", "nic", s.cfg.NICName, "err", err)

@@ -264,18 +264,21 @@ func (g *gatedDev) ReadBatch(bufs [][]byte, sizes []int) (int, error) {
 	return g.Dev.ReadBatch(bufs, sizes)
 }
 
-func (g *gatedDev) WriteBatch(bufs [][]byte) (int, error) {
+func (g *gatedDev) WriteBatch(bufs [][]byte, res []tapdev.TxResult) (int, error) {
 	g.writes.Pass()
 	g.sinkMu.Lock()
 	if g.sinkOn {
-		for _, b := range bufs {
+		for i, b := range bufs {
 			g.sink = append(g.sink, bytes.Clone(b))
+			if res != nil {
+				res[i] = tapdev.TxWritten
+			}
 		}
 		g.sinkMu.Unlock()
 		return len(bufs), nil
 	}
 	g.sinkMu.Unlock()
-	return g.Dev.WriteBatch(bufs)
+	return g.Dev.WriteBatch(bufs, res)
 }
 
 // sinkFrames returns the frames the sink took so far.

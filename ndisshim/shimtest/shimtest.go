@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tapminiport/tapminiport/ndisshim"
+	"github.com/tapminiport/tapminiport/tapdev"
 )
 
 // Hang is how long Recv and WaitFor wait before they call the test hung:
@@ -193,7 +194,7 @@ func Pause(t testing.TB, a *ndisshim.Adapter) {
 // (tapdev.Dev, a socketpair end).
 type (
 	FrameWriter interface {
-		WriteBatch(bufs [][]byte) (int, error)
+		WriteBatch(bufs [][]byte, res []tapdev.TxResult) (int, error)
 	}
 	FrameReader interface {
 		ReadBatch(bufs [][]byte, sizes []int) (int, error)
@@ -203,7 +204,7 @@ type (
 // WriteFrames writes frames on dev and fails the test unless all went.
 func WriteFrames(t testing.TB, what string, dev FrameWriter, frames ...[]byte) {
 	t.Helper()
-	n, err := dev.WriteBatch(frames)
+	n, err := dev.WriteBatch(frames, nil)
 	if err != nil || n != len(frames) {
 		t.Fatalf("%s wrote %d of %d frames: %v", what, n, len(frames), err)
 	}
