@@ -126,9 +126,13 @@ wait:
 		case <-hups:
 			m.nothingToReload()
 		case sig := <-sigs:
+			// The steady state ends here, before the log line (its
+			// allocations are the stop's, not the traffic's).
+			m.steadyTo = sampleSteady()
 			log.Info("signal received: pause, halt, unload", "signal", sig.String())
 			break wait
 		case <-m.removedCh: // noteRemoval told the adapter
+			m.steadyTo = sampleSteady()
 			log.Error("surprise removal: pause, halt, unload", "device", m.removal().String())
 			break wait
 		}

@@ -22,7 +22,9 @@ func (m *machine) stop(sigs, hups <-chan os.Signal) int {
 	m.endMu.Lock()
 	m.stopping = true
 	m.endMu.Unlock()
-	m.steadyTo = sampleSteady()
+	if m.steadyTo.at.IsZero() { // not sampled where the run's wait ended
+		m.steadyTo = sampleSteady()
+	}
 	done := make(chan struct{})
 	forced := make(chan struct{})
 	go func() {
