@@ -400,6 +400,7 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) int {
 			q.txRes = make([]tapdev.TxResult, cap(bufs))
 		}
 		res := q.txRes[:len(bufs)]
+		clear(res) // a result the device fails to give reads TxUnwritten, not the last batch's
 		w, err := q.dev.WriteBatch(bufs, res)
 		frames = w
 		if w < len(bufs) {
@@ -437,14 +438,15 @@ func (q *queue) send(nbls *ndisshim.NetBufferList) int {
 }
 
 // completeFrames is send's account of a batch the device did not write
-// whole: each of q's NBLs in the chain completes with the outcome of its
-// first frame that did not go out (res, as WriteBatch reported it) —
-// RESOURCES for one the hardware TAP had no room for, FAILURE for one it
-// refused as malformed, and for one an error left unwritten, unwritten's
-// status (MEDIA_DISCONNECTED when the link is down) — and keeps SUCCESS
-// when all went; an NBL that failed already (INVALID_LENGTH) keeps its
-// status. Each frame not written is counted once, by cause: TxDropNoRoom,
-// TxErrors, TxDropLinkDown (or TxErrors for another error). It returns
+// whole: each of q's NBLs in the chain completes with the outcome of the
+// frames that did not go out (res, as WriteBatch reported it): FAILURE
+// for one the hardware TAP refused as malformed, unwritten's status for
+// one an error left unwritten (MEDIA_DISCONNECTED when the link is down),
+// the first of these in the NBL; RESOURCES when the TAP only had no room
+// for some (sending again may work); SUCCESS when all went. An NBL that
+// failed already (INVALID_LENGTH) keeps its status. Each frame not
+// written is counted once, by cause: TxDropNoRoom, TxErrors,
+// TxDropLinkDown (or TxErrors for another error). It returns
 // the bytes of the frames written. send recorded where each NBL's frames
 // end in MiniportReserved[1]; the caller holds txMu.
 func (q *queue) completeFrames(nbls *ndisshim.NetBufferList, bufs [][]byte, res []tapdev.TxResult, unwritten ndisshim.Status) int {
@@ -474,8 +476,8 @@ func (q *queue) completeFrames(nbls *ndisshim.NetBufferList, bufs [][]byte, res 
 				lost++
 				fst = unwritten
 			}
-			if st == ndisshim.StatusSuccess {
-				st = fst
+			if st == ndisshim.StatusSuccess || st == ndisshim.StatusResources {
+				st = fst // RESOURCES only when no frame failed otherwise
 			}
 		}
 		if nbl.Status == ndisshim.StatusSuccess {

@@ -193,17 +193,7 @@ func (p *fakeProto) send(t *testing.T, b *ndisshim.Binding, frames ...[]byte) {
 // as every NBL's out-of-band information.
 func (p *fakeProto) sendWith(t *testing.T, b *ndisshim.Binding, headroom int, info ndisshim.NBLInfo, frames ...[]byte) {
 	t.Helper()
-	p.mu.Lock()
-	if p.sendPool == nil {
-		pool, err := b.AllocateNBLPool(ndisshim.NBLPoolParams{Tag: ndisshim.MakeTag("FPtx"), Count: 64, WithNB: true})
-		if err != nil {
-			p.mu.Unlock()
-			t.Fatalf("send pool: %v", err)
-		}
-		p.sendPool = pool
-	}
-	pool := p.sendPool
-	p.mu.Unlock()
+	pool := p.pool(t, b)
 	nbls := make([]*ndisshim.NetBufferList, len(frames))
 	for i, f := range frames {
 		n := pool.Allocate()
@@ -216,6 +206,46 @@ func (p *fakeProto) sendWith(t *testing.T, b *ndisshim.Binding, headroom int, in
 		nbls[i] = n
 	}
 	b.SendNetBufferLists(ndisshim.Chain(nbls...), ndisshim.DefaultPort, 0)
+}
+
+// sendNBs sends one chain with an NBL per element of nbls, each carrying
+// its frames as a list of NET_BUFFERs.
+func (p *fakeProto) sendNBs(t *testing.T, b *ndisshim.Binding, nbls ...[][]byte) {
+	t.Helper()
+	pool := p.pool(t, b)
+	chain := make([]*ndisshim.NetBufferList, len(nbls))
+	for i, frames := range nbls {
+		n := pool.Allocate()
+		if n == nil {
+			t.Fatalf("send pool empty")
+		}
+		nb := n.FirstNB
+		for j, f := range frames {
+			if j > 0 {
+				nb.Next = &ndisshim.NetBuffer{}
+				nb = nb.Next
+			}
+			nb.Data = bytes.Clone(f)
+			nb.SetBytes(0, len(f))
+		}
+		chain[i] = n
+	}
+	b.SendNetBufferLists(ndisshim.Chain(chain...), ndisshim.DefaultPort, 0)
+}
+
+// pool is the protocol's send pool, allocated at the first send.
+func (p *fakeProto) pool(t *testing.T, b *ndisshim.Binding) *ndisshim.NBLPool {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sendPool == nil {
+		pool, err := b.AllocateNBLPool(ndisshim.NBLPoolParams{Tag: ndisshim.MakeTag("FPtx"), Count: 64, WithNB: true})
+		if err != nil {
+			t.Fatalf("send pool: %v", err)
+		}
+		p.sendPool = pool
+	}
+	return p.sendPool
 }
 
 // gatedDev is the socketpair end with a gate on ReadBatch: while the gate

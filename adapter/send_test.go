@@ -2,6 +2,7 @@ package adapter
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"sync/atomic"
@@ -277,21 +278,22 @@ func TestSendWhileHardwareLinkDown(t *testing.T) {
 	r.halt()
 }
 
-// refusingDev is the socketpair end whose WriteBatch refuses every frame of
-// refuseLen bytes without an error, counting it as a tx error, as a TAP
-// refuses a frame with EINVAL (tapdev's WriteBatch goes on with the batch).
+// refusingDev is the socketpair end whose WriteBatch refuses every frame
+// refuse says it should, without an error (TxRefused), as a TAP refuses a
+// frame with EINVAL (tapdev's WriteBatch goes on with the batch).
 type refusingDev struct {
 	*tapdev.Dev
-	refuseLen int
-	refused   atomic.Uint64
+	refuse func(frame []byte) bool
 }
+
+// refuseLen refuses the frames of n bytes.
+func refuseLen(n int) func([]byte) bool { return func(b []byte) bool { return len(b) == n } }
 
 func (d *refusingDev) WriteBatch(bufs [][]byte, res []tapdev.TxResult) (int, error) {
 	n := 0
 	for i, b := range bufs {
 		var r [1]tapdev.TxResult
-		if len(b) == d.refuseLen {
-			d.refused.Add(1)
+		if d.refuse(b) {
 			r[0] = tapdev.TxRefused
 		} else {
 			w, err := d.Dev.WriteBatch([][]byte{b}, r[:])
@@ -308,12 +310,6 @@ func (d *refusingDev) WriteBatch(bufs [][]byte, res []tapdev.TxResult) (int, err
 		}
 	}
 	return n, nil
-}
-
-func (d *refusingDev) Counters() tapdev.Counters {
-	c := d.Dev.Counters()
-	c.TxErrors += d.refused.Load()
-	return c
 }
 
 // Frames the hardware drops without an error are counted where a user
@@ -374,8 +370,7 @@ func TestSendDropsByDeviceCounted(t *testing.T) {
 		r.halt()
 	})
 	t.Run("refused", func(t *testing.T) {
-		var dev *refusingDev
-		r := newRig(t, rigOptions{wrap: func(d *tapdev.Dev) Device { dev = &refusingDev{Dev: d, refuseLen: 99}; return dev }})
+		r := newRig(t, rigOptions{wrap: func(d *tapdev.Dev) Device { return &refusingDev{Dev: d, refuse: refuseLen(99)} }})
 		r.restart()
 		r.p.send(t, r.b, frame(peerMAC, 100, 1), frame(peerMAC, 99, 2), frame(peerMAC, 100, 3), frame(peerMAC, 99, 4))
 		r.p.send(t, r.b, frame(peerMAC, 99, 5), frame(peerMAC, 100, 6))
@@ -394,6 +389,88 @@ func TestSendDropsByDeviceCounted(t *testing.T) {
 		}
 		r.halt()
 	})
+}
+
+// An NBL of several NET_BUFFERs that the hardware takes only in part
+// completes FAILURE, and only its frames written count: bytes, frames and
+// the wire agree.
+func TestSendMultiBufferNBLTakenInPart(t *testing.T) {
+	r := newRig(t, rigOptions{wrap: func(d *tapdev.Dev) Device { return &refusingDev{Dev: d, refuse: refuseLen(99)} }})
+	r.restart()
+	r.p.sendNBs(t, r.b,
+		[][]byte{frame(peerMAC, 100, 1), frame(peerMAC, 99, 2), frame(peerMAC, 120, 3)},
+		[][]byte{frame(peerMAC, 140, 4), frame(peerMAC, 160, 5)})
+	cs := r.p.completions()
+	want := []ndisshim.Status{ndisshim.StatusFailure, ndisshim.StatusSuccess}
+	if len(cs) != 1 || !slices.Equal(cs[0].statuses, want) {
+		t.Errorf("completions %v; want one chain %v", cs, want)
+	}
+	c := r.counters()
+	if c.TxFrames != 4 || c.TxBytes != 100+120+140+160 || c.TxErrors != 1 {
+		t.Errorf("tx frames %d, bytes %d, errors %d; want 4, %d, 1", c.TxFrames, c.TxBytes, c.TxErrors, 100+120+140+160)
+	}
+	shimtest.EqualFrames(t, "on the wire", r.readPeer(4), [][]byte{frame(peerMAC, 100, 1), frame(peerMAC, 120, 3), frame(peerMAC, 140, 4), frame(peerMAC, 160, 5)})
+	r.halt()
+}
+
+// With two queues a chain's NBLs interleave, and each queue completes only
+// its own: when one queue's hardware refuses some of its frames, exactly
+// those NBLs fail, the other queue's all succeed, and each queue counts
+// its own frames and bytes.
+func TestSendTakenInPartOnTwoQueues(t *testing.T) {
+	hw2, peer2, err := tapdev.Socketpair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer2.Close(); hw2.Close() })
+	refuseOdd := func(f []byte) bool { return binary.BigEndian.Uint16(f[14+20+2:])%2 == 1 } // by destination port
+	r := newRig(t, rigOptions{cfg: func(c *Config) {
+		c.Queues = 2
+		open := c.Open
+		c.Open = func(name string, q int) (Device, bool, error) {
+			if q == 1 {
+				return &refusingDev{Dev: hw2, refuse: refuseOdd}, false, nil
+			}
+			return open(name, q)
+		}
+	}})
+	r.restart()
+	a, b := [4]byte{198, 18, 0, 1}, [4]byte{198, 18, 0, 2}
+	var frames [][]byte
+	var want []ndisshim.Status
+	var n0, n1, refused int
+	for port := uint16(0); port < 64; port++ {
+		f := udpFrame(peerMAC, b, a, 5201, 3000+port)
+		frames = append(frames, f)
+		switch {
+		case flowHash(f)%2 == 0:
+			n0++
+			want = append(want, ndisshim.StatusSuccess)
+		case port%2 == 1:
+			refused++
+			want = append(want, ndisshim.StatusFailure)
+		default:
+			n1++
+			want = append(want, ndisshim.StatusSuccess)
+		}
+	}
+	if n0 == 0 || n1 == 0 || refused == 0 {
+		t.Fatalf("64 flows: %d on queue 0, %d written and %d refused on queue 1; want each", n0, n1, refused)
+	}
+	r.p.send(t, r.b, frames...)
+	cs := r.p.completions()
+	if len(cs) != 1 || !slices.Equal(cs[0].statuses, want) {
+		t.Errorf("completions %v; want one chain %v", cs, want)
+	}
+	size := int64(len(frames[0]))
+	qc := r.mp.QueueCounters()
+	if qc[0].TxFrames != int64(n0) || qc[0].TxBytes != int64(n0)*size || qc[1].TxFrames != int64(n1) || qc[1].TxBytes != int64(n1)*size {
+		t.Errorf("per-queue send counters %+v; want %d and %d frames of %d bytes", qc, n0, n1, size)
+	}
+	if c := r.counters(); c.TxErrors != int64(refused) {
+		t.Errorf("TxErrors %d; want the %d refused", c.TxErrors, refused)
+	}
+	r.halt()
 }
 
 // A protocol may send from its status handler (a gratuitous ARP when the
@@ -528,11 +605,11 @@ func (d *cutDev) WriteBatch(bufs [][]byte, res []tapdev.TxResult) (int, error) {
 		head = res[:k]
 	}
 	n, err := d.Dev.WriteBatch(bufs[:k], head)
-	if err != nil || k == len(bufs) {
-		return n, err
-	}
 	if res != nil {
 		clear(res[k:len(bufs)]) // TxUnwritten
+	}
+	if err != nil || k == len(bufs) {
+		return n, err
 	}
 	return n, fmt.Errorf("tapdev %s: write: %w (EIO: the link is set down)", d.Name(), tapdev.ErrLinkDown)
 }

@@ -44,8 +44,8 @@ type Counters struct {
 	TxDropPaused         atomic.Int64 // sends refused while paused or removed
 	TxDropOversize       atomic.Int64 // send larger than the MTU allows
 	TxDropLinkDown       atomic.Int64 // frames not written: the hardware TAP's link was down
-	TxDropNoRoom         atomic.Int64 // frames the hardware TAP had no room for (tapdev TxDropped)
-	TxErrors             atomic.Int64 // write failed, or the hardware TAP refused the frame (tapdev TxErrors)
+	TxDropNoRoom         atomic.Int64 // frames the hardware TAP had no room for (WriteBatch: tapdev.TxNoRoom)
+	TxErrors             atomic.Int64 // write failed, or the hardware TAP refused the frame (tapdev.TxRefused)
 	ModerationWaits      atomic.Int64 // receive DPC waits for interrupt moderation
 	RxPolls              atomic.Int64 // receive DPCs run by a small send (Config.PollOnSend)
 	RxPollFrames         atomic.Int64 // frames those runs read (indicated, or dropped as runts, filtered, ...)

@@ -115,9 +115,10 @@ type Counters struct {
 }
 
 // CounterWatch follows a device's Counters for one user: Since says how
-// much each grew since its last call. The adapter and the binding fold the
-// device's drops into their own counters this way, one watch per
-// direction (each used by one goroutine at a time). A device without
+// much each grew since its last call. The adapter's and the binding's
+// readers fold the device's receive drops (RxOversize) into their own
+// counters this way (each watch used by one goroutine at a time); their
+// send drops come from WriteBatch's per-frame results. A device without
 // Counters (a test's fake) gives a watch whose Since returns zeros.
 type CounterWatch struct {
 	read func() Counters

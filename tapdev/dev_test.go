@@ -171,7 +171,7 @@ func TestWriteBatchResults(t *testing.T) {
 		return res
 	}
 	f60, f61 := bytes.Repeat([]byte{1}, 60), bytes.Repeat([]byte{2}, 61)
-	huge := make([]byte, 8<<20) // past any socket send buffer (wmem_max is 4 MiB by default)
+	huge := make([]byte, 8<<20) // past the socket's send buffer (EMSGSIZE past sk_sndbuf-32; wmem_default is about 208 KiB, and 8 MiB is past wmem_max too)
 	res := unset(5)
 	n, err := a.WriteBatch([][]byte{f60, {}, huge, f61, f60}, res)
 	want := []TxResult{TxWritten, TxRefused, TxRefused, TxWritten, TxWritten}
