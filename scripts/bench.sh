@@ -5,7 +5,7 @@
 # script creates, on 198.18.0.0/15, bounded in time; everything is removed
 # at the end.
 #
-#   bash scripts/bench.sh [-r ROUNDS] [-t SECONDS] [-c CONTENDER,...] [-C ALGO] [-s]
+#   bash scripts/bench.sh [-r ROUNDS] [-t SECONDS] [-c CONTENDER,...] [-C ALGO] [-s] [-b BINARY]
 #
 # -c runs only the contenders named (default: all, in the order below), e.g.
 # -c tapfwd-offload,tapminiport for a head-to-head with more rounds in the
@@ -23,16 +23,28 @@
 # below what the datapath can move and changes from run to run with the
 # estimate; CUBIC (the kernel's default) fills the path until the datapath
 # is the limit. README's Performance section has both.
+#
+# -b BINARY adds the contender tapminiport-base: that tapminiport binary
+# (built from another commit: `git worktree add /tmp/base REV && cd
+# /tmp/base && go build -o /tmp/tm-base ./cmd/tapminiport`) with default
+# flags, so a change is measured against its parent in the same run; the
+# tables then have tapminiport / tapminiport-base.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ALL="veth tapfwd tapfwd-offload tapminiport tapfwd-pipe tapminiport-plain tapminiport-nocoal tapminiport-q2 tapminiport-nomod tapminiport-nopoll tapminiport-read"
-ROUNDS=3 SECS=5 CONTENDERS=$ALL CC="" SINGLE=""
-usage() { echo "usage: $0 [-r rounds] [-t seconds] [-c contender,...] [-C congestion-control] [-s]; contenders: ${ALL// /, }" >&2; exit 2; }
-while getopts "r:t:c:C:s" o; do case $o in r) ROUNDS=$OPTARG ;; t) SECS=$OPTARG ;; c) CONTENDERS=${OPTARG//,/ } ;; C) CC=$OPTARG ;; s) SINGLE=1 ;; *) usage ;; esac; done
+ROUNDS=3 SECS=5 CONTENDERS=$ALL CC="" SINGLE="" BASE=""
+usage() { echo "usage: $0 [-r rounds] [-t seconds] [-c contender,...] [-C congestion-control] [-s] [-b tapminiport-binary]; contenders: ${ALL// /, } (and tapminiport-base with -b)" >&2; exit 2; }
+while getopts "r:t:c:C:sb:" o; do case $o in r) ROUNDS=$OPTARG ;; t) SECS=$OPTARG ;; c) CONTENDERS=${OPTARG//,/ } ;; C) CC=$OPTARG ;; s) SINGLE=1 ;; b) BASE=$OPTARG ;; *) usage ;; esac; done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "-r $ROUNDS: rounds must be a whole number ≥ 1" >&2; usage; }
 [[ $SECS =~ ^[1-9][0-9]*$ ]] || { echo "-t $SECS: seconds must be a whole number ≥ 1" >&2; usage; }
-for c in $CONTENDERS; do [[ " $ALL " == *" $c "* ]] || { echo "-c: no contender named \"$c\"" >&2; usage; }; done
+if [ -n "$BASE" ]; then
+	[ -f "$BASE" ] && [ -x "$BASE" ] || { echo "-b $BASE: no executable file there (build one: go build -o FILE ./cmd/tapminiport)" >&2; usage; }
+	BASE=$(realpath "$BASE")
+	ALL="$ALL tapminiport-base"
+	[[ " $CONTENDERS " == *" tapminiport-base "* ]] || CONTENDERS="$CONTENDERS tapminiport-base"
+fi
+for c in $CONTENDERS; do [[ " $ALL " == *" $c "* ]] || { echo "-c: no contender named \"$c\"$([ "$c" = tapminiport-base ] && echo " (it needs -b BINARY)")" >&2; usage; }; done
 [ -n "${CONTENDERS// /}" ] || { echo "-c: no contender named" >&2; usage; }
 CCS=$(cat /proc/sys/net/ipv4/tcp_available_congestion_control 2>/dev/null || true)
 if [ -n "$CC" ] && [[ " $CCS " != *" $CC "* ]]; then
@@ -74,8 +86,8 @@ ip netns add "$HOST"; ip -n "$HOST" link set lo up
 ip netns add "$FA"; ip netns add "$FB"
 for ns in "$FA" "$FB"; do ip -n "$ns" link set lo up; done
 
-start_tm() {
-	"$OUT/tapminiport" --hw-tap "$HW" --nic-tap "$NIC" --nic-netns "$HOST" --wire-netns "$WIRE" "$@" >"$OUT/tm.out" 2>"$OUT/tm.err" &
+start_tm() { # TM_BIN, if set, is the binary (-b); else this tree's
+	"${TM_BIN:-$OUT/tapminiport}" --hw-tap "$HW" --nic-tap "$NIC" --nic-netns "$HOST" --wire-netns "$WIRE" "$@" >"$OUT/tm.out" 2>"$OUT/tm.err" &
 	PID=$! LOGS=("$OUT/tm.out" "$OUT/tm.err")
 	for _ in $(seq 100); do grep -q '^ready$' "$OUT/tm.out" && return 0; sleep 0.1; done
 	echo "tapminiport did not start" >&2; cat "$OUT/tm.err" >&2; exit 1
@@ -187,6 +199,7 @@ contender() {
 		start_tm --offload=false --nic-offload=false --udp-coalesce=false ;;
 	tapminiport-nocoal) echo "round $r/$ROUNDS: tapminiport --udp-coalesce=false" >&2; start_tm --udp-coalesce=false ;;
 	tapminiport) echo "round $r/$ROUNDS: tapminiport (default flags)" >&2; start_tm ;;
+	tapminiport-base) echo "round $r/$ROUNDS: tapminiport-base: $BASE (default flags)" >&2; TM_BIN=$BASE start_tm ;;
 	tapminiport-q2) echo "round $r/$ROUNDS: tapminiport --queues 2" >&2; start_tm --queues 2 ;;
 	tapminiport-nomod)
 		echo "round $r/$ROUNDS: tapminiport --interrupt-moderation 0 (no interrupt moderation)" >&2

@@ -14,7 +14,7 @@ function median(k,   i, j, t, c, a) {
 }
 function ratio(x, y) { return (y + 0 == 0) ? "n/a" : sprintf("%.2f", x / y) }
 END {
-	nd = split("veth tapfwd tapfwd-offload tapfwd-pipe tapminiport-plain tapminiport-nocoal tapminiport tapminiport-q2 tapminiport-nomod tapminiport-nopoll tapminiport-read", order, " ")
+	nd = split("veth tapfwd tapfwd-offload tapfwd-pipe tapminiport-plain tapminiport-nocoal tapminiport tapminiport-base tapminiport-q2 tapminiport-nomod tapminiport-nopoll tapminiport-read", order, " ")
 	nm = split("tcp_up tcp_down tcp_p4_up tcp_p4_down udp64_kpps ping_ms cpu_gb", m, " ")
 	split("TCP up|TCP dn|TCP P4 up|TCP P4 dn|UDP kpps|ping ms|CPU s/GB", head, "|")
 	split("TCP up|TCP dn|TCP P4 up|TCP P4 dn|UDP|ping|CPU", rhead, "|")
@@ -29,7 +29,7 @@ END {
 		printf "\n" }
 	print ""
 	# like for like: plain frames against the plain forwarder, offloads against the offload forwarder
-	np = split("tapfwd-pipe/tapfwd-offload tapminiport-plain/tapfwd tapminiport-nocoal/tapfwd-offload tapminiport/tapfwd-offload tapminiport-q2/tapfwd-offload tapminiport-nomod/tapfwd-offload tapminiport-nopoll/tapfwd-offload tapminiport-read/tapfwd-offload tapminiport/veth", pairs, " ")
+	np = split("tapfwd-pipe/tapfwd-offload tapminiport-plain/tapfwd tapminiport-nocoal/tapfwd-offload tapminiport/tapfwd-offload tapminiport-q2/tapfwd-offload tapminiport-nomod/tapfwd-offload tapminiport-nopoll/tapfwd-offload tapminiport-read/tapfwd-offload tapminiport/veth tapminiport/tapminiport-base tapminiport-base/tapfwd-offload", pairs, " ")
 	printf "| %-36s |", "ratio (ping, CPU: lower is better)"; for (i = 1; i <= nm; i++) printf " %*s |", w[i], rhead[i]; printf "\n%s\n", rule
 	for (o = 1; o <= np; o++) { split(pairs[o], ab, "/"); a = ab[1]; d = ab[2]
 		if (!(a in ran) || !(d in ran)) continue

@@ -99,6 +99,8 @@ func TestBenchBadOptionsNameThemselves(t *testing.T) {
 		{[]string{"-c", "tapminiport,tapfwd-offlaod"}, `"tapfwd-offlaod"`},
 		{[]string{"-C", "nosuchcc"}, "-C nosuchcc"},
 		{[]string{"-x"}, "-- x"},
+		{[]string{"-c", "tapminiport-base"}, `"tapminiport-base" (it needs -b BINARY)`},
+		{[]string{"-b", "/nonexistent/tm-base"}, "-b /nonexistent/tm-base"},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		out, err := exec.CommandContext(ctx, "bash", append([]string{"../../scripts/bench.sh"}, tc.args...)...).CombinedOutput()
@@ -146,6 +148,23 @@ func TestBenchTable(t *testing.T) {
 		}
 		return got
 	}
+
+	t.Run("a base binary (-b)", func(t *testing.T) {
+		var b strings.Builder
+		for r := 1; r <= 3; r++ {
+			fmt.Fprintf(&b, "tapfwd-offload tcp_up 10 %d\ntapminiport tcp_up 12 %d\ntapminiport-base tcp_up 8 %d\n", r, r, r)
+		}
+		out := table(t, b.String())
+		if m := rows(out, "tapminiport-base"); len(m) != 1 || m[0][1] != "8.00" {
+			t.Errorf("medians rows %q: want one, TCP up 8.00", m)
+		}
+		if r := rows(out, "tapminiport / tapminiport-base"); len(r) != 2 || r[0][1] != "1.50" || r[1][1] != "1.50" {
+			t.Errorf("tapminiport / tapminiport-base rows %q: want the ratio of medians and the per-round median, both 1.50", r)
+		}
+		if r := rows(out, "tapminiport-base / tapfwd-offload"); len(r) != 2 || r[0][1] != "0.80" {
+			t.Errorf("tapminiport-base / tapfwd-offload rows %q: want 0.80", r)
+		}
+	})
 
 	t.Run("6 rounds", func(t *testing.T) {
 		var b strings.Builder
