@@ -74,27 +74,39 @@ func TestFlowHash(t *testing.T) {
 	}
 }
 
-// With two queues each queue's fd is read by its own DPC, every frame is
-// indicated with its flow's hash, sends leave on the queue of their flow
-// (a flow on one queue only, both queues used), pause refuses sends on
-// every queue, and halt closes every queue.
-func TestQueues(t *testing.T) {
+// newTwoQueueRig is a rig whose adapter has two queues: queue 0 on the
+// rig's socketpair, queue 1 on a second one, whose miniport end wrap (if
+// not nil) wraps. It returns the rig and queue 1's wire end.
+func newTwoQueueRig(t *testing.T, wrap func(*tapdev.Dev) Device) (*rig, *tapdev.Dev) {
+	t.Helper()
 	hw2, peer2, err := tapdev.Socketpair()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { peer2.Close(); hw2.Close() })
-	var r *rig
-	r = newRig(t, rigOptions{cfg: func(c *Config) {
+	var dev2 Device = hw2
+	if wrap != nil {
+		dev2 = wrap(hw2)
+	}
+	r := newRig(t, rigOptions{cfg: func(c *Config) {
 		c.Queues = 2
 		open := c.Open
 		c.Open = func(name string, q int) (Device, bool, error) {
 			if q == 1 {
-				return hw2, false, nil
+				return dev2, false, nil
 			}
 			return open(name, q)
 		}
 	}})
+	return r, peer2
+}
+
+// With two queues each queue's fd is read by its own DPC, every frame is
+// indicated with its flow's hash, sends leave on the queue of their flow
+// (a flow on one queue only, both queues used), pause refuses sends on
+// every queue, and halt closes every queue.
+func TestQueues(t *testing.T) {
+	r, peer2 := newTwoQueueRig(t, nil)
 	r.setFilter(ndisshim.PacketTypeDirected)
 	r.restart()
 	a, b := [4]byte{198, 18, 0, 1}, [4]byte{198, 18, 0, 2}

@@ -418,22 +418,8 @@ func TestSendMultiBufferNBLTakenInPart(t *testing.T) {
 // those NBLs fail, the other queue's all succeed, and each queue counts
 // its own frames and bytes.
 func TestSendTakenInPartOnTwoQueues(t *testing.T) {
-	hw2, peer2, err := tapdev.Socketpair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { peer2.Close(); hw2.Close() })
 	refuseOdd := func(f []byte) bool { return binary.BigEndian.Uint16(f[14+20+2:])%2 == 1 } // by destination port
-	r := newRig(t, rigOptions{cfg: func(c *Config) {
-		c.Queues = 2
-		open := c.Open
-		c.Open = func(name string, q int) (Device, bool, error) {
-			if q == 1 {
-				return &refusingDev{Dev: hw2, refuse: refuseOdd}, false, nil
-			}
-			return open(name, q)
-		}
-	}})
+	r, _ := newTwoQueueRig(t, func(d *tapdev.Dev) Device { return &refusingDev{Dev: d, refuse: refuseOdd} })
 	r.restart()
 	a, b := [4]byte{198, 18, 0, 1}, [4]byte{198, 18, 0, 2}
 	var frames [][]byte
