@@ -1,9 +1,13 @@
 package ndisshim
 
 import (
+	"fmt"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // recordSleeps replaces moderationSleep for the test and returns the
@@ -69,4 +73,73 @@ func TestModerationOneWay(t *testing.T) {
 	m.After(1, 100)
 	m.After(16, 16*100) // the 500 moved since the last busy wake-up: no wait
 	checkSlept(t, *slept, []time.Duration{50 * time.Microsecond, 50 * time.Microsecond, 50 * time.Microsecond})
+}
+
+// TestPreciseSleepWaitsThroughSignals: a signal that lands on the sleeping
+// thread cuts nanosleep(2) short (EINTR, whatever SA_RESTART says); the
+// moderation wait sleeps again for the rest, so it never ends early.
+// SIGURG is the Go runtime's own preemption signal, harmless to send.
+func TestPreciseSleepWaitsThroughSignals(t *testing.T) {
+	const d = 40 * time.Millisecond
+	tid := make(chan int)
+	done := make(chan time.Duration)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		tid <- unix.Gettid()
+		t0 := time.Now()
+		preciseSleep(d)
+		done <- time.Since(t0)
+	}()
+	id := <-tid
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	sent := 0
+	for {
+		select {
+		case slept := <-done:
+			if slept < d {
+				t.Fatalf("slept %v of %v: a signal (%d sent to its thread) ended it early", slept, d, sent)
+			}
+			if sent < 2 {
+				t.Fatalf("only %d signals sent during a %v sleep: nothing tested", sent, d)
+			}
+			return
+		case <-tick.C:
+			if err := unix.Tgkill(unix.Getpid(), id, unix.SIGURG); err != nil {
+				t.Fatalf("tgkill: %v", err)
+			}
+			sent++
+		}
+	}
+}
+
+func TestPreciseSleepZero(t *testing.T) {
+	for _, d := range []time.Duration{0, -time.Second} {
+		t0 := time.Now()
+		preciseSleep(d)
+		if el := time.Since(t0); el > 100*time.Millisecond {
+			t.Errorf("preciseSleep(%v) took %v", d, el)
+		}
+	}
+}
+
+// BenchmarkModerationWait: how long a moderation wait of 50µs and 300µs
+// really lasts (ns/op), through the runtime's timers (time.Sleep, the old
+// wait) and through nanosleep(2) (preciseSleep), in the same run:
+//
+//	go test -run '^$' -bench ModerationWait ./ndisshim
+func BenchmarkModerationWait(b *testing.B) {
+	for _, d := range []time.Duration{50 * time.Microsecond, 300 * time.Microsecond} {
+		for _, w := range []struct {
+			name  string
+			sleep func(time.Duration)
+		}{{"time.Sleep", time.Sleep}, {"nanosleep", preciseSleep}} {
+			b.Run(fmt.Sprintf("%s/%v", w.name, d), func(b *testing.B) {
+				for b.Loop() {
+					w.sleep(d)
+				}
+			})
+		}
+	}
 }

@@ -259,7 +259,7 @@ func TestUDPCoalescing(t *testing.T) {
 // moderationRe is the exit report's interrupt moderation line.
 var moderationRe = regexp.MustCompile(`interrupt moderation \(\S+ after a busy one-way wake-up\): waits receive-dpc=(\d+) nic-reader=(\d+)`)
 
-// Interrupt moderation (default 50µs) waits under a one-way flood of small
+// Interrupt moderation (default 200µs) waits under a one-way flood of small
 // frames (UDP 64-byte datagrams from the host: the NIC TAP reader waits),
 // leaves TCP alone (its ACKs come back: at most 2% of the wake-ups wait,
 // counted as indications), and is gone with --interrupt-moderation 0.
