@@ -216,10 +216,8 @@ var moderationSleep = preciseSleep
 // millisecond was about one millisecond (BenchmarkModerationWait has the
 // figures). The DPC's thread blocks for d, as it blocks in its interrupt
 // source's poll(2) between wake-ups; nothing else waits on it then.
+// After calls it only with a positive delay.
 func preciseSleep(d time.Duration) {
-	if d <= 0 {
-		return
-	}
 	ts := unix.NsecToTimespec(int64(d))
 	for unix.Nanosleep(&ts, &ts) == unix.EINTR {
 	}
