@@ -193,7 +193,7 @@ func BenchmarkDatapathReceive(b *testing.B) {
 		b.Run(fmt.Sprintf("%dB/adapter-polled", size), func(b *testing.B) {
 			r, p := benchRig(b, true)
 			q := r.mp.queues[0]
-			dpc := func() { q.receive(16) }
+			dpc := func() { q.receive(dpcRounds, dpcRounds*len(q.rx.Batch)) }
 			b.SetBytes(int64(benchBatch * size))
 			b.ReportAllocs()
 			m := newMeter(b)

@@ -28,27 +28,32 @@ import (
 // dpc is the receive DPC of queue q; it runs on q's interrupt goroutine
 // (or, through poll, on a sender's) under the interrupt's DPC exclusion.
 func (q *queue) dpc() {
-	frames, bytes := q.receive(16) // bounded: let the shim see stop requests
+	// bounded (let the shim see stop requests), and after a moderation
+	// wait by the moderation budget
+	frames, bytes := q.receive(dpcRounds, q.mod.Limit(dpcRounds*len(q.rx.Batch)))
 	q.mod.After(frames, bytes)
 }
+
+// dpcRounds is how many batches a DPC run reads at most.
+const dpcRounds = 16
 
 // poll is the DPC body a small send runs on its own goroutine
 // (ndisshim.Interrupt.TryRunDPC): one batch at most, no moderation (the
 // sender must not wait), counted.
 func (q *queue) poll() {
-	frames, _ := q.receive(1)
+	frames, _ := q.receive(1, len(q.rx.Batch))
 	q.m.ctr.RxPolls.Add(1)
 	q.m.ctr.RxPollFrames.Add(int64(frames))
 }
 
-// receive reads and indicates up to rounds batches, until the fd is empty;
-// it returns the frames and bytes it read.
-func (q *queue) receive(rounds int) (frames, bytes int) {
+// receive reads and indicates up to rounds batches and limit frames, until
+// the fd is empty; it returns the frames and bytes it read.
+func (q *queue) receive(rounds, limit int) (frames, bytes int) {
 	m := q.m
 	defer func() { q.poller.Ran(frames, bytes) }()
-	for round := 0; round < rounds; round++ {
+	for round := 0; round < rounds && frames < limit; round++ {
 		// a virtio-net header lands in the headroom
-		got, dropped, empty, err := q.rx.Fill(headroom - m.vnet)
+		got, dropped, empty, err := q.rx.FillUpTo(headroom-m.vnet, limit-frames)
 		if dropped > 0 {
 			m.ctr.RxDropNoBuffer.Add(int64(dropped))
 		}

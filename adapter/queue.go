@@ -75,7 +75,7 @@ func newQueue(m *Miniport, index int, dev Device) *queue {
 		m: m, index: index, dev: dev,
 		txBufs: make([][]byte, 0, 256),
 		txRes:  make([]tapdev.TxResult, 256),
-		mod:    m.cfg.Moderation.NewModerator(m.ctr.TxFrames.Load, &m.ctr.ModerationWaits),
+		mod:    m.cfg.Moderation.NewModerator(m.ctr.TxFrames.Load, &m.ctr.ModerationWaits, &m.ctr.ModerationSpent),
 	}
 	// m.pool is read at each call: it is allocated after the queues
 	// and set to nil by the halt

@@ -47,6 +47,7 @@ type Counters struct {
 	TxDropNoRoom         atomic.Int64 // frames the hardware TAP had no room for (WriteBatch: tapdev.TxNoRoom)
 	TxErrors             atomic.Int64 // write failed, or the hardware TAP refused the frame (tapdev.TxRefused)
 	ModerationWaits      atomic.Int64 // receive DPC waits for interrupt moderation
+	ModerationSpent      atomic.Int64 // receive DPC runs after a wait that took the whole moderation budget
 	RxPolls              atomic.Int64 // receive DPCs run by a small send (Config.PollOnSend)
 	RxPollFrames         atomic.Int64 // frames those runs read (indicated, or dropped as runts, filtered, ...)
 	// FramesPerIndication counts indications by their number of frames
@@ -71,6 +72,7 @@ type Snapshot struct {
 	RxFramesPerSec, TxFramesPerSec             int64
 	PoolInUse, PoolHighWater, PoolExhaustions  int64
 	ModerationWaits                            int64 // receive DPC waits for interrupt moderation (all queues)
+	ModerationSpent                            int64 // receive DPC runs after a wait that took the whole budget (all queues)
 	RxPolls, RxPollFrames                      int64 // receive DPCs run by small sends, and the frames they read
 	// FramesPerIndication[i] counts indications whose frame count falls
 	// in bucket i (IndicationBuckets); their sum is the indications
@@ -92,7 +94,7 @@ func (c *Counters) snapshot() Snapshot {
 		TxDropPaused: c.TxDropPaused.Load(), TxDropOversize: c.TxDropOversize.Load(), TxErrors: c.TxErrors.Load(),
 		TxDropLinkDown: c.TxDropLinkDown.Load(), TxDropNoRoom: c.TxDropNoRoom.Load(),
 		RxFramesPerSec: c.RxFramesPerSec.Load(), TxFramesPerSec: c.TxFramesPerSec.Load(),
-		ModerationWaits: c.ModerationWaits.Load(), RxPolls: c.RxPolls.Load(), RxPollFrames: c.RxPollFrames.Load(),
+		ModerationWaits: c.ModerationWaits.Load(), ModerationSpent: c.ModerationSpent.Load(), RxPolls: c.RxPolls.Load(), RxPollFrames: c.RxPollFrames.Load(),
 		FramesPerIndication: c.framesPerIndication(),
 	}
 }

@@ -51,7 +51,14 @@ func NewBatchFiller(batch int, scratch []byte,
 // drops it (dropped = 1, for the caller to count), so that the device does
 // not stay readable for ever while the stack holds the pool.
 func (f *BatchFiller) Fill(offset int) (got, dropped int, empty bool, err error) {
-	want := min(FirstBatch, len(f.Batch))
+	return f.FillUpTo(offset, len(f.Batch))
+}
+
+// FillUpTo is Fill reading at most limit frames (1..len(Batch)): the
+// last batch of a DPC run that has a budget (Moderator.Limit).
+func (f *BatchFiller) FillUpTo(offset, limit int) (got, dropped int, empty bool, err error) {
+	limit = min(max(limit, 1), len(f.Batch))
+	want := min(FirstBatch, limit)
 	for {
 		n := f.take(f.Batch[got:want])
 		if n == 0 {
@@ -72,10 +79,10 @@ func (f *BatchFiller) Fill(offset int) (got, dropped int, empty bool, err error)
 		if err != nil || k < n {
 			return got, 0, k < n, err
 		}
-		if got == len(f.Batch) {
+		if got == limit {
 			return got, 0, false, nil
 		}
-		want = len(f.Batch)
+		want = limit
 	}
 }
 

@@ -106,6 +106,22 @@ func TestBatchFiller(t *testing.T) {
 		}
 	})
 
+	t.Run("FillUpTo reads no more than its limit and leaves the rest", func(t *testing.T) {
+		for _, limit := range []int{3, ndisshim.FirstBatch, 20, batch} {
+			r := newFillRig(100)
+			f := newFiller(r)
+			r.queue(batch + 5)
+			got, dropped, empty, err := f.FillUpTo(offset, limit)
+			if got != limit || dropped != 0 || empty || err != nil || len(r.frames) != batch+5-limit {
+				t.Fatalf("FillUpTo(%d) = %d, %d, %v, %v with %d left; want %d frames, not empty, %d left",
+					limit, got, dropped, empty, err, len(r.frames), limit, batch+5-limit)
+			}
+			if len(r.free) != 100-limit {
+				t.Errorf("FillUpTo(%d): %d NBLs free; want %d (none taken beyond the limit kept)", limit, len(r.free), 100-limit)
+			}
+		}
+	})
+
 	t.Run("an empty pool drops one frame so the device drains", func(t *testing.T) {
 		r := newFillRig(0)
 		f := newFiller(r)

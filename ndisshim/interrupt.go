@@ -149,11 +149,25 @@ func (in *Interrupt) Err() error { return in.err }
 // DPC's previous wake-up): a one-way flood of small frames (UDP streaming)
 // is moderated, but not the ACKs of a TCP transfer or any other traffic
 // whose sender waits for what comes back, where a wait costs throughput.
+//
+// With Budget the wake-up after a wait takes at most Budget frames (the
+// DPC asks Moderator.Limit), as a NIC whose interrupt is held back for the
+// delay has only its receive ring to hold what arrives meanwhile. What
+// arrives beyond it stays in the TAP's queue, which drops what overflows
+// at the sending end (the kernel counts it as the TAP's tx_dropped). A
+// one-way flood of small frames is then forwarded at most Budget frames
+// per Delay and the wake-up's run, and the frames dropped at the TAP cost
+// the DPC nothing; without a budget it forwards what the receiver cannot
+// take either and drops it there, after the work (receive livelock: the
+// work done for frames the consumer then drops takes the CPU the consumer
+// needs). While the wake-ups do not wait (TCP, a ping, a slower flood)
+// there is no budget.
 type Moderation struct {
 	Delay      time.Duration
 	Frames     int
 	SmallFrame int // 0: any size
 	OneWay     bool
+	Budget     int // 0: no budget
 }
 
 // ReverseRatio is how many frames of a wake-up one frame of the opposite
@@ -167,42 +181,66 @@ type Moderator struct {
 	reverse     func() int64
 	lastReverse int64
 	waits       *atomic.Int64
+	spent       *atomic.Int64
+	waited      bool // the last After waited: the next run has the budget
 }
 
 // NewModerator returns the moderation of one DPC; reverse counts the frames
 // the opposite direction has moved (it is read once per busy wake-up, and
-// only with OneWay), and waits, if not nil, counts the DPC's waits (DPCs
-// may share one counter).
-func (m Moderation) NewModerator(reverse func() int64, waits *atomic.Int64) *Moderator {
-	d := &Moderator{m: m, reverse: reverse, waits: waits}
+// only with OneWay); waits, if not nil, counts the DPC's waits and spent
+// the runs after a wait that took exactly their budget, all of it (DPCs
+// may share counters).
+func (m Moderation) NewModerator(reverse func() int64, waits, spent *atomic.Int64) *Moderator {
+	d := &Moderator{m: m, reverse: reverse, waits: waits, spent: spent}
 	if m.OneWay && reverse != nil {
 		d.lastReverse = reverse()
 	}
 	return d
 }
 
+// Limit is how many frames the DPC's next run may take: the budget after
+// a wait (Moderation.Budget), else limit, the DPC's own bound.
+func (d *Moderator) Limit(limit int) int {
+	if d.waited && d.m.Budget > 0 {
+		return min(d.m.Budget, limit)
+	}
+	return limit
+}
+
 // After is called by the DPC at the end of a wake-up that handled frames
 // frames of bytes bytes in all; it waits when the wake-up calls for it.
 func (d *Moderator) After(frames, bytes int) {
+	if d.waited && d.m.Budget > 0 && frames == d.m.Budget && d.spent != nil {
+		d.spent.Add(1)
+	}
+	d.waited = d.wait(frames, bytes)
+	if d.waited {
+		if d.waits != nil {
+			d.waits.Add(1)
+		}
+		moderationSleep(d.m.Delay)
+	}
+}
+
+// wait reports whether a wake-up of frames frames and bytes bytes calls
+// for a wait.
+func (d *Moderator) wait(frames, bytes int) bool {
 	m := d.m
 	if m.Delay <= 0 || frames < max(m.Frames, 1) {
-		return
+		return false
 	}
 	if m.SmallFrame > 0 && bytes > frames*m.SmallFrame {
-		return
+		return false
 	}
 	if m.OneWay && d.reverse != nil {
 		r := d.reverse()
 		moved := r - d.lastReverse
 		d.lastReverse = r
 		if moved*ReverseRatio >= int64(frames) {
-			return
+			return false
 		}
 	}
-	if d.waits != nil {
-		d.waits.Add(1)
-	}
-	moderationSleep(m.Delay)
+	return true
 }
 
 // moderationSleep is preciseSleep; tests record the calls instead.

@@ -37,15 +37,15 @@ func checkSlept(t *testing.T, slept, want []time.Duration) {
 func TestModeration(t *testing.T) {
 	slept := recordSleeps(t)
 	var waits atomic.Int64
-	m := Moderation{Delay: 100 * time.Microsecond, Frames: 8, SmallFrame: 512}.NewModerator(nil, &waits)
+	m := Moderation{Delay: 100 * time.Microsecond, Frames: 8, SmallFrame: 512}.NewModerator(nil, &waits, nil)
 	for _, frames := range []int{0, 1, 7, 8, 64} {
 		m.After(frames, frames*100)
 	}
 	m.After(8, 8*65536) // large frames: no wait
 	m.After(8, 8*512)   // at the limit: waits
-	Moderation{}.NewModerator(nil, nil).After(64, 64)
-	Moderation{Delay: time.Millisecond}.NewModerator(nil, nil).After(1, 65536) // Frames 0 counts as 1, SmallFrame 0 any size
-	Moderation{Delay: time.Millisecond}.NewModerator(nil, nil).After(0, 0)
+	Moderation{}.NewModerator(nil, nil, nil).After(64, 64)
+	Moderation{Delay: time.Millisecond}.NewModerator(nil, nil, nil).After(1, 65536) // Frames 0 counts as 1, SmallFrame 0 any size
+	Moderation{Delay: time.Millisecond}.NewModerator(nil, nil, nil).After(0, 0)
 	checkSlept(t, *slept, []time.Duration{100 * time.Microsecond, 100 * time.Microsecond, 100 * time.Microsecond, time.Millisecond})
 	if waits.Load() != 3 {
 		t.Errorf("waits counted %d, want 3", waits.Load())
@@ -59,7 +59,7 @@ func TestModerationOneWay(t *testing.T) {
 	slept := recordSleeps(t)
 	var reverse atomic.Int64
 	reverse.Store(1000) // counted before the moderator starts: not "moved"
-	m := Moderation{Delay: 50 * time.Microsecond, Frames: 8, SmallFrame: 512, OneWay: true}.NewModerator(reverse.Load, nil)
+	m := Moderation{Delay: 50 * time.Microsecond, Frames: 8, SmallFrame: 512, OneWay: true}.NewModerator(reverse.Load, nil, nil)
 
 	m.After(64, 64*100) // nothing came back: waits
 	reverse.Add(3)      // 3 back for 64 (under 1 per ReverseRatio): still one-way
@@ -73,6 +73,45 @@ func TestModerationOneWay(t *testing.T) {
 	m.After(1, 100)
 	m.After(16, 16*100) // the 500 moved since the last busy wake-up: no wait
 	checkSlept(t, *slept, []time.Duration{50 * time.Microsecond, 50 * time.Microsecond, 50 * time.Microsecond})
+}
+
+// The wake-up after a wait has the budget (Limit), and only that one: a
+// wake-up that does not wait lifts it. Runs that took the whole budget
+// are counted.
+func TestModerationBudget(t *testing.T) {
+	slept := recordSleeps(t)
+	var waits, spent atomic.Int64
+	m := Moderation{Delay: 100 * time.Microsecond, Frames: 8, SmallFrame: 512, Budget: 100}.NewModerator(nil, &waits, &spent)
+	limit := func(want int) {
+		t.Helper()
+		if got := m.Limit(1024); got != want {
+			t.Fatalf("Limit(1024) = %d, want %d", got, want)
+		}
+	}
+	limit(1024) // no wait yet
+	m.After(1024, 1024*64)
+	limit(100)
+	if got := m.Limit(50); got != 50 {
+		t.Errorf("Limit(50) after a wait = %d, want 50 (the DPC's own bound is smaller)", got)
+	}
+	m.After(100, 100*64) // took its whole budget, still a flood: waits again
+	limit(100)
+	m.After(60, 60*64) // less than the budget: the TAP was empty
+	limit(100)
+	m.After(2, 2*64) // quiet: no wait, no budget
+	limit(1024)
+	m.After(1024, 1024*1500) // large frames: no wait
+	limit(1024)
+	checkSlept(t, *slept, []time.Duration{100 * time.Microsecond, 100 * time.Microsecond, 100 * time.Microsecond})
+	if waits.Load() != 3 || spent.Load() != 1 {
+		t.Errorf("waits %d, budgets spent %d; want 3 and 1", waits.Load(), spent.Load())
+	}
+
+	none := Moderation{Delay: 100 * time.Microsecond, Frames: 8}.NewModerator(nil, nil, nil)
+	none.After(1024, 1024*64)
+	if got := none.Limit(1024); got != 1024 {
+		t.Errorf("no budget: Limit(1024) after a wait = %d, want 1024", got)
+	}
 }
 
 // TestPreciseSleepWaitsThroughSignals: a signal that lands on the sleeping

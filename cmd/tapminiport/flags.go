@@ -32,6 +32,7 @@ type options struct {
 	pollOnSend          bool
 	nicPollOnReceive    bool
 	moderation          time.Duration
+	moderationBudget    int
 	returnDelay         time.Duration
 	checkHeld           bool
 	offload             bool
@@ -111,7 +112,7 @@ var flagGroups = []struct {
 	names []string
 }{
 	{"Topology (where the TAPs and the wire partner live)", []string{"hw-tap", "nic-tap", "nic-netns", "wire-netns", "no-wire", "nic-addr", "wire-addr", "bridge"}},
-	{"Adapter (the miniport's registry keywords)", []string{"mtu", "mac", "rx-buffers", "batch", "queues", "interrupt-moderation", "rx-poll-on-send", "offload"}},
+	{"Adapter (the miniport's registry keywords)", []string{"mtu", "mac", "rx-buffers", "batch", "queues", "interrupt-moderation", "moderation-budget", "rx-poll-on-send", "offload"}},
 	{"Stack (the protocol binding that plays tcpip.sys)", []string{"nic-offload", "udp-coalesce", "nic-poll-on-receive", "return-delay", "check-held"}},
 	{"Halt", []string{"halt-timeout", "watchdog"}},
 	{"Observability", []string{"stats", "metrics", "pcap", "pcap-max", "log-level", "version"}},
@@ -247,6 +248,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.returnDelay, "return-delay", 0, "the stack holds each indicated buffer at least this `duration` before returning it (watch pause wait for the stack)")
 	fs.IntVar(&o.queues, "queues", 1, "receive `queues` (RSS): a multi-queue hardware TAP and NIC TAP, one reader and DPC per queue, 1..16")
 	fs.DurationVar(&o.moderation, "interrupt-moderation", 200*time.Microsecond, "after a wake-up busy with small frames (8 or more) while nothing comes back the other way (a one-way flood), the receive DPC and the NIC TAP reader wait this `long` before the next, 0..10ms (0: off); a quiet link, large frames and TCP (ACKs coming back) never wait")
+	fs.IntVar(&o.moderationBudget, "moderation-budget", 128, "after an interrupt-moderation wait, the next wake-up takes at most this many `frames`, as a NIC's receive ring holds only so many while its interrupt waits; what comes beyond stays in the TAP's queue, which drops what overflows before any work is spent on it, 0..65536 (0: no budget)")
 	fs.BoolVar(&o.nicOffload, "nic-offload", true, "offloads on the NIC TAP too; --nic-offload=false makes the stack segment and checksum in software what the wire hands over")
 	fs.BoolVar(&o.pollOnSend, "rx-poll-on-send", true, "after a small send (at most 2 frames of at most 256 bytes: a ping, an ACK) the miniport runs its receive DPC once on the sender's goroutine when it is idle, so the reply goes up without waiting for the interrupt goroutine to wake")
 	fs.BoolVar(&o.nicPollOnReceive, "nic-poll-on-receive", true, "after writing a small indication (at most 2 frames of at most 256 bytes: a ping from the wire, a SYN) to the NIC TAP, the stack runs the NIC TAP's reader once on the same goroutine when it is idle, so the host's reply goes down without waiting for the reader to wake")
@@ -337,6 +339,8 @@ func (o *options) validate() error {
 		return fmt.Errorf("--batch %d: out of range 1..1024", o.batch)
 	case o.moderation < 0 || o.moderation > 10*time.Millisecond:
 		return fmt.Errorf("--interrupt-moderation %s: out of range 0..10ms", o.moderation)
+	case o.moderationBudget < 0 || o.moderationBudget > 65536:
+		return fmt.Errorf("--moderation-budget %d: out of range 0..65536", o.moderationBudget)
 	case o.queues < 1 || o.queues > adapter.MaxQueues:
 		return fmt.Errorf("--queues %d: out of range 1..%d", o.queues, adapter.MaxQueues)
 	case o.returnDelay < 0:

@@ -277,7 +277,7 @@ func (m *machine) start() error {
 	drv.OnFinding(func(f ndisshim.Finding) { m.log.Error("verifier", "finding", f.String()) })
 	cfg := adapter.Config{
 		HardwareName: o.hwTap, MTU: o.mtu, MAC: o.mac, Bridge: o.bridge, RxBuffers: o.rxBuffers, Batch: o.batch, Queues: o.queues,
-		Moderation: ndisshim.Moderation{Delay: o.moderation, Frames: 8, SmallFrame: 512, OneWay: true},
+		Moderation: ndisshim.Moderation{Delay: o.moderation, Frames: 8, SmallFrame: 512, OneWay: true, Budget: o.moderationBudget},
 		PollOnSend: o.pollOnSend,
 		Open:       m.openHardware, Configure: adapter.ConfigureTAP, VnetHdr: o.offload,
 		Unconfigure: func(name string) error {
@@ -319,7 +319,7 @@ func (m *machine) start() error {
 		}
 	}
 	hcfg := hoststack.Config{NICName: o.nicTap, Netns: o.nicNetns, ReturnDelay: o.returnDelay, CheckHeld: o.checkHeld, VnetHdr: o.nicOffload, Queues: o.queues, CoalesceUDP: o.udpCoalesce, PollOnReceive: o.nicPollOnReceive, Log: m.log,
-		Moderation: ndisshim.Moderation{Delay: o.moderation, Frames: 8, SmallFrame: 512, OneWay: true}}
+		Moderation: ndisshim.Moderation{Delay: o.moderation, Frames: 8, SmallFrame: 512, OneWay: true, Budget: o.moderationBudget}}
 	if !o.noWire {
 		hcfg.Addrs = o.nicAddrs
 	}

@@ -49,6 +49,7 @@ var (
 	descNICPolls      = desc("stack_nic_polls_total", "NIC TAP reader runs a small indication made on its own goroutine (--nic-poll-on-receive).")
 	descNICPollFrames = desc("stack_nic_poll_frames_total", "Host frames the NIC TAP reader runs made by small indications sent down.")
 	descModWaits      = desc("interrupt_moderation_waits_total", "Times a receive DPC (receive_dpc) or the NIC TAP reader (nic_reader) waited for interrupt moderation after a busy one-way wake-up.", "dpc")
+	descModSpent      = desc("interrupt_moderation_budget_spent_total", "Runs of a receive DPC (receive_dpc) or the NIC TAP reader (nic_reader) after a moderation wait that took the whole --moderation-budget.", "dpc")
 	descPoolSize      = desc("pool_buffers", "Receive buffers in the miniport's pool.", "queue")
 	descPoolInUse     = desc("pool_buffers_in_use", "Receive buffers in use now (filling or held by the stack).", "queue")
 	descPoolHighWater = desc("pool_buffers_high_water", "The most receive buffers in use at once.", "queue")
@@ -78,7 +79,7 @@ var _ prometheus.Collector = (*collector)(nil)
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descRxPackets, descRxBytes, descTxPackets, descTxBytes, descIndications,
-		descResources, descIndFrames, descRxDropped, descTxDropped, descStackDropped, descSoftOffload, descReturnedEarly, descPolls, descPollFrames, descNICPolls, descNICPollFrames, descModWaits, descPoolSize, descPoolInUse,
+		descResources, descIndFrames, descRxDropped, descTxDropped, descStackDropped, descSoftOffload, descReturnedEarly, descPolls, descPollFrames, descNICPolls, descNICPollFrames, descModWaits, descModSpent, descPoolSize, descPoolInUse,
 		descPoolHighWater, descPoolExhaust, descHeld, descHeldPeak, descSendsNow, descDrained, descState, descFindings,
 		descPcapFrames, descPcapBytes, descPcapSkipped} {
 		ch <- d
@@ -159,6 +160,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descNICPollFrames, st.PollFrames)
 	counter(descModWaits, mp.ModerationWaits, "receive_dpc")
 	counter(descModWaits, st.ModerationWaits, "nic_reader")
+	counter(descModSpent, mp.ModerationSpent, "receive_dpc")
+	counter(descModSpent, st.ModerationSpent, "nic_reader")
 	gauge(descPoolSize, int64(c.poolSize), q)
 	gauge(descPoolInUse, mp.PoolInUse, q)
 	gauge(descPoolHighWater, mp.PoolHighWater, q)

@@ -205,7 +205,8 @@ func (m *machine) report(code int, err error) {
 	fmt.Fprintf(w, "  software offload: segmented to-host=%d to-wire=%d, checksummed to-host=%d to-wire=%d, coalesced udp=%d, dropped=%d\n",
 		s.SegmentedToHost, s.SegmentedToWire, s.ChecksummedToHost, s.ChecksummedToWire, s.Coalesced, s.DropSegment)
 	if m.o.moderation > 0 {
-		fmt.Fprintf(w, "  interrupt moderation (%s after a busy one-way wake-up): waits receive-dpc=%d nic-reader=%d\n", m.o.moderation, c.ModerationWaits, s.ModerationWaits)
+		fmt.Fprintf(w, "  interrupt moderation (%s after a busy one-way wake-up, then %s): waits receive-dpc=%d nic-reader=%d; budget spent receive-dpc=%d nic-reader=%d\n",
+			m.o.moderation, budgetText(m.o.moderationBudget), c.ModerationWaits, s.ModerationWaits, c.ModerationSpent, s.ModerationSpent)
 	}
 	if m.o.pollOnSend {
 		fmt.Fprintf(w, "  receive polls after small sends: %d runs found %d frames\n", c.RxPolls, c.RxPollFrames)
@@ -264,4 +265,12 @@ func histogramText(h [adapter.NumIndicationBuckets]int64) string {
 		parts[i] = fmt.Sprintf("%s:%d", adapter.IndicationBucketLabel(i), n)
 	}
 	return strings.Join(parts, " ")
+}
+
+// budgetText is --moderation-budget as the exit report says it.
+func budgetText(budget int) string {
+	if budget == 0 {
+		return "no budget"
+	}
+	return fmt.Sprintf("at most %d frames", budget)
 }

@@ -137,6 +137,7 @@ type Counters struct {
 	DropSegment                          int64 // large frames that could not be cut (malformed, or no room)
 	Coalesced                            int64 // host datagrams sent inside another's USO send
 	ModerationWaits                      int64 // NIC TAP reader waits for interrupt moderation (all queues)
+	ModerationSpent                      int64 // NIC TAP reader runs after a wait that took the whole budget (all queues)
 	// PollOnReceive: reader runs after small indications, and the host
 	// frames they read and sent down
 	Polls, PollFrames int64
@@ -178,6 +179,7 @@ type Stack struct {
 
 	toHostFrames, toHostBytes, toWireFrames, toWireBytes atomic.Int64
 	modWaits                                             atomic.Int64 // the readers' moderation waits
+	modSpent                                             atomic.Int64 // the readers' runs that took the whole moderation budget
 	returnedEarly, dropPaused, dropNoSendBuffer          atomic.Int64
 	sendFailed, resourcesWrites, corruptHeld, writeErrs  atomic.Int64
 	dropBadVnetHdr, dropOversize, toHostNoRoom           atomic.Int64
@@ -337,7 +339,7 @@ func (s *Stack) Counters() Counters {
 		DropOversize: s.dropOversize.Load(), ToHostNoRoom: s.toHostNoRoom.Load(),
 		SegmentedToHost: s.segToHost.Load(), SegmentedToWire: s.segToWire.Load(),
 		ChecksummedToHost: s.csumToHost.Load(), ChecksummedToWire: s.csumToWire.Load(), DropSegment: s.dropSegment.Load(),
-		Coalesced: s.coalesced.Load(), ModerationWaits: s.modWaits.Load(),
+		Coalesced: s.coalesced.Load(), ModerationWaits: s.modWaits.Load(), ModerationSpent: s.modSpent.Load(),
 		Polls: s.polls.Load(), PollFrames: s.pollFrames.Load(),
 	}
 }

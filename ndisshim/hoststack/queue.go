@@ -82,7 +82,7 @@ func newNICQueue(s *Stack, index int, dev Device) *nicQueue {
 	b := s.cfg.Batch
 	q := &nicQueue{
 		s: s, index: index, dev: dev,
-		mod: s.cfg.Moderation.NewModerator(s.toHostFrames.Load, &s.modWaits),
+		mod: s.cfg.Moderation.NewModerator(s.toHostFrames.Load, &s.modWaits, &s.modSpent),
 	}
 	// s.sendPool is read at each call: the pause frees it
 	q.rd = ndisshim.NewBatchFiller(b, make([]byte, 65535+14+4+tapdev.VnetHdrLen), dev.ReadBatch,
@@ -244,25 +244,31 @@ func (w *writer) flush(bufs [][]byte) int {
 
 // readFromNIC is the reader's DPC: host frames → one send chain per batch.
 func (q *nicQueue) readFromNIC() {
-	frames, bytes := q.read(16) // bounded: let the shim see stop requests
+	// bounded (let the shim see stop requests), and after a moderation
+	// wait by the moderation budget
+	frames, bytes := q.read(readRounds, q.mod.Limit(readRounds*len(q.rd.Batch)))
 	q.mod.After(frames, bytes)
 }
+
+// readRounds is how many batches a run of the reader's DPC reads at most.
+const readRounds = 16
 
 // poll is the reader's DPC body a small indication runs on its own
 // goroutine (ndisshim.Interrupt.TryRunDPC): one batch at most, no
 // moderation (the indicating DPC must not wait), counted.
 func (q *nicQueue) poll() {
-	frames, _ := q.read(1)
+	frames, _ := q.read(1, len(q.rd.Batch))
 	q.s.polls.Add(1)
 	q.s.pollFrames.Add(int64(frames))
 }
 
-// read reads host frames and sends them down, up to rounds batches or
-// until the fd is empty; it returns the frames and bytes it read.
-func (q *nicQueue) read(rounds int) (frames, bytes int) {
+// read reads host frames and sends them down, up to rounds batches and
+// limit frames or until the fd is empty; it returns the frames and bytes
+// it read.
+func (q *nicQueue) read(rounds, limit int) (frames, bytes int) {
 	s := q.s
 	defer func() { q.poller.Ran(frames, bytes) }()
-	for round := 0; round < rounds; round++ {
+	for round := 0; round < rounds && frames < limit; round++ {
 		if s.paused.Load() {
 			n, err := q.rd.Discard()
 			if err != nil || n == 0 {
@@ -271,7 +277,7 @@ func (q *nicQueue) read(rounds int) (frames, bytes int) {
 			s.dropPaused.Add(int64(n))
 			continue
 		}
-		got, dropped, empty, err := q.rd.Fill(sendHeadroom - s.vnet)
+		got, dropped, empty, err := q.rd.FillUpTo(sendHeadroom-s.vnet, limit-frames)
 		if dropped > 0 {
 			s.dropNoSendBuffer.Add(int64(dropped))
 		}

@@ -58,6 +58,7 @@ func TestBadFlagsNameThemselves(t *testing.T) {
 		{[]string{"--hw-tap", r.hw, "--nic-tap", r.hw}, "--hw-tap and --nic-tap"},
 		{[]string{"--mac", "01:00:5e:00:00:01"}, "--mac"},
 		{[]string{"--fail-at", "nowhere"}, "--fail-at"},
+		{[]string{"--moderation-budget", "-1"}, "--moderation-budget -1"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 	} {
 		// The flag under test comes last: it overrides the run's names.

@@ -257,38 +257,72 @@ func TestUDPCoalescing(t *testing.T) {
 }
 
 // moderationRe is the exit report's interrupt moderation line.
-var moderationRe = regexp.MustCompile(`interrupt moderation \(\S+ after a busy one-way wake-up\): waits receive-dpc=(\d+) nic-reader=(\d+)`)
+var moderationRe = regexp.MustCompile(`interrupt moderation \(\S+ after a busy one-way wake-up, then (at most \d+ frames|no budget)\): waits receive-dpc=(\d+) nic-reader=(\d+); budget spent receive-dpc=(\d+) nic-reader=(\d+)`)
 
 // Interrupt moderation (default 200µs) waits under a one-way flood of small
-// frames (UDP 64-byte datagrams from the host: the NIC TAP reader waits),
-// leaves TCP alone (its ACKs come back: at most 2% of the wake-ups wait,
-// counted as indications), and is gone with --interrupt-moderation 0.
+// frames (UDP 64-byte datagrams from the host: the NIC TAP reader waits)
+// and the wake-ups after the waits take at most --moderation-budget frames
+// (default 128; 0: no budget), leaves TCP alone (its ACKs come back: at
+// most 2% of the wake-ups wait, counted as indications), and is gone with
+// --interrupt-moderation 0.
 func TestInterruptModeration(t *testing.T) {
-	waits := func(t *testing.T, rep string) (dpc, reader int64) {
+	waits := func(t *testing.T, rep string) (dpc, reader, dpcSpent, readerSpent int64) {
 		t.Helper()
 		m := moderationRe.FindStringSubmatch(rep)
 		if m == nil {
 			t.Fatalf("exit report has no interrupt moderation line:\n%s", rep)
 		}
-		dpc, _ = strconv.ParseInt(m[1], 10, 64)
-		reader, _ = strconv.ParseInt(m[2], 10, 64)
-		return dpc, reader
+		n := func(s string) int64 { v, _ := strconv.ParseInt(s, 10, 64); return v }
+		return n(m[2]), n(m[3]), n(m[4]), n(m[5])
 	}
-	t.Run("udp flood waits", func(t *testing.T) {
-		r := start(t)
-		pingWire(t, r)
-		udp := parseIperf(t, iperf(t, r, "198.18.0.2", "-u", "-b", "0", "-l", "64", "-t", "2"))
-		if s := udp.End.Sum; s.Packets == 0 || s.LostPackets >= s.Packets {
-			t.Errorf("iperf3 UDP host → wire: the server received none: %d lost of %d", s.LostPackets, s.Packets)
-		}
-		rep := stopAndReport(t, r)
-		dpc, reader := waits(t, rep)
-		t.Logf("UDP 64 B flood: waits receive-dpc=%d nic-reader=%d", dpc, reader)
-		if reader == 0 {
-			t.Errorf("the NIC TAP reader never waited under a one-way UDP flood")
-		}
-		r.assertGone()
-	})
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		reverse bool // wire → host: the miniport's receive DPC, not the NIC TAP reader
+		budget  string
+	}{
+		{"udp flood waits, budget 128", nil, false, "at most 128 frames"},
+		{"udp flood wire to host waits, budget 128", nil, true, "at most 128 frames"},
+		{"udp flood waits, no budget", []string{"--moderation-budget", "0"}, false, "no budget"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := start(t, tc.args...)
+			pingWire(t, r)
+			args := []string{"-u", "-b", "0", "-l", "64", "-t", "2"}
+			who := "the NIC TAP reader"
+			if tc.reverse {
+				args = append(args, "-R")
+				who = "the receive DPC"
+			}
+			udp := parseIperf(t, iperf(t, r, "198.18.0.2", args...))
+			if s := udp.End.Sum; s.Packets == 0 || s.LostPackets >= s.Packets {
+				t.Errorf("iperf3 UDP %v: the receiver got none: %d lost of %d", args, s.LostPackets, s.Packets)
+			}
+			rep := stopAndReport(t, r)
+			dpc, reader, dpcSpent, readerSpent := waits(t, rep)
+			t.Logf("UDP 64 B flood %v: %s", args, moderationRe.FindString(rep))
+			w, spent := reader, readerSpent
+			if tc.reverse {
+				w, spent = dpc, dpcSpent
+			}
+			if w == 0 {
+				t.Errorf("%s never waited under a one-way UDP flood", who)
+			}
+			if got := moderationRe.FindStringSubmatch(rep)[1]; got != tc.budget {
+				t.Errorf("report says %q, want %q", got, tc.budget)
+			}
+			// With a budget, the flood (the sender outruns the reader) fills
+			// it after most waits, exactly (a run that ignored it would
+			// read more); without one there is none to spend.
+			if tc.args == nil && spent*2 < w {
+				t.Errorf("%s took exactly its whole budget after %d of %d waits: the flood should fill it after most", who, spent, w)
+			}
+			if tc.args != nil && spent != 0 {
+				t.Errorf("budget spent %d times with --moderation-budget 0", spent)
+			}
+			r.assertGone()
+		})
+	}
 	t.Run("tcp does not wait", func(t *testing.T) {
 		r := start(t)
 		pingWire(t, r)
@@ -299,7 +333,7 @@ func TestInterruptModeration(t *testing.T) {
 			}
 		}
 		rep := stopAndReport(t, r)
-		dpc, reader := waits(t, rep)
+		dpc, reader, _, _ := waits(t, rep)
 		inds := reportInt(t, rep, `wire → host: \d+ packets, \d+ bytes in (\d+) indications`)
 		t.Logf("TCP both ways: waits receive-dpc=%d nic-reader=%d, %d indications", dpc, reader, inds)
 		if (dpc+reader)*50 > inds {
