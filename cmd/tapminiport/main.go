@@ -118,6 +118,8 @@ func run(args []string, stdout, stderr io.Writer, sig signals) int {
 	} else {
 		log.Info("dropped capabilities", "kept", strings.Join(kept, ","))
 	}
+	m.sampleHardwareDrops(true)
+	m.sampleNICDrops(true)
 	m.banner()
 	m.steadyFrom = sampleSteady()
 wait:
@@ -227,6 +229,8 @@ type machine struct {
 	}
 	steadyFrom steadySample // at ready
 	steadyTo   steadySample // at the stop signal or surprise removal
+	hwDrops    queueDrops   // the hardware TAP's kernel queue drops (tapdrops.go; endMu)
+	nicDrops   queueDrops   // the NIC TAP's
 	started    time.Time
 
 	// observers (observe.go, metrics.go, pcap.go)

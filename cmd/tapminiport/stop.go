@@ -111,6 +111,7 @@ func (m *machine) halt() (int, error) {
 	}
 	m.log.Info("pause: done", "took", time.Since(t).Round(time.Microsecond), "drained_nbls", m.a.Stats().DrainedNBLs)
 	m.stopWatch(nicWatch, true) // the unbind deletes the NIC TAP (or moves it home)
+	m.sampleNICDrops(false)
 	t = time.Now()
 	if m.st != nil { // nil only in stop_test.go's machines, which have no stack
 		if err := m.st.Close(ctx); err != nil {
@@ -124,6 +125,7 @@ func (m *machine) halt() (int, error) {
 	m.stopObservers()
 	t = time.Now()
 	m.stopWatch(hwWatch, true) // from here on the run deletes its own TAPs
+	m.sampleHardwareDrops(false)
 	action := ndisshim.HaltDeviceDisabled
 	if m.removal().hardware { // also when it was deleted during the pause
 		action = ndisshim.HaltDeviceSurpriseRemoved
@@ -170,6 +172,8 @@ func (m *machine) force(why string) (int, error) {
 	if err := m.a.Shutdown(ndisshim.ShutdownBugCheck); err != nil {
 		return 0, err
 	}
+	m.sampleNICDrops(false) // the TAPs are still there: ShutdownEx only sets the link down
+	m.sampleHardwareDrops(false)
 	if m.st != nil {
 		// The binding is never closed on this path: an attached NIC TAP
 		// (the user's) goes home here, as the unbind would move it.
@@ -221,6 +225,7 @@ func (m *machine) report(code int, err error) {
 		}
 		fmt.Fprintf(w, "  queues (packets):%s\n", b.String())
 	}
+	fmt.Fprintf(w, "  %s\n", m.queueDropsLine())
 	fmt.Fprintf(w, "  peak buffers held by the stack: %d of %d\n", st.PeakHeld, m.o.rxBuffers)
 	fmt.Fprintf(w, "  receive pool: high-water %d, exhaustions %d\n", c.PoolHighWater, c.PoolExhaustions)
 	fmt.Fprintf(w, "  NBLs drained during pause/halt: %d\n", st.DrainedNBLs)

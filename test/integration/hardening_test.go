@@ -35,8 +35,8 @@ func (tc removal) remove(t *testing.T, r *run) {
 }
 
 // check asserts what a user sees after the surprise removal of tc's TAP:
-// exit 5, a report naming it, the halt action it means, a clean verifier,
-// nothing left.
+// exit 5, a report naming it (and not claiming its kernel queue drops),
+// the halt action it means, a clean verifier, nothing left.
 func (tc removal) check(t *testing.T, r *run) {
 	t.Helper()
 	rep := r.stdout.String()
@@ -48,6 +48,10 @@ func (tc removal) check(t *testing.T, r *run) {
 	}
 	if !strings.Contains(rep, "verifier: clean") || !strings.Contains(rep, "left after unload: nothing") {
 		t.Errorf("halt after surprise removal not clean:\n%s", rep)
+	}
+	// The kernel's queue drops of a deleted TAP are unknown, not 0.
+	if !strings.Contains(rep, " "+tc.dev(r)+"=? (gone before the halt)") {
+		t.Errorf("report does not say the kernel TAP queue drops of the deleted %s are unknown:\n%s", tc.dev(r), rep)
 	}
 	if !strings.Contains(r.stderr.String(), tc.action) {
 		t.Errorf("halt action is not %s:\n%s", tc.action, r.stderr)

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tapminiport/tapminiport/tapdev"
 )
 
 // offloadReport is the exit report's "software offload:" line.
@@ -256,6 +258,25 @@ func TestUDPCoalescing(t *testing.T) {
 	}
 }
 
+// queueDropsRe is the exit report's kernel TAP queue drops line: hardware,
+// NIC.
+var queueDropsRe = regexp.MustCompile(`kernel TAP queue drops \([^)]*\): hardware \S+=(\S+) NIC \S+=(\S+)`)
+
+// tapDrops is the kernel's tx_dropped of r's hardware and NIC TAPs: what
+// the kernel had no room for in a TAP's queue.
+func tapDrops(t *testing.T, r *run) (hw, nic uint64) {
+	t.Helper()
+	_, _, _, hw, err := tapdev.LinkStats(r.wire, r.hw)
+	if err != nil {
+		t.Fatalf("hardware TAP stats: %v", err)
+	}
+	_, _, _, nic, err = tapdev.LinkStats(r.host, r.nic)
+	if err != nil {
+		t.Fatalf("NIC TAP stats: %v", err)
+	}
+	return hw, nic
+}
+
 // moderationRe is the exit report's interrupt moderation line.
 var moderationRe = regexp.MustCompile(`interrupt moderation \(\S+ after a busy one-way wake-up, then (at most \d+ frames|no budget)\): waits receive-dpc=(\d+) nic-reader=(\d+); budget spent receive-dpc=(\d+) nic-reader=(\d+)`)
 
@@ -287,6 +308,7 @@ func TestInterruptModeration(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := start(t, tc.args...)
+			hw0, nic0 := tapDrops(t, r)
 			pingWire(t, r)
 			args := []string{"-u", "-b", "0", "-l", "64", "-t", "2"}
 			who := "the NIC TAP reader"
@@ -298,9 +320,33 @@ func TestInterruptModeration(t *testing.T) {
 			if s := udp.End.Sum; s.Packets == 0 || s.LostPackets >= s.Packets {
 				t.Errorf("iperf3 UDP %v: the receiver got none: %d lost of %d", args, s.LostPackets, s.Packets)
 			}
+			hw1, nic1 := tapDrops(t, r) // the flood is over: nothing more overflows
 			rep := stopAndReport(t, r)
 			dpc, reader, dpcSpent, readerSpent := waits(t, rep)
-			t.Logf("UDP 64 B flood %v: %s", args, moderationRe.FindString(rep))
+			t.Logf("UDP 64 B flood %v: %s; %s", args, moderationRe.FindString(rep), queueDropsRe.FindString(rep))
+			// The report's kernel queue drops are what ip -s link says of
+			// the TAPs between ready and the stop.
+			m := queueDropsRe.FindStringSubmatch(rep)
+			if m == nil {
+				t.Fatalf("exit report has no kernel TAP queue drops line:\n%s", rep)
+			}
+			for _, d := range []struct {
+				tap, got      string
+				before, after uint64
+			}{{"hardware " + r.hw, m[1], hw0, hw1}, {"NIC " + r.nic, m[2], nic0, nic1}} {
+				if want := strconv.FormatUint(d.after-d.before, 10); d.got != want {
+					t.Errorf("report: %s TAP queue drops %s, want %s (its tx_dropped went from %d at ready to %d after the flood)", d.tap, d.got, want, d.before, d.after)
+				}
+			}
+			// The budget leaves what it did not take in the flooded TAP's
+			// queue, which the flood keeps full: the kernel drops there.
+			flooded, floodedTAP := nic1-nic0, "NIC "+r.nic
+			if tc.reverse {
+				flooded, floodedTAP = hw1-hw0, "hardware "+r.hw
+			}
+			if tc.budget != "no budget" && flooded == 0 {
+				t.Errorf("the kernel dropped nothing at the %s TAP's queue under a UDP flood with a budget", floodedTAP)
+			}
 			w, spent := reader, readerSpent
 			if tc.reverse {
 				w, spent = dpc, dpcSpent
